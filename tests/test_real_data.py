@@ -1,0 +1,29 @@
+"A smoke run on the real Korean competition data (../shared/data/ko), skipped with a reason when it is absent."
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import dialsum
+from test_demo_run import check_run_folder
+
+
+@pytest.mark.slow
+def test_real_data_smoke(real_ko, tmp_path):
+    "Train briefly on part of dev.csv, score the rest, and submit all 499 rows of test.csv in its order."
+    dev = pd.read_csv(real_ko/'dev.csv')
+    data = tmp_path/'data'; data.mkdir()
+    dev.iloc[:400].to_csv(data/'train.csv', index=False)
+    dev.iloc[400:].to_csv(data/'dev.csv', index=False)
+    runs = tmp_path/'runs'
+    p = dialsum('run', 'configs/experiments/smoke.yaml', 'data.demo=null', f'data.train={data/"train.csv"}',
+                f'data.dev={data/"dev.csv"}', f'data.test={real_ko/"test.csv"}', f'output.runs_dir={runs}',
+                'model.scratch.vocab_size=2000', 'model.max_source_length=256', 'training.max_steps=20',
+                'training.eval_steps=10', 'training.per_device_train_batch_size=16', 'generation.max_new_tokens=24',
+                'generation.batch_size=64')
+    assert p.returncode == 0, p.stderr[-3000:] + p.stdout[-2000:]
+    (run,) = list(runs.iterdir())
+    md, metrics, dev_pred, sub = check_run_folder(run, len(dev) - 400, 499)
+    test = pd.read_csv(real_ko/'test.csv')
+    assert sub['fname'].tolist() == test['fname'].tolist()
+    assert metrics['data']['train']['rows_kept'] == 400
