@@ -30,10 +30,10 @@ def check_run_folder(run: Path, n_dev: int, n_test: int):
     assert (sub['summary'].str.strip() != '').all()
     nb = json.loads((run/'run.ipynb').read_text())
     assert nb['metadata']['papermill']['exception'] is None
-    best = Path(md['best_checkpoint'])
+    best = run/md['best_checkpoint']
     assert best.parent == run/'checkpoints' and (best/'model.safetensors').exists() and (best/'tokenizer.json').exists()
     state = json.loads((run/'checkpoints'/'trainer_state.json').read_text())
-    assert state['best_model_checkpoint'] == md['best_checkpoint']
+    assert Path(state['best_model_checkpoint']).name == best.name
     return md, metrics, dev, sub
 
 
@@ -43,8 +43,18 @@ def test_smoke_through_cli(tmp_path):
     assert p.returncode == 0, p.stderr + p.stdout
     (run,) = list(tmp_path.iterdir())
     assert run.name.startswith('smoke_')
-    check_run_folder(run, 8, 8)
+    md, metrics, dev, sub = check_run_folder(run, 8, 8)
     assert 'dev score' in p.stdout
+    # the best checkpoint, reloaded from disk, gives exactly the recorded dev predictions
+    from dialsum.config import load_config
+    from dialsum.data import read_split
+    from dialsum.inference import predict
+    from dialsum.models import load_pretrained
+    cfg = load_config(run/'config.yaml', root=ROOT)
+    tok, model = load_pretrained(str(run/md['best_checkpoint']))
+    again = predict(model, tok, read_split(run/'data'/'dev.csv', 'dev'), cfg, progress=False)
+    assert again['summary'].tolist() == dev['prediction'].tolist()
+    assert (run/'run.ipynb').exists() and (run/'run.log').stat().st_size > 0
 
 
 def test_typo_fails_before_anything_is_made(tmp_path):
@@ -57,11 +67,11 @@ def test_typo_fails_before_anything_is_made(tmp_path):
 
 def test_failing_run_is_recorded_as_failed(tmp_path):
     "A run that raises inside the notebook exits 1 and its record says failed, with the error."
-    p = dialsum('run', 'configs/experiments/smoke.yaml', f'output.runs_dir={tmp_path}', 'model.max_source_length=300')
+    p = dialsum('run', 'configs/experiments/smoke.yaml', f'output.runs_dir={tmp_path}', 'data.demo=null', 'data.train=no/such.csv')
     assert p.returncode == 1
     (run,) = list(tmp_path.iterdir())
     md = json.loads((run/'metadata.json').read_text())
-    assert md['status'] == 'failed' and 'max_source_length' in md['error']
+    assert md['status'] == 'failed' and 'no/such.csv' in md['error']
     assert (run/'run.ipynb').exists() and not (run/'submission.csv').exists()
 
 
