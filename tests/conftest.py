@@ -30,3 +30,8 @@ def real_ko():
 def dialsum(*args, cwd=ROOT, timeout=900):
     "Run the `dialsum` command line and return the completed process."
     return subprocess.run([str(BIN/'dialsum'), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def run_folders(runs_dir):
+    "The run folders in `runs_dir` (not index.csv, history/ or latest_submission.csv)."
+    return sorted(p for p in Path(runs_dir).iterdir() if (p/'metadata.json').exists())

@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import BIN, ROOT, dialsum
+from conftest import BIN, ROOT, dialsum, run_folders
 
 
-def check_run_folder(run: Path, n_dev: int, n_test: int):
+def check_run_folder(run: Path, n_dev: int, n_test: int, notebook: Path = None):
     "Assert that `run` holds a complete, consistent record of a completed run."
     md = json.loads((run/'metadata.json').read_text())
     assert md['status'] == 'completed', md.get('error')
@@ -28,7 +28,7 @@ def check_run_folder(run: Path, n_dev: int, n_test: int):
     assert list(sub.columns) == ['fname', 'summary'] and len(sub) == n_test
     if test is not None: assert sub['fname'].tolist() == test['fname'].tolist()
     assert (sub['summary'].str.strip() != '').all()
-    nb = json.loads((run/'run.ipynb').read_text())
+    nb = json.loads((notebook or run/'run.ipynb').read_text())
     assert nb['metadata']['papermill']['exception'] is None
     best = run/md['best_checkpoint']
     assert best.parent == run/'checkpoints' and (best/'model.safetensors').exists() and (best/'tokenizer.json').exists()
@@ -41,7 +41,7 @@ def test_smoke_through_cli(tmp_path):
     "`dialsum run` puts the executed notebook and every artifact in one new run folder."
     p = dialsum('run', 'configs/experiments/smoke.yaml', f'output.runs_dir={tmp_path}')
     assert p.returncode == 0, p.stderr + p.stdout
-    (run,) = list(tmp_path.iterdir())
+    (run,) = run_folders(tmp_path)
     assert run.name.startswith('smoke_')
     md, metrics, dev, sub = check_run_folder(run, 8, 8)
     assert 'dev score' in p.stdout
@@ -62,14 +62,14 @@ def test_typo_fails_before_anything_is_made(tmp_path):
     p = dialsum('run', 'configs/experiments/smoke.yaml', f'output.runs_dir={tmp_path}', 'training.lerning_rate=1e-4')
     assert p.returncode == 2
     assert "did you mean 'training.learning_rate'" in p.stderr
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == []  # not even an index
 
 
 def test_failing_run_is_recorded_as_failed(tmp_path):
     "A run that raises inside the notebook exits 1 and its record says failed, with the error."
     p = dialsum('run', 'configs/experiments/smoke.yaml', f'output.runs_dir={tmp_path}', 'data.demo=null', 'data.train=no/such.csv')
     assert p.returncode == 1
-    (run,) = list(tmp_path.iterdir())
+    (run,) = run_folders(tmp_path)
     md = json.loads((run/'metadata.json').read_text())
     assert md['status'] == 'failed' and 'no/such.csv' in md['error']
     assert (run/'run.ipynb').exists() and not (run/'submission.csv').exists()
@@ -82,7 +82,7 @@ def test_demo_learns(tmp_path):
     p = subprocess.run([str(BIN/'papermill'), 'nbs/run_experiment.ipynb', str(out), '-p', 'config', 'configs/experiments/demo.yaml',
                         '-p', 'run_dir', str(tmp_path/'run')], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
-    md, metrics, dev, sub = check_run_folder(tmp_path/'run', 60, 60)
+    md, metrics, dev, sub = check_run_folder(tmp_path/'run', 60, 60, notebook=out)
     # the untrained model the run started from, scored the same way
     from dialsum.config import load_config
     from dialsum.data import read_split

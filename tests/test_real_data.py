@@ -4,7 +4,7 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import dialsum
+from conftest import dialsum, run_folders
 from test_demo_run import check_run_folder
 
 
@@ -22,7 +22,7 @@ def test_real_data_smoke(real_ko, tmp_path):
                 'training.eval_steps=10', 'training.per_device_train_batch_size=16', 'generation.max_new_tokens=24',
                 'generation.batch_size=64')
     assert p.returncode == 0, p.stderr[-3000:] + p.stdout[-2000:]
-    (run,) = list(runs.iterdir())
+    (run,) = run_folders(runs)
     md, metrics, dev_pred, sub = check_run_folder(run, len(dev) - 400, 499)
     test = pd.read_csv(real_ko/'test.csv')
     assert sub['fname'].tolist() == test['fname'].tolist()
