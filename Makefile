@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast export clean-nbs check-sync lab help
+.PHONY: install demo test test-fast export clean-nbs check-sync lab docs browser help
 
 help:
 	@echo "make demo       train, score and submit the embedded demo experiment (runs/demo_*)"
@@ -16,6 +16,8 @@ help:
 	@echo "make test-fast  the same without slow cells and slow pytest cases"
 	@echo "make export     notebooks -> dialsum/ and README.md (nbs/index.ipynb); clean notebooks"
 	@echo "make check-sync fail if nbdev_export or nbdev_clean would change tracked files"
+	@echo "make docs       the docs site into _docs/ (nbdev_docs with quarto, else nbdev's processing + mkdocs)"
+	@echo "make lab        JupyterLab on the project, with dialsum importable"
 
 # The virtual environment is made once and refreshed when the packaging changes.
 # torch is pinned here: a bare `torch` requirement could pull a multi-GB CUDA build.
@@ -50,6 +52,17 @@ check-sync: $(STAMP)
 	@git diff --exit-code --stat -- dialsum nbs README.md || { echo "nbdev_export/nbdev_clean changed tracked files: run 'make export' and commit"; exit 1; }
 	@test -z "$$(git status --porcelain --untracked-files=all -- dialsum)" || { git status --porcelain -- dialsum; echo "nbdev_export made untracked files in dialsum/"; exit 1; }
 
+# JupyterLab is installed into the venv the first time; its python3 kernel is the venv's, so dialsum imports.
 lab: $(STAMP)
-	$(BIN)/pip install -q jupyterlab
-	$(BIN)/jupyter lab --no-browser
+	$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/pip install -q jupyterlab
+	$(BIN)/jupyter lab --no-browser --notebook-dir=.
+
+# nbdev_docs needs quarto; without it tools/docs.py runs nbdev's processors and builds the site with mkdocs.
+docs: $(STAMP)
+	$(BIN)/nbdev_export
+	@if command -v quarto >/dev/null; then $(BIN)/nbdev_docs; else $(BIN)/python tools/docs.py; fi
+
+# Debian's Chromium and ChromeDriver for tests/test_docs_browser.py, which runs this when they are missing.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }

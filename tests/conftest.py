@@ -35,3 +35,26 @@ def dialsum(*args, cwd=ROOT, timeout=900):
 def run_folders(runs_dir):
     "The run folders in `runs_dir` (not index.csv, history/ or latest_submission.csv)."
     return sorted(p for p in Path(runs_dir).iterdir() if (p/'metadata.json').exists())
+
+
+# Sweeps (tests/test_sweep.py, tests/test_cli.py): smoke-sized configs, and one sweep shared by the tests that only read it.
+SMOKE = ROOT/'configs'/'experiments'/'smoke.yaml'
+
+
+@pytest.fixture(scope='session')
+def sweep_configs(tmp_path_factory):
+    "a.yaml and b.yaml complete (other learning rates, so other predictions); broken.yaml fails inside the notebook; typo.yaml does not validate."
+    d = tmp_path_factory.mktemp('configs')
+    (d/'a.yaml').write_text(f"base: {SMOKE}\nexperiment: sweep_a\n")
+    (d/'b.yaml').write_text(f"base: {SMOKE}\nexperiment: sweep_b\ntraining: {{learning_rate: 5.0e-3}}\n")
+    (d/'broken.yaml').write_text(f"base: {SMOKE}\nexperiment: broken\ndata: {{demo: null, train: no/such/train.csv}}\n")
+    (d/'typo.yaml').write_text(f"base: {SMOKE}\nexperiment: typo\ntraining: {{lerning_rate: 0.1}}\n")
+    return d
+
+
+@pytest.fixture(scope='session')
+def swept(tmp_path_factory, sweep_configs):
+    "One `dialsum sweep` of a, b, broken, typo into a new runs folder: (completed process, runs folder). Copy the folder to change it."
+    runs = tmp_path_factory.mktemp('swept')/'runs'
+    p = dialsum('sweep', *(sweep_configs/f'{n}.yaml' for n in ('a', 'b', 'broken', 'typo')), '--set', f'output.runs_dir={runs}')
+    return p, runs

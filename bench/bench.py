@@ -1,0 +1,444 @@
+#!/usr/bin/env python3
+"""dialsum against the old baseline's recipe, side by side: training, inference, metric, overhead, memory.
+
+    make bench                      # the full benchmark (about 15 min on 2 CPU cores)
+    make bench ARGS=--quick         # a smoke check of this script: few repetitions, few rows, tiny demo run
+    .venv/bin/python bench/bench.py --help
+
+How each figure is measured: bench/README.md. Results: bench/results.json and bench/RESULTS.md.
+Needs ../shared/data/ko/ (dev.csv, test.csv) and ../shared/bench/seed_baseline.py; exits 0 with the
+reason printed when either is absent.
+"""
+import argparse, hashlib, json, os, platform, statistics, subprocess, sys, time
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+SHARED = ROOT.parent / "shared"
+PY = sys.executable
+CPU_SPEC = dict(vocab_size=8000, d_model=256, encoder_layers=3, decoder_layers=3, attention_heads=4, ffn_dim=1024,
+                max_position_embeddings=512, dropout=0.1)
+# KoBART (gogamza/kobart-base-v2): 30k vocabulary, d_model 768, 6+6 layers, 16 heads, FFN 3072, about 124 M parameters.
+KOBART_SPEC = dict(vocab_size=30000, d_model=768, encoder_layers=6, decoder_layers=6, attention_heads=16, ffn_dim=3072,
+                   max_position_embeddings=1026, dropout=0.1)
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+# ---------------------------------------------------------------- the benchmark model
+def ko_texts(data):
+    "The texts the benchmark tokenizer is trained on: cleaned dev dialogues and summaries, and test dialogues."
+    from dialsum.data import clean_split, model_inputs, read_split
+    dev, _ = clean_split(read_split(data / "dev.csv", "dev"))
+    test, _ = clean_split(read_split(data / "test.csv", "test"))
+    return model_inputs(dev) + list(dev["summary"]) + model_inputs(test)
+
+
+def bench_model(spec_d, texts, out_dir):
+    "Build the benchmark model with dialsum.models.build_scratch_model, or reuse the folder when it matches."
+    from dialsum.config import ScratchModel
+    from dialsum.models import SCRATCH_MARKER, build_scratch_model
+    spec = ScratchModel(**spec_d)
+    sha = hashlib.sha256("\0".join(texts).encode("utf-8")).hexdigest()
+    marker = out_dir / SCRATCH_MARKER
+    if marker.is_file() and (out_dir / "model.safetensors").is_file():
+        rec = json.loads(marker.read_text(encoding="utf-8"))
+        if rec.get("spec") == spec.model_dump(mode="json") and rec.get("texts_sha256") == sha:
+            log(f"reusing the benchmark model {out_dir.relative_to(ROOT)}")
+            return out_dir
+    log(f"building the benchmark model {out_dir.relative_to(ROOT)} ({spec_d})")
+    t = time.perf_counter()
+    build_scratch_model(texts, spec, out_dir, seed=0)
+    log(f"  built in {time.perf_counter() - t:.1f} s")
+    return out_dir
+
+
+def describe_model(model_dir):
+    "Sizes and parameter count (dialsum.models.param_counts, tied weights once) of the benchmark model."
+    from dialsum.models import load_pretrained, param_counts
+    _, m = load_pretrained(str(model_dir))
+    c = m.config
+    return dict(path=str(model_dir.relative_to(ROOT)), vocab_size=c.vocab_size, d_model=c.d_model,
+                encoder_layers=c.encoder_layers, decoder_layers=c.decoder_layers, ffn_dim=c.encoder_ffn_dim,
+                max_position_embeddings=c.max_position_embeddings, parameters=param_counts(m)["total"])
+
+
+# ---------------------------------------------------------------- child processes
+def run_child(cmd, out_json=None, env=None, timeout=None):
+    "Run `cmd`; return (result JSON or None, wall seconds, peak RSS MiB of it and its waited-for children, tail of output)."
+    logf = BENCH / "work" / "child.log"
+    t = time.perf_counter()
+    with open(logf, "w", encoding="utf-8") as lf:
+        p = subprocess.Popen(cmd, cwd=ROOT, stdout=lf, stderr=subprocess.STDOUT, env=env)
+        try:
+            _, status, ru = os.wait4(p.pid, 0)
+        except KeyboardInterrupt:
+            p.kill(); raise
+        p.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t
+    tail = logf.read_text(encoding="utf-8", errors="replace")[-3000:]
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed with exit code {p.returncode}:\n{tail}")
+    res = json.loads(Path(out_json).read_text(encoding="utf-8")) if out_json else None
+    return res, wall, ru.ru_maxrss / 1024, tail  # ru_maxrss is in KiB on Linux
+
+
+def seed_cmd(a, args):
+    "The seed recipe, run as it is: a plain subprocess on CPU; on CUDA through bench/seed_cuda.py (default device set)."
+    if a.device == "cpu":
+        return [PY, str(a.seed_script), *args]
+    return [PY, str(BENCH / "seed_cuda.py"), "--seed-script", str(a.seed_script), *(["--bf16"] if a.bf16 else []), "--", *args]
+
+
+def worker_cmd(a, what, args):
+    return [PY, str(BENCH / "worker.py"), what, "--device", a.device, *(["--bf16"] if a.bf16 else []), *args]
+
+
+def med(xs):
+    return statistics.median(xs)
+
+
+# ---------------------------------------------------------------- training
+def bench_training(a, model_dir, work):
+    log(f"\n== training: {a.train_steps} steps of batch {a.batch} on dev.csv, {a.reps} repetitions, alternating")
+    runs = {"dialsum": [], "seed": []}
+    for r in range(a.reps):
+        for side in (("seed", "dialsum") if r % 2 else ("dialsum", "seed")):
+            out = work / f"train_{side}_{r}.json"
+            if side == "dialsum":
+                cmd = worker_cmd(a, "train", ["--model", str(model_dir), "--data", str(a.data / "dev.csv"),
+                                              "--steps", str(a.train_steps), "--batch", str(a.batch), "--out", str(out)])
+            else:
+                cmd = seed_cmd(a, ["--model", str(model_dir), "--data", str(a.data / "dev.csv"), "--train-steps",
+                                   str(a.train_steps), "--batch", str(a.batch), "--out", str(out)])
+            res, wall, rss, _ = run_child(cmd, out)
+            res["process_seconds"], res["peak_rss_mib"] = round(wall, 2), round(rss, 1)
+            if side == "seed": res["train_real_tokens_per_s"] = round(res["train_tokens_real"] / res["train_seconds"], 1)
+            runs[side].append(res)
+            log(f"  rep {r} {side:7s}: {res['train_samples']} samples in {res['train_seconds']:.2f} s = "
+                f"{res['train_samples_per_s']:.2f} samples/s, {res['train_real_tokens_per_s']:.0f} real tok/s, "
+                f"padding {100 * res['train_padding_share']:.1f}%, peak RSS {rss:.0f} MiB")
+    return runs
+
+
+# ---------------------------------------------------------------- inference
+def bench_inference(a, model_dir, work):
+    log(f"\n== inference: {a.infer_n} test dialogues, 4 beams, no_repeat_ngram_size 2, up to 100 new tokens, "
+        f"{a.reps} repetitions, alternating")
+    data = str(a.data / "test.csv")
+    runs = {"dialsum": [], "seed": []}
+    for r in range(a.reps):
+        for side in (("seed", "dialsum") if r % 2 else ("dialsum", "seed")):
+            out = work / f"infer_{side}_{r}.json"
+            if side == "dialsum":
+                cmd = worker_cmd(a, "infer", ["--model", str(model_dir), "--data", data, "--n", str(a.infer_n),
+                                              "--out", str(out)])
+            else:  # the seed's --max-length is generate's max_length (total length, decoder start included)
+                cmd = seed_cmd(a, ["--model", str(model_dir), "--data", data, "--infer-n", str(a.infer_n),
+                                   "--out", str(out)])
+            res, wall, rss, _ = run_child(cmd, out)
+            res["process_seconds"], res["peak_rss_mib"] = round(wall, 2), round(rss, 1)
+            runs[side].append(res)
+            log(f"  rep {r} {side:7s}: {res['infer_examples']} in {res['infer_seconds']:.2f} s = "
+                f"{res['infer_examples_per_s']:.2f} examples/s")
+    out = work / "infer_plain.json"
+    plain, _, _, _ = run_child(worker_cmd(a, "plain", ["--model", str(model_dir), "--data", data, "--n",
+                                                       str(a.infer_n), "--out", str(out)]), out)
+    log(f"  plain masked generate (file order): {plain['infer_seconds']:.2f} s")
+    ours = runs["dialsum"][0]["predictions"]
+    same = sum(x == y for x, y in zip(ours, plain["predictions"]))
+    stable = all(r["predictions"] == ours for r in runs["dialsum"])
+    agreement = dict(identical=same, rows=len(ours), share=same / len(ours), dialsum_reps_identical=stable,
+                     nonempty=sum(bool(x) for x in ours), first_predictions=ours[:3],
+                     plain_seconds=plain["infer_seconds"], plain_new_tokens=plain["new_tokens"],
+                     examples_differing=[dict(row=i, dialsum=x, plain=y) for i, (x, y) in
+                                         enumerate(zip(ours, plain["predictions"])) if x != y][:3])
+    log(f"  identical to the plain masked generate: {same}/{len(ours)} ({agreement['nonempty']} non-empty); "
+        f"dialsum summaries' tokens {runs['dialsum'][0]['new_tokens']}")
+    for r in runs["dialsum"]: r.pop("predictions")
+    return runs, agreement
+
+
+# ---------------------------------------------------------------- metric
+def metric_inputs(data, n):
+    """499 predictions x 3 references from dev.csv: the prediction of row i is the first two turns of its dialogue
+    (a lead summary); its references are the summaries of rows i, i+1 and i+2 (dev has one reference per row)."""
+    from dialsum.data import clean_split, read_split
+    dev, _ = clean_split(read_split(data / "dev.csv", "dev"))
+    dev = dev.iloc[:n]
+    preds = [" ".join(d.split("\n")[:2]) for d in dev["dialogue"]]
+    sums = list(dev["summary"])
+    refs = [[sums[i], sums[(i + 1) % len(sums)], sums[(i + 2) % len(sums)]] for i in range(len(sums))]
+    return preds, refs
+
+
+def bench_metric(a):
+    from dialsum.metrics import morphs, score_rows
+    from rouge import Rouge
+    preds, refs = metric_inputs(a.data, a.metric_n)
+    log(f"\n== metric: {len(preds)} predictions x 3 references, {a.metric_reps} repetitions, alternating")
+    t = time.perf_counter(); morphs("분석기를 불러옵니다."); load_s = time.perf_counter() - t
+
+    def ours():
+        return score_rows(preds, refs)
+
+    def package():
+        tok = {s: " ".join(morphs(s)) for s in set(preds) | {r for rs in refs for r in rs}}  # each distinct text once
+        hyps = [tok[p] for p, rs in zip(preds, refs) for _ in rs]
+        gold = [tok[r] for rs in refs for r in rs]
+        sc = Rouge().get_scores(hyps, gold)
+        rows, k = [], 0
+        for rs in refs:
+            part = sc[k:k + len(rs)]; k += len(rs)
+            f = [100 * sum(s[m]["f"] for s in part) / len(part) for m in ("rouge-1", "rouge-2", "rouge-l")]
+            rows.append(f + [sum(f) / 3])
+        return rows
+
+    times = {"dialsum": [], "rouge": []}
+    for r in range(a.metric_reps):
+        for side in (("rouge", "dialsum") if r % 2 else ("dialsum", "rouge")):
+            t = time.perf_counter()
+            res = ours() if side == "dialsum" else package()
+            times[side].append(time.perf_counter() - t)
+            if side == "dialsum": d_rows = res
+            else: p_rows = res
+    diff = max(abs(x - y) for dr, pr in zip(d_rows[["rouge1", "rouge2", "rougeL", "score"]].values.tolist(), p_rows)
+               for x, y in zip(dr, pr))
+    log(f"  dialsum.score_rows median {med(times['dialsum']):.3f} s; rouge package median {med(times['rouge']):.3f} s; "
+        f"largest per-row difference {diff:.2e} points")
+    return dict(rows=len(preds), refs_per_row=3, analyzer_load_seconds=round(load_s, 3),
+                dialsum_seconds=[round(x, 4) for x in times["dialsum"]], rouge_seconds=[round(x, 4) for x in times["rouge"]],
+                mean_score=round(float(d_rows["score"].mean()), 3), max_abs_row_difference=diff)
+
+
+# ---------------------------------------------------------------- overhead and memory of a demo run
+def bench_demo(a, work):
+    runs_dir = work / "runs"
+    log(f"\n== overhead: `dialsum run {a.demo_config} output.runs_dir={runs_dir.relative_to(ROOT)}`, {a.demo_reps} run(s)")
+    out = []
+    for r in range(a.demo_reps):
+        before = set(runs_dir.iterdir()) if runs_dir.exists() else set()
+        cmd = [str(Path(PY).parent / "dialsum"), "run", a.demo_config, f"output.runs_dir={runs_dir.relative_to(ROOT)}"]
+        _, wall, rss, tail = run_child(cmd)
+        new = [p for p in set(runs_dir.iterdir()) - before if (p / "metrics.json").is_file()]
+        if len(new) != 1: raise RuntimeError(f"expected one new run folder with metrics.json in {runs_dir}:\n{tail}")
+        m = json.loads((new[0] / "metrics.json").read_text(encoding="utf-8"))
+        tr, inf = m["train"]["train_seconds"], m["infer_seconds"]
+        res = dict(run=str(new[0].relative_to(ROOT)), wall_seconds=round(wall, 2), train_seconds=tr, infer_seconds=inf,
+                   notebook_seconds=m.get("seconds"), overhead_seconds=round(wall - tr - inf, 2),
+                   peak_rss_mib=round(rss, 1), dev_score=m["dev"]["score"])
+        out.append(res)
+        log(f"  run {r}: wall {wall:.1f} s - train {tr:.1f} s - inference {inf:.1f} s = overhead {res['overhead_seconds']:.1f} s;"
+            f" peak RSS {rss:.0f} MiB")
+    return out
+
+
+def bench_agreement_trained(a, demo, work):
+    "The agreement check again on the demo run's selected checkpoint: a trained model, so the summaries are real text."
+    from dialsum.checkpoints import find_checkpoint
+    ck = find_checkpoint(ROOT / demo[-1]["run"]).path
+    from transformers import AutoConfig
+    n_pos = AutoConfig.from_pretrained(ck).max_position_embeddings
+    log(f"\n== agreement on a trained model: {ck.relative_to(ROOT)} (max_source_length {n_pos}), {a.infer_n} test dialogues")
+    out = work / "agree_trained.json"
+    res, _, _, _ = run_child(worker_cmd(a, "agree", ["--model", str(ck), "--data", str(a.data / "test.csv"), "--n",
+                                                     str(a.infer_n), "--max-source-length", str(n_pos), "--out", str(out)]), out)
+    res["model"] = str(ck.relative_to(ROOT))
+    log(f"  identical: {res['identical']}/{res['rows']} ({res['nonempty']} non-empty); generate_summaries "
+        f"{res['dialsum_seconds']:.2f} s, plain {res['plain_seconds']:.2f} s; tokens {res['new_tokens']}")
+    return res
+
+
+# ---------------------------------------------------------------- table
+def row(name, ours, seed, unit, target, met, ratio=None, note=""):
+    return dict(metric=name, dialsum=ours, seed=seed, unit=unit, ratio=ratio, target=target, met=met, note=note)
+
+
+def fmt(x, unit=""):
+    if x is None: return "-"
+    if isinstance(x, float): x = f"{x:.3g}" if abs(x) < 100 else f"{x:.0f}"
+    return f"{x} {unit}".strip()
+
+
+def build_table(res, quick):
+    rows = []
+    tr = res.get("training")
+    if tr:
+        d, s = tr["dialsum"], tr["seed"]
+        ds, ss = med([r["train_samples_per_s"] for r in d]), med([r["train_samples_per_s"] for r in s])
+        dt, st = med([r["train_real_tokens_per_s"] for r in d]), med([r["train_real_tokens_per_s"] for r in s])
+        dp, sp = med([r["train_padding_share"] for r in d]), med([r["train_padding_share"] for r in s])
+        rows += [row("training samples/s", ds, ss, "/s", ">= 2.5x seed", ds >= 2.5 * ss, ds / ss),
+                 row("training real tokens/s", dt, st, "/s", "-", None, dt / st),
+                 row("training padding share", 100 * dp, 100 * sp, "%", "<= 10%", dp <= 0.10),
+                 row("training peak RSS", med([r["peak_rss_mib"] for r in d]), med([r["peak_rss_mib"] for r in s]),
+                     "MiB", "report", None)]
+    inf = res.get("inference")
+    if inf:
+        d, s = inf["runs"]["dialsum"], inf["runs"]["seed"]
+        de, se = med([r["infer_examples_per_s"] for r in d]), med([r["infer_examples_per_s"] for r in s])
+        ag = inf["agreement"]
+        rows.append(row("inference examples/s", de, se, "/s", ">= 2x seed", de >= 2 * se, de / se))
+        vacuous = ag["nonempty"] == 0  # identical empty strings prove nothing about the generation path
+        rows.append(row("identical to plain masked generate (benchmark model)", 100 * ag["share"], None, "%", ">= 99%",
+                        None if vacuous else ag["share"] >= 0.99,
+                        note=f"{ag['identical']}/{ag['rows']} rows, {ag['nonempty']} non-empty"
+                             + (": all summaries empty, so not evidence either way" if vacuous else "")))
+    at = res.get("agreement_trained")
+    if at:
+        rows.append(row("identical to plain masked generate (trained demo model)", 100 * at["share"], None, "%", ">= 99%",
+                        at["share"] >= 0.99 if at["nonempty"] else None,
+                        note=f"{at['identical']}/{at['rows']} rows, {at['nonempty']} non-empty; {at['model']}"))
+    me = res.get("metric")
+    if me:
+        d, p = med(me["dialsum_seconds"]), med(me["rouge_seconds"])
+        rows.append(row(f"metric seconds ({me['rows']} x 3)", d, p, "s", "<= 1 s", d <= 1.0, p / d,
+                        note="seed column: the rouge package on the same Mecab tokens; ratio = its time / ours"))
+    de = res.get("demo")
+    if de:
+        o = med([r["overhead_seconds"] for r in de])
+        rows += [row("run overhead", o, None, "s", "<= 15 s", o <= 15,
+                     note=f"{res['args']['demo_config']}: wall minus train and inference seconds"),
+                 row("demo run peak RSS", med([r["peak_rss_mib"] for r in de]), None, "MiB", "report", None)]
+    return rows
+
+
+def markdown(res):
+    q = " (QUICK smoke check: not a measurement)" if res["args"]["quick"] else ""
+    lines = [f"# Benchmark results{q}", "",
+             f"{res['when']}, {res['machine']['device']}, torch threads {res['machine']['torch_threads']}, "
+             f"model `{res['model']['path']}` ({res['model']['parameters'] / 1e6:.1f} M parameters, "
+             f"d_model {res['model']['d_model']}, {res['model']['encoder_layers']}+{res['model']['decoder_layers']} layers, "
+             f"vocabulary {res['model']['vocab_size']}). Medians of {res['args']['reps']} alternating repetitions; "
+             "how each figure is measured: [README.md](README.md).", "",
+             "| metric | dialsum | seed baseline | ratio | target | met |", "|---|---|---|---|---|---|"]
+    for r in res["table"]:
+        met = "-" if r["met"] is None else ("yes" if r["met"] else "**no**")
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+        lines.append(f"| {r['metric']} | {fmt(r['dialsum'], r['unit'])} | {fmt(r['seed'], r['unit'])} | {ratio} | "
+                     f"{r['target']} | {met} |")
+    if res.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in res["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def print_table(res):
+    w = [36, 14, 14, 8, 14, 5]
+    head = ["metric", "dialsum", "seed baseline", "ratio", "target", "met"]
+    log("\n" + "  ".join(h.ljust(n) for h, n in zip(head, w)))
+    for r in res["table"]:
+        cells = [r["metric"], fmt(r["dialsum"], r["unit"]), fmt(r["seed"], r["unit"]),
+                 "-" if r["ratio"] is None else f"{r['ratio']:.2f}x", r["target"],
+                 "-" if r["met"] is None else ("yes" if r["met"] else "NO")]
+        log("  ".join(str(c).ljust(n) for c, n in zip(cells, w)))
+
+
+def notes(res):
+    "Facts a reader of the table needs, derived from this run's numbers."
+    out = []
+    tr, inf = res.get("training"), res.get("inference")
+    if res["args"]["quick"]:
+        out.append("QUICK run: few steps, rows and repetitions, and the smoke config for the demo run; the numbers only "
+                   "show that the script works.")
+    if tr:
+        d = tr["dialsum"][0]
+        out.append(f"Training: {d['train_steps']} steps of batch {res['args']['batch']} on both sides "
+                   f"({d['train_samples']} samples for dialsum, {tr['seed'][0]['train_samples']} for the seed); dialsum's "
+                   f"side is the loop of a Trainer built by dialsum.train.make_trainer (sampler {d['sampler']}), timed "
+                   "from on_train_begin to the last on_step_end; the seed times its own loop.")
+    if inf:
+        d = inf["runs"]["dialsum"][0]
+        out.append(f"Inference: dialsum generated {d['new_tokens']['mean']} tokens per summary on average (max "
+                   f"{d['new_tokens']['max']}); the seed's `--max-length 100` is generate's max_length, i.e. at most 99 "
+                   "new tokens after the decoder start token, against dialsum's max_new_tokens=100.")
+        if d["new_tokens"]["mean"] > 90:
+            out.append("The benchmark model is untrained (random weights), so almost every summary runs to the length limit:"
+                       " inference figures are the worst case (no early end of beams) on both sides.")
+        ag = inf["agreement"]
+        if ag["share"] < 0.99:
+            out.append(f"Agreement below target: {ag['identical']}/{ag['rows']} rows identical to the plain masked "
+                       "generate. With an untrained model the beam scores are nearly tied, so float rounding that depends "
+                       "on batch composition (length-sorted batches have less padding than file-order batches) can flip a "
+                       "beam; see examples_differing in results.json.")
+    return out
+
+
+# ---------------------------------------------------------------- main
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="smoke-check the script: 1 repetition, few steps and rows, smoke demo")
+    p.add_argument("--reps", type=int, default=3, help="alternating repetitions of each training/inference comparison")
+    p.add_argument("--train-steps", type=int, default=32, help="training steps (32 x 16 = one pass over the 499 dev rows)")
+    p.add_argument("--batch", type=int, default=16, help="training batch size, both sides")
+    p.add_argument("--infer-n", type=int, default=499, help="test dialogues generated per inference run")
+    p.add_argument("--metric-n", type=int, default=499, help="predictions scored (3 references each)")
+    p.add_argument("--metric-reps", type=int, default=5)
+    p.add_argument("--demo-config", default="configs/experiments/demo.yaml")
+    p.add_argument("--demo-reps", type=int, default=1)
+    p.add_argument("--only", nargs="+", choices=["training", "inference", "metric", "demo"],
+                   default=["training", "inference", "metric", "demo"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--bf16", action="store_true", help="with --device cuda: bfloat16 weights on both sides")
+    p.add_argument("--data", type=Path, default=SHARED / "data" / "ko")
+    p.add_argument("--seed-script", type=Path, default=SHARED / "bench" / "seed_baseline.py")
+    p.add_argument("--results", type=Path, default=BENCH / "results.json")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.reps, a.train_steps, a.batch, a.infer_n, a.metric_n, a.metric_reps = 1, 4, 8, 16, 60, 2
+        a.demo_config = "configs/experiments/smoke.yaml"
+        if a.results == BENCH / "results.json": a.results = BENCH / "work" / "quick_results.json"
+    return a
+
+
+def main(argv=None):
+    a = parse(argv)
+    for f, what in ((a.data / "dev.csv", "Korean dev split"), (a.data / "test.csv", "Korean test split"),
+                    (a.seed_script, "seed recipe")):
+        if not f.is_file():
+            log(f"bench: skipped: the {what} {f} is absent (../shared is on CI and developer machines only)")
+            return 0
+    import torch
+    cuda = a.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        log("bench: skipped: --device cuda asked for, but CUDA is not available on this machine "
+            f"(torch {torch.__version__}); run it where a GPU is present")
+        return 0
+    if a.bf16 and not cuda:
+        log("bench: --bf16 applies to --device cuda only"); return 2
+    work = BENCH / "work"; work.mkdir(parents=True, exist_ok=True)
+    spec = KOBART_SPEC if cuda else CPU_SPEC
+    name = ("kobart-size" if cuda else "ko-d{d_model}-l{encoder_layers}-v{vocab_size}").format(**spec)
+    model_dir = bench_model(spec, ko_texts(a.data), BENCH / "models" / name)
+    device = torch.cuda.get_device_name(0) if cuda else f"CPU ({platform.processor() or platform.machine()}, " \
+                                                         f"{os.cpu_count()} cores)"
+    res = dict(when=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), args={k: str(v) if isinstance(v, Path)
+               else v for k, v in vars(a).items()}, machine=dict(device=device, torch=torch.__version__,
+               torch_threads=torch.get_num_threads(), load_average=os.getloadavg()), model=describe_model(model_dir))
+    if "training" in a.only: res["training"] = bench_training(a, model_dir, work)
+    if "inference" in a.only:
+        runs, ag = bench_inference(a, model_dir, work)
+        res["inference"] = dict(runs=runs, agreement=ag)
+    if "metric" in a.only: res["metric"] = bench_metric(a)
+    if "demo" in a.only and not cuda:
+        res["demo"] = bench_demo(a, work)
+        if "inference" in a.only: res["agreement_trained"] = bench_agreement_trained(a, res["demo"], work)
+    res["machine"]["load_average_after"] = os.getloadavg()
+    res["table"] = build_table(res, a.quick)
+    res["notes"] = notes(res)
+    a.results.parent.mkdir(parents=True, exist_ok=True)
+    a.results.write_text(json.dumps(res, ensure_ascii=False, indent=1, default=str) + "\n", encoding="utf-8")
+    md = a.results.with_name("RESULTS.md" if a.results.name == "results.json" else a.results.stem + ".md")
+    md.write_text(markdown(res), encoding="utf-8")
+    print_table(res)
+    log(f"\nwritten: {a.results.relative_to(ROOT)}, {md.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

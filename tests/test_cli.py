@@ -1,0 +1,91 @@
+"`dialsum predict | runs | best | compare` on the runs of one sweep (the `swept` fixture in conftest.py)."
+import importlib.util, json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import dialsum, run_folders
+from dialsum.metrics import bootstrap_ci
+from dialsum.submissions import read_index
+
+
+def run_of(runs, experiment):
+    (r,) = [r for r in run_folders(runs) if json.loads((r/'metadata.json').read_text())['experiment'] == experiment]
+    return r
+
+
+@pytest.mark.slow  # uses the shared sweep of conftest.py (about a minute)
+def test_predict_from_run(swept, tmp_path):
+    "predict by experiment name reproduces the run's submission byte for byte, says which checkpoint and why; --checkpoint overrides."
+    runs = swept[1]; a = run_of(runs, 'sweep_a')
+    md = json.loads((a/'metadata.json').read_text())
+    p = dialsum('predict', '--run', 'sweep_a', '--runs-dir', runs, '--input', a/'data'/'test.csv', '--output', tmp_path/'out.csv')
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (tmp_path/'out.csv').read_bytes() == (a/'submission.csv').read_bytes()
+    lines = p.stdout.splitlines()
+    assert lines[1] == f"checkpoint {a/md['best_checkpoint']}" and lines[2].strip().startswith('chosen:  best eval_score'), p.stdout
+    assert lines[-1].startswith(f"wrote      {tmp_path/'out.csv'} (8 rows, valid")
+
+    other = sorted((a/'checkpoints').glob('checkpoint-*'), key=lambda c: int(c.name.split('-')[1]))[0]
+    assert other.name != Path(md['best_checkpoint']).name
+    p = dialsum('predict', '--run', a, '--checkpoint', other, '--input', a/'data'/'dev.csv', '--output', tmp_path/'dev.csv')
+    assert p.returncode == 0 and 'given with --checkpoint' in p.stdout, p.stderr[-3000:]
+    out = pd.read_csv(tmp_path/'dev.csv', dtype=str, keep_default_na=False)
+    assert out.columns.tolist() == ['fname', 'summary'] and out.fname.tolist() == pd.read_csv(a/'data'/'dev.csv', dtype=str).fname.tolist()
+
+    p = dialsum('predict', '--run', 'sweep_c', '--runs-dir', runs, '--output', tmp_path/'x.csv')
+    assert p.returncode == 2 and "no runs of experiment 'sweep_c'" in p.stderr and not (tmp_path/'x.csv').exists()
+    (tmp_path/'bad.csv').write_text('fname,dialogue\nt1,\n')
+    p = dialsum('predict', '--run', a, '--input', tmp_path/'bad.csv', '--output', tmp_path/'y.csv')
+    assert p.returncode == 2 and 'bad.csv' in p.stderr and not (tmp_path/'y.csv').exists()
+
+
+@pytest.mark.slow  # uses the shared sweep of conftest.py (about a minute)
+def test_runs_best_compare(swept, tmp_path):
+    "runs lists best first and filters; best names the best completed run and its file; compare pairs the per-row dev scores."
+    runs = swept[1]; ix = read_index(runs)
+    p = dialsum('runs', '--runs-dir', runs)
+    assert p.returncode == 0
+    done = ix[ix.status == 'completed'].sort_values('dev_score', ascending=False)
+    assert [l.split()[0] for l in p.stdout.splitlines()[1:]] == done.run_id.tolist() + ix.run_id[ix.status == 'failed'].tolist()
+    p = dialsum('runs', '--runs-dir', runs, '--status', 'failed')
+    assert [l.split()[:3] for l in p.stdout.splitlines()[1:]] == [[ix.run_id[ix.status == 'failed'].item(), 'broken', 'failed']]
+    assert dialsum('runs', '--runs-dir', runs, '--experiment', 'sweep_b').stdout.splitlines()[1].split()[1] == 'sweep_b'
+
+    p = dialsum('best', '--runs-dir', runs)
+    best = done.iloc[0]
+    assert p.returncode == 0 and p.stdout.splitlines()[0].split()[2] == best.run_id
+    assert p.stdout.splitlines()[-1] == f"submission {(runs/best.run_id/'submission.csv').resolve()}"
+
+    p = dialsum('compare', 'sweep_a', 'sweep_b', '--runs-dir', runs, '--top', '3')
+    assert p.returncode == 0, p.stderr
+    da, db = (pd.read_csv(run_of(runs, e)/'predictions_dev.csv').set_index('fname') for e in ('sweep_a', 'sweep_b'))
+    d = (db.score - da.score.reindex(db.index))
+    lo, hi = bootstrap_ci(d.values)
+    assert f"B - A: {d.mean():+.2f} (paired bootstrap 95% interval {lo:+.2f} to {hi:+.2f}; {len(d)} dev rows" in p.stdout, p.stdout
+    listed = [l.split()[0] for l in p.stdout.split('dev rows that changed most:')[1].strip().splitlines()[1:]]
+    assert listed == d.abs().sort_values(ascending=False, kind='stable').index[:3].tolist()
+
+
+@pytest.mark.slow  # uses the shared sweep of conftest.py (about a minute)
+def test_runs_plot(swept, tmp_path):
+    "--plot draws with dialsum.plots.plot_runs when that module exists, and says clearly that it cannot when it does not."
+    p = dialsum('runs', '--runs-dir', swept[1], '--plot', tmp_path/'runs.png')
+    if importlib.util.find_spec('dialsum.plots'):
+        assert p.returncode == 0 and (tmp_path/'runs.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n', p.stderr
+    else:
+        assert p.returncode == 1 and 'dialsum.plots.plot_runs is not available' in p.stderr
+
+
+def test_nothing_starts_on_bad_arguments(tmp_path):
+    "A pattern that matches nothing, a malformed override, an empty runs folder: exit 2 with the reason, nothing written."
+    p = dialsum('sweep', 'configs/experimnts/*.yaml', '--set', f'output.runs_dir={tmp_path}')
+    assert p.returncode == 2 and 'configs/experimnts/*.yaml: no config file matches' in p.stderr
+    p = dialsum('sweep', 'configs/experiments/smoke.yaml', '--set', f'output.runs_dir={tmp_path}', 'learning_rate')
+    assert p.returncode == 2 and "override 'learning_rate'" in p.stderr
+    assert list(tmp_path.iterdir()) == []
+    p = dialsum('runs', '--runs-dir', tmp_path)
+    assert p.returncode == 0 and p.stdout.strip() == f'no runs in {tmp_path}'
+    p = dialsum('best', '--runs-dir', tmp_path)
+    assert p.returncode == 2 and 'no completed run' in p.stderr

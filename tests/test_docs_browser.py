@@ -1,0 +1,154 @@
+"The docs site in a real browser: every page reachable from the navigation loads, links and pictures work, no console error."
+import functools, importlib, json, re, shutil, subprocess, threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urldefrag, urlparse
+
+import pytest
+from conftest import BIN, ROOT
+
+pytestmark = pytest.mark.slow  # builds the whole site (runs every notebook's lessons) and drives Chromium: minutes
+MODULE_NBS = []
+FLAGS = ['--headless=new', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+         '--disable-component-update', '--disable-sync', '--window-size=1280,1400']
+
+
+def _browser():
+    "Paths of Debian's chromium and chromedriver, installed with `make browser` when missing; a skip when that fails."
+    have = lambda: shutil.which('chromium') and shutil.which('chromedriver')
+    if not have():
+        r = subprocess.run(['make', '-s', 'browser'], cwd=ROOT, capture_output=True, text=True, timeout=900)
+        if not have(): pytest.skip(f"Chromium and ChromeDriver are not installed and `make browser` could not install them: "
+                                   f"{(r.stderr or r.stdout).strip()[-300:]}")
+    return shutil.which('chromium'), shutil.which('chromedriver')
+
+
+@pytest.fixture(scope='module')
+def site(tmp_path_factory):
+    "The site built by tools/docs.py (what `make docs` runs without quarto) into a temporary folder."
+    tmp = tmp_path_factory.mktemp('docs')
+    MODULE_NBS[:] = sorted((ROOT/'nbs').glob('[0-9]*.ipynb'))  # the module notebooks this build sees
+    r = subprocess.run([str(BIN/'python'), 'tools/docs.py', '--out', str(tmp/'site'), '--build', str(tmp/'build')],
+                       cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, f"tools/docs.py failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
+    return tmp/'site'
+
+
+@pytest.fixture(scope='module')
+def server(site):
+    "The site served on localhost; every request's path and status are recorded."
+    log = []
+    class Handler(SimpleHTTPRequestHandler):
+        def log_request(self, code='-', size='-'): log.append((urlparse(self.path).path, int(code)))
+        def log_message(self, *a): pass
+    httpd = ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(Handler, directory=str(site)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", log
+    httpd.shutdown(); httpd.server_close()
+
+
+@pytest.fixture(scope='module')
+def driver(tmp_path_factory):
+    chromium, chromedriver = _browser()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for f in FLAGS + [f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"]: opts.add_argument(f)
+    opts.set_capability('goog:loggingPrefs', {'browser': 'ALL'})
+    d = webdriver.Chrome(service=Service(chromedriver), options=opts)
+    d.set_page_load_timeout(60)
+    yield d
+    d.quit()
+
+
+JS_PAGE = """return {links: Array.from(document.querySelectorAll('a[href]')).map(a => a.href),
+  ids: Array.from(document.querySelectorAll('[id]')).map(e => e.id),
+  broken_images: Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src.slice(0, 100)),
+  images: document.querySelectorAll('article img').length,
+  highlighted: document.querySelectorAll('article .highlight-ipynb span, article .highlight span').length,
+  text: document.querySelector('article') ? document.querySelector('article').innerText : ''}"""
+
+
+@pytest.fixture(scope='module')
+def crawl(server, driver, tmp_path_factory):
+    "Every page reachable from the home page by its links, visited in the browser: what each page holds, and console errors."
+    base, log = server
+    pages, errors, todo = {}, [], ['/index.html']
+    while todo:
+        path = todo.pop()
+        if path in pages: continue
+        driver.get(base + path)
+        info = driver.execute_script(JS_PAGE)
+        errors += [(path, e['message']) for e in driver.get_log('browser') if e['level'] == 'SEVERE']
+        pages[path] = info
+        for href in info['links']:
+            u = urlparse(href)
+            if u.netloc == urlparse(base).netloc and u.path.endswith('.html') and u.path not in pages: todo.append(u.path)
+    return pages, errors
+
+
+def test_every_page_loads_without_errors(site, server, crawl):
+    base, log = server
+    pages, errors = crawl
+    built = {'/' + str(p.relative_to(site)) for p in site.rglob('*.html') if p.name != '404.html'}
+    assert built - set(pages) == set(), 'pages that no link or navigation entry reaches'
+    assert {'/index.html', '/plots.html', '/eda.html', '/tutorials/quick_start.html'} <= set(pages)
+    failed = [(p, s) for p, s in log if s not in (200, 304)]  # 304: the browser's cached copy is still good
+    assert not failed, f"requests (pages, styles, scripts, pictures) that failed: {failed}"
+    assert all(s == 200 for p, s in log if p in pages)
+    assert not errors, 'console errors:\n' + '\n'.join(map(str, errors))
+
+
+def test_no_broken_internal_link(server, crawl):
+    base, _ = server
+    pages, _ = crawl
+    broken = []
+    for path, info in pages.items():
+        for href in info['links']:
+            url, frag = urldefrag(href)
+            u = urlparse(url)
+            if u.netloc != urlparse(base).netloc: continue
+            target = u.path + ('index.html' if u.path.endswith('/') else '')
+            if target.endswith('.html'):
+                if target not in pages: broken.append((path, href, 'page not reached')); continue
+                if frag and unquote(frag) not in pages[target]['ids']: broken.append((path, href, 'no such anchor'))
+            else:
+                import urllib.request
+                with urllib.request.urlopen(url) as r:
+                    if r.status != 200: broken.append((path, href, r.status))
+    assert not broken, 'broken links:\n' + '\n'.join(map(str, broken))
+
+
+def test_pictures_code_and_api(crawl):
+    pages, _ = crawl
+    assert [(p, i['broken_images']) for p, i in pages.items() if i['broken_images']] == []
+    assert pages['/eda.html']['images'] >= 4 and pages['/plots.html']['images'] >= 3  # the lessons' pictures are shown
+    assert pages['/plots.html']['highlighted'] > 50 and pages['/data.html']['highlighted'] > 50  # code is highlighted
+    from nbdev.frontmatter import _nbpath2html
+    from mkdocs_jupyter.utils import slugify
+    checked = 0
+    for nb in MODULE_NBS:
+        m = re.search(r'#\|\s*default_exp\s+(\S+)', ''.join(json.loads(nb.read_text())['cells'][0]['source']))
+        if not m: continue
+        assert '/' + _nbpath2html(nb).name in pages, f'{nb.name}: no page'
+        mod, page = importlib.import_module(f'dialsum.{m[1]}'), pages['/' + _nbpath2html(nb).name]
+        text = ' '.join(page['text'].split())
+        for name in getattr(mod, '__all__', []):
+            obj = getattr(mod, name)
+            if not callable(obj) or not getattr(obj, '__doc__', None) or getattr(obj, '__module__', '') != mod.__name__: continue
+            assert slugify(name) in page['ids'], f'{nb.name}: no section for {name}'
+            assert re.search(rf'(def|class) {re.escape(name)}\b', text), f'{nb.name}: no signature of {name}'
+            doc = ' '.join(obj.__doc__.split()).replace('`', '')
+            assert doc[:60] in text, f'{nb.name}: no docstring of {name}'
+            checked += 1
+    assert checked > 30
+
+
+def test_screenshots(server, driver, crawl, tmp_path):
+    base, _ = server
+    for name, path in [('home', '/index.html'), ('api', '/plots.html')]:
+        driver.get(base + path)
+        assert driver.save_screenshot(str(tmp_path/f'{name}.png'))
+        assert (tmp_path/f'{name}.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    print(f"screenshots: {tmp_path}")

@@ -1,0 +1,158 @@
+"""Faults: a job killed with SIGKILL while it trains or writes, and two runs started in the same second.
+
+A kill -9 cannot be caught, so what survives it is what was on disk: the trainer's checkpoints and
+dialsum's atomic writes. These tests kill real processes and check that nothing torn is trusted and
+that the next run carries on."""
+import json, os, signal, subprocess, sys, time
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+
+from casebook import record, snapshot
+from conftest import BIN, ROOT, dialsum, run_folders
+
+SMOKE = ROOT/'configs'/'experiments'/'smoke.yaml'
+
+
+def kill_tree(proc):
+    "SIGKILL `proc` and everything it started (the papermill kernel runs in a session of its own)."
+    try: family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess: family = []
+    for p in [psutil.Process(proc.pid)] + family if proc.poll() is None else family:
+        try: p.kill()
+        except psutil.NoSuchProcess: pass
+    proc.wait(timeout=60)
+    psutil.wait_procs(family, timeout=30)
+
+
+@pytest.mark.slow
+def test_kill_during_training_then_resume(tmp_path):
+    "kill -9 after the first complete checkpoint; `dialsum run --resume` continues from the newest complete one and completes."
+    from dialsum.safety import resume_problems
+    from test_demo_run import check_run_folder
+    runs = tmp_path/'runs'
+    over = [f'output.runs_dir={runs}', 'training.max_steps=30', 'training.eval_steps=5', 'training.save_total_limit=null',
+            'training.early_stopping_patience=null']
+    log = open(tmp_path/'first.log', 'w')
+    proc = subprocess.Popen([str(BIN/'dialsum'), 'run', str(SMOKE), *over], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.time() + 400
+    while not list(runs.glob('*/checkpoints/checkpoint-*/trainer_state.json')):
+        assert proc.poll() is None, f"the run ended before its first checkpoint: {(tmp_path/'first.log').read_text()[-2000:]}"
+        assert time.time() < deadline, 'no checkpoint within 400 s'
+        time.sleep(0.02)
+    kill_tree(proc); log.close()
+    (run,) = run_folders(runs)
+    assert json.loads((run/'metadata.json').read_text())['status'] == 'running'  # a killed job cannot record its end
+    ckpts = sorted((run/'checkpoints').glob('checkpoint-*'), key=lambda p: int(p.name.split('-')[1]))
+    complete = [c for c in ckpts if not resume_problems(c)]
+    assert complete and complete[-1].name != 'checkpoint-30', [c.name for c in ckpts]
+    last = complete[-1]
+    stamps = {f.name: f.stat().st_mtime_ns for f in last.iterdir()}
+    torn = [c.name for c in ckpts if c not in complete]
+
+    p = dialsum('run', SMOKE, *over, '--resume', run.name)
+    assert p.returncode == 0, p.stdout + p.stderr[-3000:]
+    assert run_folders(runs) == [run], 'the resumed run must stay in its own folder'
+    md, metrics, dev, sub = check_run_folder(run, 8, 8)
+    assert md['resumed_from'] == f'checkpoints/{last.name}' and md['attempts'] == 2
+    assert md['train']['global_step'] == 30
+    # training went on from the checkpoint: it was not written again, and steps after it were
+    assert {f.name: f.stat().st_mtime_ns for f in last.iterdir()} == stamps
+    state = json.loads((run/'checkpoints'/'trainer_state.json').read_text())
+    steps = [h['step'] for h in state['log_history'] if 'loss' in h]
+    assert steps == sorted(set(steps)) and steps[-1] == 30
+    assert (run/'checkpoints'/'checkpoint-30').is_dir()
+    ix = pd.read_csv(runs/'index.csv', dtype=str, keep_default_na=False)
+    assert ix.run_id.tolist() == [run.name] and ix.status.tolist() == ['completed']
+    assert (runs/'latest_submission.csv').read_bytes() == (run/'submission.csv').read_bytes()
+    record('fault-kill-during-training', 'Faults', 'kill -9 of dialsum run (and its kernel) after the first complete checkpoint, '
+           'then dialsum run --resume RUN', 'continues', 'completed',
+           f"resumed from {last.name} (torn then: {', '.join(torn) or 'none'}); global step {md['train']['global_step']}, "
+           f"{md['attempts']} attempts, one index row, submission promoted")
+
+
+WRITER = r'''
+import sys, json
+from pathlib import Path
+from dialsum.records import atomic_write, write_json
+from dialsum.submissions import update_index
+runs, rows = Path(sys.argv[1]), int(sys.argv[2])
+for i in range(10**9):
+    tag = f'{sys.argv[3]}-{i:05d}'
+    body = 'fname,summary\n' + ''.join(f'test_{j},{tag} #Person1#이 {j}번째 요약을 쓴다.\n' for j in range(rows))
+    atomic_write(runs/'latest_submission.csv', body)
+    write_json(runs/'run'/'metadata.json', {'run_id': tag, 'status': 'completed', 'rows': rows})
+    update_index(runs, dict(run_id=tag, experiment='writer', status='completed', dev_score=i))
+    if i == 0: (runs/'started').touch()
+'''
+
+
+def test_kill_during_submission_and_index_writes(tmp_path):
+    "SIGKILL a process that rewrites a submission, a metadata.json and the index in a loop: every file parses whole; the next write works."
+    runs, rows = tmp_path/'runs', 20_000
+    (runs/'run').mkdir(parents=True)
+    hits, rounds, seen = 0, 0, set()
+    while rounds < 3 or (hits == 0 and rounds < 12):
+        rounds += 1
+        (runs/'started').unlink(missing_ok=True)
+        proc = subprocess.Popen([sys.executable, '-c', WRITER, str(runs), str(rows), f'r{rounds}'], stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while not (runs/'started').exists():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.time() < deadline
+            time.sleep(0.01)
+        time.sleep(0.1 + 0.07 * rounds)
+        proc.send_signal(signal.SIGKILL); proc.wait(timeout=30)
+        left = {p.name for p in runs.rglob('*.tmp')} - seen
+        hits += bool(left); seen |= left  # killed mid-write: a new temporary file is there, the target is whole
+        sub = pd.read_csv(runs/'latest_submission.csv', dtype=str, keep_default_na=False)
+        assert len(sub) == rows and sub.summary.str.split(' ').str[0].nunique() == 1, 'torn or mixed submission'
+        md = json.loads((runs/'run'/'metadata.json').read_text())
+        assert md['rows'] == rows
+        ix = pd.read_csv(runs/'index.csv', dtype=str, keep_default_na=False)
+        assert ix.run_id.is_unique and (ix.status == 'completed').all() and ix.run_id.str.match(r'^r\d+-\d{5}$').all()
+    assert hits, f'no kill landed inside a write in {rounds} rounds'
+    from dialsum.submissions import read_index, update_index
+    n = len(read_index(runs))
+    update_index(runs, dict(run_id='next_20260101-000000', experiment='next', status='completed'))  # the next run proceeds
+    assert len(read_index(runs)) == n + 1 and read_index(runs).run_id.iat[-1] == 'next_20260101-000000'
+    record('fault-kill-during-writes', 'Faults', 'kill -9 of a process rewriting latest_submission.csv, metadata.json and index.csv in a loop',
+           'no torn file', 'whole files',
+           f"{rounds} kills, {hits} inside a write (a hidden .tmp left, the target whole); every file parsed; the next index write worked")
+
+
+CHILD = r'''
+import sys, time
+from datetime import datetime
+from pathlib import Path
+from dialsum.records import new_run_dir
+runs, go, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+(go.parent/f'ready-{sys.argv[4]}').touch()
+while not go.exists(): time.sleep(0.002)
+for _ in range(n): print(new_run_dir(runs, 'same', datetime(2026, 1, 1, 12, 0, 0)).name, flush=True)
+'''
+
+
+def test_same_name_same_second_two_processes(tmp_path):
+    "Two processes each start 20 runs of one experiment in the same second: 40 distinct folders, none shared."
+    runs, go = tmp_path/'runs', tmp_path/'go'
+    procs = [subprocess.Popen([sys.executable, '-c', CHILD, str(runs), str(go), '20', tag], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for tag in ('a', 'b')]
+    deadline = time.time() + 60
+    while not all((tmp_path/f'ready-{t}').exists() for t in 'ab'):
+        assert time.time() < deadline; time.sleep(0.005)
+    go.touch()
+    names = []
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        names += out.split()
+    assert len(names) == 40 and len(set(names)) == 40
+    assert sorted(names) == sorted(q.name for q in runs.iterdir())
+    assert 'same_20260101-120000' in names and 'same_20260101-120000-40' in names
+    record('fault-same-name-same-second', 'Faults', 'two processes starting 20 runs each of one experiment in the same second',
+           'distinct folders', 'distinct folders', f'40 folders, same_20260101-120000 to same_20260101-120000-40')

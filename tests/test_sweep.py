@@ -1,0 +1,162 @@
+"`dialsum sweep`: configs run one at a time, every outcome recorded, --resume, a killed sweep, a lost submission recovered."
+import json, os, shutil, signal, subprocess, time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import BIN, ROOT, dialsum, run_folders
+from dialsum.submissions import INDEX_COLUMNS, read_index, submission_problems
+
+
+def metadata(run): return json.loads((Path(run)/'metadata.json').read_text(encoding='utf-8'))
+
+
+def runs_of(runs, experiment): return [r for r in run_folders(runs) if metadata(r)['experiment'] == experiment]
+
+
+def summary(stdout):
+    "The sweep's summary table (the last in its output) as {config file name: {column: text}}."
+    lines = stdout.splitlines()
+    start = max(i for i, l in enumerate(lines) if l.split()[:3] == ['config', 'experiment', 'run_id'])
+    head = lines[start]
+    cols = head.split()
+    at = [head.index(c) for c in cols] + [None]
+    rows = {}
+    for l in lines[start + 1:]:
+        if not l.strip(): break
+        r = {c: l[at[i]:at[i + 1]].strip() for i, c in enumerate(cols)}
+        rows[r['config'].removesuffix('.yaml')] = r
+    return rows
+
+
+def copy_runs(runs, tmp_path):
+    dest = tmp_path/'runs'; shutil.copytree(runs, dest); return dest
+
+
+@pytest.mark.slow  # shares one 4-config sweep (about a minute) with test_cli.py
+def test_sweep_records_every_outcome(swept):
+    "Two configs complete, one fails inside its notebook, one does not validate: all recorded, the sweep goes on, exit 1."
+    p, runs = swept
+    assert p.returncode == 1, p.stdout[-3000:] + p.stderr[-3000:]
+    s = summary(p.stdout)
+    assert [(c, r['experiment'], r['status'], r['promoted']) for c, r in s.items()] == [
+        ('a', 'sweep_a', 'completed', 'yes'), ('b', 'sweep_b', 'completed', 'yes'), ('broken', 'broken', 'failed', '-'),
+        ('typo', '-', 'failed', '-')]
+    assert "did you mean 'training.learning_rate'" in s['typo']['note'] and s['typo']['run_id'] == '-'
+    assert 'no GPU (NVML unavailable): running on CPU' in p.stdout.splitlines()[0]
+
+    ix = read_index(runs)
+    assert ix.columns.tolist() == INDEX_COLUMNS
+    assert sorted(zip(ix.experiment, ix.status)) == [('broken', 'failed'), ('sweep_a', 'completed'), ('sweep_b', 'completed')]
+    broken = ix.set_index('experiment').loc['broken']
+    assert 'no/such/train.csv' in broken.error and broken.config_hash
+    (bad,) = runs_of(runs, 'broken')
+    md = metadata(bad)
+    assert md['error_tail'][-1].startswith('DataError') and md['log'] == 'run.log' and (bad/'run.log').stat().st_size > 0
+    nb = json.loads((bad/'run.ipynb').read_text())
+    assert nb['metadata']['papermill']['exception'] is True and 'no/such/train.csv' in json.dumps(nb['cells'])
+
+    history = sorted((runs/'history').iterdir())
+    assert [h.name.rsplit('_', 1)[0] for h in history] == ['sweep_a', 'sweep_b']
+    for c, exp, h in zip('ab', ['sweep_a', 'sweep_b'], history):
+        (run,) = runs_of(runs, exp)
+        test_fnames = pd.read_csv(run/'data'/'test.csv', dtype=str)['fname'].tolist()
+        assert submission_problems(run/'submission.csv', test_fnames, run/'data'/'sample_submission.csv') == []
+        assert h.read_bytes() == (run/'submission.csv').read_bytes()
+        assert metadata(run)['promoted'] is True and float(s[c]['dev_score']) == pytest.approx(metadata(run)['dev']['score'], abs=0.006)
+    assert (runs/'latest_submission.csv').read_bytes() == history[1].read_bytes()  # the last one promoted
+
+
+@pytest.mark.slow  # shares one 4-config sweep (about a minute) with test_cli.py
+def test_resume_runs_nothing_completed(swept, sweep_configs, tmp_path):
+    "--resume skips the two completed configs (no new folder, same index rows) and runs the failed one again."
+    runs = copy_runs(swept[1], tmp_path)
+    before = {r.name for r in run_folders(runs)}
+    p = dialsum('sweep', *(sweep_configs/f'{n}.yaml' for n in ('a', 'b', 'broken')), '--resume', '--set', f'output.runs_dir={runs}')
+    assert p.returncode == 1, p.stdout[-3000:] + p.stderr[-3000:]
+    s = summary(p.stdout)
+    assert [(c, r['status']) for c, r in s.items()] == [('a', 'skipped'), ('b', 'skipped'), ('broken', 'failed')]
+    new = {r.name for r in run_folders(runs)} - before
+    assert [metadata(runs/n)['experiment'] for n in new] == ['broken']
+    assert s['a']['run_id'] in before and s['b']['run_id'] in before
+    ix = read_index(runs)
+    assert sorted(ix.status) == ['completed', 'completed', 'failed', 'failed']
+
+
+@pytest.mark.slow  # shares one 4-config sweep (about a minute) with test_cli.py
+def test_lost_submission_is_recovered(swept, sweep_configs, tmp_path):
+    "A trained run whose submission.csv was deleted: --resume writes it again from the best checkpoint, promotes it, notes it."
+    runs = copy_runs(swept[1], tmp_path)
+    (run,) = runs_of(runs, 'sweep_a')
+    original = (run/'submission.csv').read_bytes()
+    (run/'submission.csv').unlink()
+    p = dialsum('sweep', sweep_configs/'a.yaml', '--resume', '--set', f'output.runs_dir={runs}')
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert summary(p.stdout)['a']['status'] == 'recovered' and 'recovering it with dialsum predict' in p.stdout
+    assert (run/'submission.csv').read_bytes() == original  # the same checkpoint, the same inference code
+    md = metadata(run)
+    assert md['status'] == 'completed' and md['promoted'] is True and md['recovered']['checkpoint'] == md['best_checkpoint']
+    assert {h.name for h in (runs/'history').iterdir() if h.name.startswith('sweep_a')} == {f'{run.name}.csv', f'{run.name}-2.csv'}
+    assert read_index(runs).set_index('run_id').error[run.name].startswith('submission recovered by dialsum predict')
+    assert len(run_folders(runs)) == 3  # nothing was trained again
+
+
+def start_sweep(runs, *configs):
+    return subprocess.Popen([str(BIN/'dialsum'), 'sweep', *map(str, configs), '--set', f'output.runs_dir={runs}'], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def wait_for_kernel(p, runs, experiment, timeout=300):
+    "Wait until the run of `experiment` is inside its notebook (the template's start_run has recorded an attempt); return its folder."
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert p.poll() is None, p.communicate()[0][-3000:]
+        for d in Path(runs).glob(f'{experiment}_*'):
+            try: md = metadata(d)
+            except (OSError, ValueError): continue
+            if md.get('status') == 'running' and md.get('attempts'): return d
+        time.sleep(0.2)
+    raise AssertionError(f'{experiment} did not start within {timeout} s')
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run(sweep_configs, tmp_path):
+    "kill -9 of a sweep while its second run trains: the index parses, history is intact, the run reads as interrupted, --resume completes."
+    runs = tmp_path/'runs'
+    p = start_sweep(runs, sweep_configs/'a.yaml', sweep_configs/'b.yaml')
+    b = wait_for_kernel(p, runs, 'sweep_b')
+    os.killpg(p.pid, signal.SIGKILL); p.wait(60)
+    time.sleep(3)  # the orphaned kernel notices its parent is gone and exits
+    ix = read_index(runs)
+    assert ix.columns.tolist() == INDEX_COLUMNS
+    assert dict(zip(ix.experiment, ix.status)) == {'sweep_a': 'completed', 'sweep_b': 'running'}
+    (a,) = runs_of(runs, 'sweep_a')
+    assert [h.name for h in (runs/'history').iterdir()] == [f'{a.name}.csv']
+    assert (runs/'history'/f'{a.name}.csv').read_bytes() == (a/'submission.csv').read_bytes() == (runs/'latest_submission.csv').read_bytes()
+    shown = dialsum('runs', '--runs-dir', runs, '--status', 'interrupted')
+    assert shown.returncode == 0 and shown.stdout.splitlines()[1].split()[:3] == [b.name, 'sweep_b', 'interrupted'], shown.stdout
+
+    again = dialsum('sweep', sweep_configs/'a.yaml', sweep_configs/'b.yaml', '--resume', '--set', f'output.runs_dir={runs}')
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f'{b.name}: its process is gone; marked interrupted' in again.stdout
+    s = summary(again.stdout)
+    assert (s['a']['status'], s['b']['status'], s['b']['promoted']) == ('skipped', 'completed', 'yes')
+    ix = read_index(runs).set_index('run_id')
+    assert ix.status[b.name] == 'interrupted' and f'pid {p.pid}' in ix.error[b.name]
+    assert sorted(ix.status) == ['completed', 'completed', 'interrupted']
+    assert sorted(h.name for h in (runs/'history').iterdir()) == sorted(f"{r}.csv" for r in ix.index[ix.status == 'completed'])
+
+
+def test_sigterm_records_interrupted(sweep_configs, tmp_path):
+    "SIGTERM to a sweep (what `kill` sends) stops it like Ctrl-C: the run is recorded as interrupted, the summary printed, exit 130."
+    runs = tmp_path/'runs'
+    p = start_sweep(runs, sweep_configs/'a.yaml', sweep_configs/'b.yaml')
+    a = wait_for_kernel(p, runs, 'sweep_a')
+    p.send_signal(signal.SIGTERM)
+    out = p.communicate(timeout=120)[0]
+    assert p.returncode == 130, out[-3000:]
+    s = summary(out)
+    assert (s['a']['status'], s['b']['status']) == ('interrupted', 'not run'), out[-3000:]
+    assert metadata(a)['status'] == 'interrupted'
+    assert read_index(runs).status.tolist() == ['interrupted']
