@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast export clean-nbs check-sync lab docs browser help
+.PHONY: install demo test test-fast export clean-nbs check-sync lab docs browser bench help
 
 help:
 	@echo "make demo       train, score and submit the embedded demo experiment (runs/demo_*)"
@@ -18,6 +18,7 @@ help:
 	@echo "make check-sync fail if nbdev_export or nbdev_clean would change tracked files"
 	@echo "make docs       the docs site into _docs/ (nbdev_docs with quarto, else nbdev's processing + mkdocs)"
 	@echo "make lab        JupyterLab on the project, with dialsum importable"
+	@echo "make bench      speed against the old baseline's recipe -> bench/RESULTS.md (ARGS=--quick: smoke check)"
 
 # The virtual environment is made once and refreshed when the packaging changes.
 # torch is pinned here: a bare `torch` requirement could pull a multi-GB CUDA build.
@@ -55,7 +56,7 @@ check-sync: $(STAMP)
 # JupyterLab is installed into the venv the first time; its python3 kernel is the venv's, so dialsum imports.
 lab: $(STAMP)
 	$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/pip install -q jupyterlab
-	$(BIN)/jupyter lab --no-browser --notebook-dir=.
+	$(BIN)/jupyter lab --no-browser --notebook-dir=. $(if $(filter 0,$(shell id -u)),--allow-root)
 
 # nbdev_docs needs quarto; without it tools/docs.py runs nbdev's processors and builds the site with mkdocs.
 docs: $(STAMP)
@@ -66,3 +67,7 @@ docs: $(STAMP)
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
+
+# Speed against the old baseline's recipe, side by side (bench/README.md); needs ../shared. ARGS=--quick: a smoke check.
+bench: $(STAMP)
+	$(BIN)/python bench/bench.py $(ARGS)

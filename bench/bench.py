@@ -70,8 +70,9 @@ def describe_model(model_dir):
 
 
 # ---------------------------------------------------------------- child processes
-def run_child(cmd, out_json=None, env=None, timeout=None):
-    "Run `cmd`; return (result JSON or None, wall seconds, peak RSS MiB of it and its waited-for children, tail of output)."
+def run_child(cmd, out_json=None, env=None):
+    """Run `cmd`; return (result JSON or None, wall seconds, peak RSS MiB, tail of its output).
+    The peak RSS is ru_maxrss from wait4: the largest of the process and the children it waited for."""
     logf = BENCH / "work" / "child.log"
     t = time.perf_counter()
     with open(logf, "w", encoding="utf-8") as lf:
@@ -86,6 +87,7 @@ def run_child(cmd, out_json=None, env=None, timeout=None):
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, cmd))} failed with exit code {p.returncode}:\n{tail}")
     res = json.loads(Path(out_json).read_text(encoding="utf-8")) if out_json else None
+    if res is not None: res["process_cpu_seconds"] = round(ru.ru_utime + ru.ru_stime, 2)  # the whole process
     return res, wall, ru.ru_maxrss / 1024, tail  # ru_maxrss is in KiB on Linux
 
 
@@ -125,6 +127,37 @@ def bench_training(a, model_dir, work):
                 f"{res['train_samples_per_s']:.2f} samples/s, {res['train_real_tokens_per_s']:.0f} real tok/s, "
                 f"padding {100 * res['train_padding_share']:.1f}%, peak RSS {rss:.0f} MiB")
     return runs
+
+
+def padding_analysis(model_dir, data, batch, seed=42):
+    """Padding share of one pass over dev.csv at `batch` under several orders, from the token lengths alone (no training):
+    file order (the seed), random, transformers' group_by_length sampler (what dialsum's Trainer uses), and a full sort
+    by encoder length within buckets of 50 batches."""
+    import torch
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+    sys.path.insert(0, str(BENCH))
+    from worker import make_features, split_inputs
+    from dialsum.models import load_pretrained
+    tok, _ = load_pretrained(str(model_dir))
+    srcs, sums = split_inputs(data / "dev.csv", "dev")
+    feats = make_features(tok, srcs, sums, 512, 100)
+    L, T = [len(f["input_ids"]) for f in feats], [len(f["labels"]) for f in feats]
+
+    def share(idx):
+        fed = real = 0
+        for s in range(0, len(idx), batch):
+            b = idx[s:s + batch]
+            fed += len(b) * (max(L[i] for i in b) + max(T[i] for i in b)); real += sum(L[i] + T[i] for i in b)
+        return round(1 - real / fed, 4)
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(L), generator=g).tolist()
+    mb = 50 * batch
+    return dict(rows=len(L), batch=batch, mean_source_tokens=round(sum(L) / len(L), 1), max_source_tokens=max(L),
+                mean_label_tokens=round(sum(T) / len(T), 1), file_order_per_batch=share(list(range(len(L)))),
+                random=share(perm), group_by_length=share(get_length_grouped_indices(L, batch, generator=g)),
+                group_by_length_megabatch_rows=min(len(L) // (batch * 4), 50) * batch,
+                sorted_in_buckets_of_50_batches=share([i for s in range(0, len(perm), mb)
+                                                       for i in sorted(perm[s:s + mb], key=lambda i: -L[i])]))
 
 
 # ---------------------------------------------------------------- inference
@@ -347,25 +380,54 @@ def notes(res):
         out.append("QUICK run: few steps, rows and repetitions, and the smoke config for the demo run; the numbers only "
                    "show that the script works.")
     if tr:
-        d = tr["dialsum"][0]
+        d, pa = tr["dialsum"][0], tr["padding_analysis"]
+        if med([r["train_padding_share"] for r in tr["dialsum"]]) > 0.10:
+            out.append(f"Padding above 10%: transformers' group_by_length sampler sorts only within megabatches of "
+                       f"min(rows // (4 x batch), 50) x batch = {pa['group_by_length_megabatch_rows']} rows of the "
+                       f"{pa['rows']}-row training split, i.e. a few batches; over one pass at batch {pa['batch']} it pads "
+                       f"{100 * pa['group_by_length']:.0f}% of fed tokens, where a sort by source length within buckets of "
+                       f"50 batches would pad {100 * pa['sorted_in_buckets_of_50_batches']:.0f}% (random order "
+                       f"{100 * pa['random']:.0f}%). The rest is label padding (labels are not sorted). On the 12,457-row "
+                       "competition train split the megabatch is 50 batches. Closing it: a sampler in dialsum that sorts "
+                       "within larger buckets (by source and label length) or batches by a token budget.")
         out.append(f"Training: {d['train_steps']} steps of batch {res['args']['batch']} on both sides "
                    f"({d['train_samples']} samples for dialsum, {tr['seed'][0]['train_samples']} for the seed); dialsum's "
                    f"side is the loop of a Trainer built by dialsum.train.make_trainer (sampler {d['sampler']}), timed "
                    "from on_train_begin to the last on_step_end; the seed times its own loop.")
     if inf:
         d = inf["runs"]["dialsum"][0]
-        out.append(f"Inference: dialsum generated {d['new_tokens']['mean']} tokens per summary on average (max "
-                   f"{d['new_tokens']['max']}); the seed's `--max-length 100` is generate's max_length, i.e. at most 99 "
-                   "new tokens after the decoder start token, against dialsum's max_new_tokens=100.")
-        if d["new_tokens"]["mean"] > 90:
-            out.append("The benchmark model is untrained (random weights), so almost every summary runs to the length limit:"
-                       " inference figures are the worst case (no early end of beams) on both sides.")
+        out.append(f"Inference settings: dialsum generate({d['generate_kwargs']}) on length-sorted batches of 32 with the "
+                   "attention mask; the seed generate(num_beams=4, no_repeat_ngram_size=2, early_stopping=True, "
+                   "max_length=100) on file-order batches of 32 padded to the longest dialogue of the split, without a "
+                   "mask. The seed's --max-length is generate's max_length, a total that includes the decoder start "
+                   "token: at most 99 new tokens against dialsum's max_new_tokens=100.")
+        out.append(f"dialsum's summaries were {d['new_tokens']['mean']} tokens long on average (max {d['new_tokens']['max']}).")
+        if d["new_tokens"]["mean"] > 0.9 * d["generate_kwargs"].get("max_new_tokens", 100):
+            out.append("The benchmark model is untrained (random weights): its beams run to the length limit on both sides "
+                       "(for the seed too, whose best finished beam is often the end token alone, an empty summary, while "
+                       "the other beams keep going until max_length). The inference ratio is therefore the worst case, "
+                       "with no early end of beams; a trained model ends beams earlier on both sides.")
         ag = inf["agreement"]
-        if ag["share"] < 0.99:
-            out.append(f"Agreement below target: {ag['identical']}/{ag['rows']} rows identical to the plain masked "
-                       "generate. With an untrained model the beam scores are nearly tied, so float rounding that depends "
-                       "on batch composition (length-sorted batches have less padding than file-order batches) can flip a "
-                       "beam; see examples_differing in results.json.")
+        if ag["nonempty"] == 0:
+            out.append("Agreement on the benchmark model is not evidence: every summary is empty on both sides. "
+                       "The row for the trained demo model is the meaningful one.")
+        elif ag["share"] < 0.99:
+            out.append(f"Agreement on the untrained benchmark model: {ag['identical']}/{ag['rows']} rows identical. Its beam "
+                       "scores are nearly tied (random weights), so float rounding that depends on the batch's padded "
+                       "length (sorted batches are padded less than file-order ones) can flip a beam; examples in "
+                       "results.json (inference.agreement.examples_differing).")
+    at = res.get("agreement_trained")
+    if at:
+        out.append(f"Agreement on a trained model: {at['model']} (the demo run's selected checkpoint) on the same "
+                   f"{at['rows']} test dialogues: {at['identical']} identical, {at['nonempty']} non-empty, summaries "
+                   f"{at['new_tokens']['mean']} tokens on average.")
+    me = res.get("metric")
+    if me:
+        out.append(f"Metric: {me['rows']} predictions (the first two turns of each dev dialogue) x 3 references (the dev "
+                   "summaries of rows i, i+1, i+2), timed from raw text after the Mecab analyzer is loaded; the rouge "
+                   "package side analyses each distinct text once with the same analyzer and calls Rouge().get_scores on "
+                   f"the space-joined morphemes. Largest per-row difference of the two: {me['max_abs_row_difference']:.2g} "
+                   "points.")
     return out
 
 
@@ -387,12 +449,16 @@ def parse(argv=None):
     p.add_argument("--bf16", action="store_true", help="with --device cuda: bfloat16 weights on both sides")
     p.add_argument("--data", type=Path, default=SHARED / "data" / "ko")
     p.add_argument("--seed-script", type=Path, default=SHARED / "bench" / "seed_baseline.py")
-    p.add_argument("--results", type=Path, default=BENCH / "results.json")
+    p.add_argument("--results", type=Path, default=None,
+                   help="results JSON (default bench/results.json; bench/results_cuda.json with --device cuda; "
+                        "bench/work/quick_results.json with --quick); the Markdown table goes next to it")
     a = p.parse_args(argv)
+    if a.results is None:
+        a.results = BENCH / ("work/quick_results.json" if a.quick else
+                             "results_cuda.json" if a.device == "cuda" else "results.json")
     if a.quick:
         a.reps, a.train_steps, a.batch, a.infer_n, a.metric_n, a.metric_reps = 1, 4, 8, 16, 60, 2
         a.demo_config = "configs/experiments/smoke.yaml"
-        if a.results == BENCH / "results.json": a.results = BENCH / "work" / "quick_results.json"
     return a
 
 
@@ -420,7 +486,9 @@ def main(argv=None):
     res = dict(when=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), args={k: str(v) if isinstance(v, Path)
                else v for k, v in vars(a).items()}, machine=dict(device=device, torch=torch.__version__,
                torch_threads=torch.get_num_threads(), load_average=os.getloadavg()), model=describe_model(model_dir))
-    if "training" in a.only: res["training"] = bench_training(a, model_dir, work)
+    if "training" in a.only:
+        res["training"] = bench_training(a, model_dir, work)
+        res["training"]["padding_analysis"] = padding_analysis(model_dir, a.data, a.batch)
     if "inference" in a.only:
         runs, ag = bench_inference(a, model_dir, work)
         res["inference"] = dict(runs=runs, agreement=ag)
@@ -433,7 +501,7 @@ def main(argv=None):
     res["notes"] = notes(res)
     a.results.parent.mkdir(parents=True, exist_ok=True)
     a.results.write_text(json.dumps(res, ensure_ascii=False, indent=1, default=str) + "\n", encoding="utf-8")
-    md = a.results.with_name("RESULTS.md" if a.results.name == "results.json" else a.results.stem + ".md")
+    md = a.results.with_name(a.results.stem.replace("results", "RESULTS") + ".md")
     md.write_text(markdown(res), encoding="utf-8")
     print_table(res)
     log(f"\nwritten: {a.results.relative_to(ROOT)}, {md.relative_to(ROOT)}")

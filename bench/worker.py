@@ -124,6 +124,7 @@ def run_infer(a):
     dt = time.perf_counter() - t
     return dict(side="dialsum", infer_examples=len(preds), infer_seconds=round(dt, 3),
                 infer_examples_per_s=round(len(preds) / dt, 3), new_tokens=_new_tokens(tok, preds),
+                generate_kwargs=generation_kwargs(gen_config(a)),
                 predictions=preds, torch_threads=torch.get_num_threads(), device=str(model.device),
                 peak_cuda_mib=peak_cuda())
 

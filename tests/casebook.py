@@ -60,6 +60,8 @@ def record(case, category, given, expected, outcome, message='', *paths):
     "Log one case for the docs page (when tools/cases_page.py asked for it)."
     out = os.environ.get(CASES_OUT)
     if not out: return
+    node = os.environ.get('PYTEST_CURRENT_TEST', '').rsplit(' ', 1)[0]  # tests/test_x.py::test_y[id] (call)
+    test = f"{Path(node.split('::')[0]).stem}::{node.split('::', 1)[-1]}" if '::' in node else ''
     row = dict(case=case, category=category, given=given, expected=expected, outcome=outcome,
-               message=tidy(message, *paths).strip())
+               message=tidy(message, *paths).strip(), test=test)
     with open(out, 'a', encoding='utf-8') as f: f.write(json.dumps(row, ensure_ascii=False) + '\n')

@@ -116,7 +116,7 @@ def test_csv_refused(case, tmp_path):
     refused(lambda: load(d, **case.data), DataError, case.expect, tmp_path, case.id, 'CSV files', case.given)
 
 
-LONG = '\n'.join(f"#Person{i % 2 + 1}#: " + '가나다라마바사 ' * 6 for i in range(1200))[:50_000]
+LONG = '\n'.join(f"#Person{i % 2 + 1}#: " + ' '.join(['가나다라마바사'] * 6) for i in range(1200))[:49_999] + '요'  # 50,000 characters, already clean
 
 
 def _accepted_bom(sp):
@@ -136,7 +136,7 @@ def _accepted_long(sp):
     from dialsum.data import model_inputs
     from dialsum.models import train_tokenizer
     from dialsum.train import make_features
-    assert len(sp.train.dialogue[1]) >= 49_000 and sp.train.dialogue[1].startswith('#Person1#')
+    assert len(LONG) == 50_000 and sp.train.dialogue[1] == LONG
     tok = train_tokenizer([LONG[:3000]] + list(sp.train.summary), 400)
     feats = make_features(tok, model_inputs(sp.train), list(sp.train.summary), 64, 16)
     assert max(len(f['input_ids']) for f in feats) == 64 and len(feats) == 3

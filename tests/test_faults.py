@@ -32,7 +32,6 @@ def kill_tree(proc):
 def test_kill_during_training_then_resume(tmp_path):
     "kill -9 after the first complete checkpoint; `dialsum run --resume` continues from the newest complete one and completes."
     from dialsum.safety import resume_problems
-    from test_demo_run import check_run_folder
     runs = tmp_path/'runs'
     over = [f'output.runs_dir={runs}', 'training.max_steps=30', 'training.eval_steps=5', 'training.save_total_limit=null',
             'training.early_stopping_patience=null']
@@ -57,7 +56,12 @@ def test_kill_during_training_then_resume(tmp_path):
     p = dialsum('run', SMOKE, *over, '--resume', run.name)
     assert p.returncode == 0, p.stdout + p.stderr[-3000:]
     assert run_folders(runs) == [run], 'the resumed run must stay in its own folder'
-    md, metrics, dev, sub = check_run_folder(run, 8, 8)
+    md = json.loads((run/'metadata.json').read_text())
+    assert md['status'] == 'completed' and 0 <= md['dev']['score'] <= 100, md.get('error')
+    assert json.loads((run/'metrics.json').read_text())['dev']['score'] == md['dev']['score']
+    sub = pd.read_csv(run/'submission.csv', dtype=str, keep_default_na=False)
+    assert sub.fname.tolist() == [f'test_{i}' for i in range(8)]
+    assert not resume_problems(run/md['best_checkpoint'])
     assert md['resumed_from'] == f'checkpoints/{last.name}' and md['attempts'] == 2
     assert md['train']['global_step'] == 30
     # training went on from the checkpoint: it was not written again, and steps after it were
@@ -68,11 +72,12 @@ def test_kill_during_training_then_resume(tmp_path):
     assert (run/'checkpoints'/'checkpoint-30').is_dir()
     ix = pd.read_csv(runs/'index.csv', dtype=str, keep_default_na=False)
     assert ix.run_id.tolist() == [run.name] and ix.status.tolist() == ['completed']
-    assert (runs/'latest_submission.csv').read_bytes() == (run/'submission.csv').read_bytes()
+    if md['submission_valid']:  # a tiny model may write empty summaries, which are (rightly) not promoted
+        assert (runs/'latest_submission.csv').read_bytes() == (run/'submission.csv').read_bytes()
     record('fault-kill-during-training', 'Faults', 'kill -9 of dialsum run (and its kernel) after the first complete checkpoint, '
            'then dialsum run --resume RUN', 'continues', 'completed',
            f"resumed from {last.name} (torn then: {', '.join(torn) or 'none'}); global step {md['train']['global_step']}, "
-           f"{md['attempts']} attempts, one index row, submission promoted")
+           f"{md['attempts']} attempts, one index row, the record completed")
 
 
 WRITER = r'''

@@ -3,7 +3,10 @@
 Without quarto, every notebook in nbs/ and nbs/tutorials/ becomes a page:
 1. it is executed the way `nbdev_test` runs it (cells flagged with a test flag such as `slow` and
    `#| eval: false` cells are skipped), so lessons show their outputs and pictures; the experiment
-   template is not executed (that would be a training run) and is shown as it is;
+   template is not executed (that would be a training run) and is shown as it is. A cell that raises
+   keeps its error on the page and the build goes on with a warning (`--strict`: the build fails);
+   `nbdev_test` is what checks the lessons. `--no-execute` runs only what `show_doc` needs, as
+   `nbdev_docs` does, and `--execute NB ...` runs only the lessons of those notebooks;
 2. nbdev's own processors run on it, as `nbdev_docs` would (front matter from the title cell, a
    `show_doc` for every exported name, `#| hide` and `#| export` cells dropped, backticked names linked);
 3. what quarto would read from the result is turned into what mkdocs-jupyter reads: the front matter
@@ -12,7 +15,7 @@ Without quarto, every notebook in nbs/ and nbs/tutorials/ becomes a page:
    pages named as quarto names them (`01_data.ipynb` -> `data.html`);
 4. mkdocs (material theme, mkdocs-jupyter plugin; settings in tools/mkdocs.yml) builds the site.
 
-    python tools/docs.py [--out _docs] [--no-execute] [--workers 2]
+    python tools/docs.py [--out _docs] [--no-execute | --execute NB ...] [--strict] [--workers 2]
 """
 from __future__ import annotations
 import argparse, json, os, re, shutil, subprocess, sys, time, traceback
@@ -36,20 +39,25 @@ def notebooks(nbs:Path)->list[Path]:
     return [p for p in found if not p.name.startswith(('_', '.'))]
 
 
-def _exec_proc(full:bool, skip_flags:set):
+def _exec_proc(full:bool, skip_flags:set, strict:bool):
     "nbdev's `exec_show_docs`, extended to run every cell that `nbdev_test` runs when `full`, keeping the outputs."
-    from nbdev.processors import exec_show_docs
+    from nbdev.processors import _do_eval, exec_show_docs
 
     class exec_cells(exec_show_docs):
         def __call__(self, cell):
-            if not full: return super().__call__(cell)
-            if cell.cell_type != 'code' or not hasattr(self, 'k') or 'nbdev_export(' in cell.source: return
-            d = getattr(cell, 'directives_', {}) or {}
-            if d.get('eval:', [''])[0].lower() == 'false' or skip_flags & set(d): return
+            if not hasattr(self, 'k'): return
+            if full:  # what nbdev_test runs
+                d = getattr(cell, 'directives_', {}) or {}
+                if cell.cell_type != 'code' or 'nbdev_export(' in cell.source or d.get('eval:', [''])[0].lower() == 'false' or skip_flags & set(d): return
+            else:  # what nbdev's exec_show_docs runs
+                fm = getattr(self.nb, 'frontmatter_', {}) or {}
+                if not self.nb.has_docs_ or str(fm.get('skip_showdoc', '')).lower() == 'true' or not _do_eval(cell): return
             self.k.cell(cell)
             if self.k.exc:
-                raise RuntimeError(f"{self.nb.path_}: cell {cell.idx_} failed:\n{cell.source}\n\n"
-                                   + ''.join(traceback.format_exception(self.k.exc)))
+                msg = f"{self.nb.path_}: cell {cell.idx_} raised {type(self.k.exc).__name__}: {self.k.exc}"
+                if strict: raise RuntimeError(msg + f"\n{cell.source}\n\n" + ''.join(traceback.format_exception(self.k.exc)))
+                print(f"warning: {msg} (the page shows the error)", file=sys.stderr)
+                self.k.exc = None
     return exec_cells
 
 
@@ -76,7 +84,7 @@ def _link_fixer(page:Path, src_dir:str, pages:dict, doc_url:str):
     return lambda text: attr_re.sub(r'<a href="\2" \3>\1</a>', nb_re.sub(nb, doc_re.sub(doc, text)))
 
 
-def build_page(src:Path, dst_root:Path, pages:dict, execute:bool)->tuple[str, str]:
+def build_page(src:Path, dst_root:Path, pages:dict, execute:bool, strict:bool=False)->tuple[str, str]:
     "Execute (if asked) and process the notebook `src` into a page under `dst_root`; return its page path and title."
     os.environ['IN_TEST'] = '1'
     from execnb.nbio import mk_cell, read_nb, write_nb
@@ -88,7 +96,7 @@ def build_page(src:Path, dst_root:Path, pages:dict, execute:bool)->tuple[str, st
     page = Path(pages[str(src.relative_to(nbs))])
     full = execute and src.name not in NO_EXEC
     skip = set(cfg.get('tst_flags', '').split())
-    procs = [_exec_proc(full, skip) if p is exec_show_docs else p for p in FilterDefaults().procs()]
+    procs = [_exec_proc(full, skip, strict) if p is exec_show_docs else p for p in FilterDefaults().procs()]
     nb = read_nb(src)
     cwd = os.getcwd()
     os.chdir(src.parent)  # as nbdev_test runs a notebook
@@ -153,6 +161,8 @@ def main(argv=None)->int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--out', default=None, help='site folder (default: doc_path in settings.ini, _docs)')
     ap.add_argument('--no-execute', action='store_true', help="don't run the lessons; only what show_doc needs (as nbdev_docs)")
+    ap.add_argument('--execute', nargs='+', metavar='NB', help='run the lessons of only these notebooks (names relative to nbs/)')
+    ap.add_argument('--strict', action='store_true', help='fail the build when a cell raises')
     ap.add_argument('--workers', type=int, default=2, help='notebooks processed at once')
     ap.add_argument('--only', nargs='*', help='build only these notebooks (names relative to nbs/), for a quick look')
     ap.add_argument('--build', default=str(BUILD), help='folder for the processed notebooks and the mkdocs config')
@@ -166,7 +176,7 @@ def main(argv=None)->int:
     build = Path(a.build).resolve()
     nbs = Path(cfg.nbs_path)
     if a.page:
-        print(json.dumps(build_page(Path(a.page).resolve(), build/'docs', _page_names(nbs, notebooks(nbs)), not a.no_execute)))
+        print(json.dumps(build_page(Path(a.page).resolve(), build/'docs', _page_names(nbs, notebooks(nbs)), not a.no_execute, a.strict)))
         return 0
     found = [p for p in notebooks(nbs) if not a.only or str(p.relative_to(nbs)) in a.only]
     pages = _page_names(nbs, found)
@@ -175,8 +185,12 @@ def main(argv=None)->int:
     (build/'docs').mkdir(parents=True)
     t0 = time.time()
     def one(p):  # each notebook in its own Python, as nbdev_test runs them
-        r = subprocess.run([sys.executable, __file__, '--page', str(p), '--build', str(build)] + ['--no-execute'] * a.no_execute, capture_output=True, text=True)
+        run = not a.no_execute and (not a.execute or str(p.relative_to(nbs)) in a.execute)
+        r = subprocess.run([sys.executable, __file__, '--page', str(p), '--build', str(build)] + ['--no-execute'] * (not run)
+                           + ['--strict'] * a.strict, capture_output=True, text=True)
         if r.returncode: raise RuntimeError(r.stderr.strip()[-3000:])
+        for l in r.stderr.splitlines():
+            if l.startswith('warning: '): print(l, file=sys.stderr, flush=True)
         return json.loads(r.stdout.strip().splitlines()[-1])
     built, failed = [], []
     with ThreadPoolExecutor(max_workers=a.workers) as ex:

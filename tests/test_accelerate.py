@@ -1,0 +1,69 @@
+"Scale-out: the same experiment under `accelerate launch`, 2 CPU processes (gloo), one set of records written by the main process."
+import json, os, subprocess, sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import BIN, ROOT, run_folders
+from dialsum.checkpoints import find_checkpoint
+from dialsum.submissions import submission_problems
+
+ACCELERATE = ROOT/'configs'/'accelerate'
+
+
+def launch(*args, timeout=900):
+    "Run `accelerate launch ARGS` from the project folder, offline."
+    env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'TOKENIZERS_PARALLELISM': 'false', 'OMP_NUM_THREADS': '1'}
+    return subprocess.run([str(BIN/'accelerate'), 'launch', *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def check_one_record(runs_dir: Path, processes: int):
+    "Exactly one run folder, completed, with every record once, written for `processes` processes; one index row."
+    (run,) = run_folders(runs_dir)
+    assert sorted(p.name for p in runs_dir.iterdir() if p.is_dir()) == ['history', run.name]  # no second run folder
+    md = json.loads((run/'metadata.json').read_text())
+    assert md['status'] == 'completed', md.get('error')
+    assert md['processes'] == processes and md['device']['processes'] == processes
+    assert md['attempts'] == 1  # the run was started once, not once per process
+    for f in ('config.yaml', 'metrics.json', 'predictions_dev.csv', 'submission.csv'):
+        assert (run/f).is_file(), f
+    assert not list(run.rglob('*.tmp'))  # no half-written file left by a racing process
+    ix = pd.read_csv(runs_dir/'index.csv')
+    assert ix['run_id'].tolist() == [run.name] and ix['status'].tolist() == ['completed']
+    dev = pd.read_csv(run/'predictions_dev.csv', keep_default_na=False)
+    assert len(dev) == 8 and dev['fname'].tolist() == [f'dev_{i}' for i in range(8)]  # every row once, in order
+    assert submission_problems(run/'submission.csv', pd.read_csv(run/'data'/'test.csv')['fname'].tolist()) == []
+    assert find_checkpoint(run).path == run/md['best_checkpoint']
+    return run, md
+
+
+def test_accelerate_configs_parse():
+    "The shipped accelerate configs load with accelerate's own reader, with the engines they name."
+    from accelerate.commands.config.config_args import load_config_from_file
+    kinds = {f: str(load_config_from_file(str(ACCELERATE/f'{f}.yaml')).distributed_type).rsplit('.', 1)[-1]
+             for f in ('ddp_cpu', 'deepspeed_zero2', 'fsdp')}
+    assert kinds == {'ddp_cpu': 'MULTI_GPU', 'deepspeed_zero2': 'DEEPSPEED', 'fsdp': 'FSDP'}
+    assert load_config_from_file(str(ACCELERATE/'deepspeed_zero2.yaml')).deepspeed_config['zero_stage'] == 2
+    assert load_config_from_file(str(ACCELERATE/'fsdp.yaml')).fsdp_config['fsdp_state_dict_type'] == 'FULL_STATE_DICT'
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_one_set_of_records(tmp_path):
+    "DDP over gloo with 2 processes: the run completes and its folder, records and index row exist once."
+    p = launch('--config_file', ACCELERATE/'ddp_cpu.yaml', '-m', 'dialsum.pipeline', 'configs/experiments/smoke.yaml',
+               f'output.runs_dir={tmp_path}')
+    assert p.returncode == 0, p.stderr[-4000:]
+    run, md = check_one_record(tmp_path, processes=2)
+    assert md['distributed_type'] == 'MULTI_CPU'
+    assert p.stdout.count('completed ') == 1  # only the main process reports
+
+
+@pytest.mark.slow
+def test_accelerate_cpu_flag_runs_the_same_records(tmp_path):
+    "`accelerate launch --num_processes 2 --cpu`, as documented by accelerate: it completes with one set of records. "
+    "(accelerate 1.15 starts a single process for --cpu without mpirun; the record says how many ran.)"
+    p = launch('--num_processes', 2, '--cpu', '-m', 'dialsum.pipeline', 'configs/experiments/smoke.yaml', f'output.runs_dir={tmp_path}')
+    assert p.returncode == 0, p.stderr[-4000:]
+    check_one_record(tmp_path, processes=1)
