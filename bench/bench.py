@@ -59,6 +59,22 @@ def bench_model(spec_d, texts, out_dir):
     return out_dir
 
 
+def bf16_copy(model_dir):
+    "A bfloat16 copy of a model folder (the seed loads it in bfloat16; dialsum's loader reads it as float32)."
+    import shutil, torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    out = model_dir.with_name(model_dir.name + "-bf16")
+    src_marker = (model_dir / "dialsum_scratch.json").read_text(encoding="utf-8")
+    if (out / "model.safetensors").is_file() and (out / "dialsum_scratch.json").is_file() \
+            and (out / "dialsum_scratch.json").read_text(encoding="utf-8") == src_marker:
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    AutoModelForSeq2SeqLM.from_pretrained(model_dir, dtype=torch.float32).to(torch.bfloat16).save_pretrained(out)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
+    (out / "dialsum_scratch.json").write_text(src_marker, encoding="utf-8")
+    return out
+
+
 def describe_model(model_dir):
     "Sizes and parameter count (dialsum.models.param_counts, tied weights once) of the benchmark model."
     from dialsum.models import load_pretrained, param_counts
@@ -95,7 +111,7 @@ def seed_cmd(a, args):
     "The seed recipe, run as it is: a plain subprocess on CPU; on CUDA through bench/seed_cuda.py (default device set)."
     if a.device == "cpu":
         return [PY, str(a.seed_script), *args]
-    return [PY, str(BENCH / "seed_cuda.py"), "--seed-script", str(a.seed_script), *(["--bf16"] if a.bf16 else []), "--", *args]
+    return [PY, str(BENCH / "seed_cuda.py"), "--seed-script", str(a.seed_script), "--", *args]
 
 
 def worker_cmd(a, what, args):
@@ -189,11 +205,11 @@ def bench_inference(a, model_dir, work):
     stable = all(r["predictions"] == ours for r in runs["dialsum"])
     agreement = dict(identical=same, rows=len(ours), share=same / len(ours), dialsum_reps_identical=stable,
                      nonempty=sum(bool(x) for x in ours), first_predictions=ours[:3],
-                     plain_seconds=plain["infer_seconds"], plain_new_tokens=plain["new_tokens"],
+                     plain_seconds=plain["infer_seconds"], generated_tokens=plain["generated_tokens"],
                      examples_differing=[dict(row=i, dialsum=x, plain=y) for i, (x, y) in
                                          enumerate(zip(ours, plain["predictions"])) if x != y][:3])
     log(f"  identical to the plain masked generate: {same}/{len(ours)} ({agreement['nonempty']} non-empty); "
-        f"dialsum summaries' tokens {runs['dialsum'][0]['new_tokens']}")
+        f"generated tokens per summary {plain['generated_tokens']}")
     for r in runs["dialsum"]: r.pop("predictions")
     return runs, agreement
 
@@ -264,8 +280,8 @@ def bench_demo(a, work):
         m = json.loads((new[0] / "metrics.json").read_text(encoding="utf-8"))
         tr, inf = m["train"]["train_seconds"], m["infer_seconds"]
         res = dict(run=str(new[0].relative_to(ROOT)), wall_seconds=round(wall, 2), train_seconds=tr, infer_seconds=inf,
-                   notebook_seconds=m.get("seconds"), overhead_seconds=round(wall - tr - inf, 2),
-                   peak_rss_mib=round(rss, 1), dev_score=m["dev"]["score"])
+                   pipeline_seconds=m.get("seconds"), overhead_seconds=round(wall - tr - inf, 2),
+                   peak_rss_mib=round(rss, 1), dev_score=m["dev"]["score"], **cell_seconds(new[0] / "run.ipynb", wall))
         out.append(res)
         log(f"  run {r}: wall {wall:.1f} s - train {tr:.1f} s - inference {inf:.1f} s = overhead {res['overhead_seconds']:.1f} s;"
             f" peak RSS {rss:.0f} MiB")
@@ -284,8 +300,20 @@ def bench_agreement_trained(a, demo, work):
                                                      str(a.infer_n), "--max-source-length", str(n_pos), "--out", str(out)]), out)
     res["model"] = str(ck.relative_to(ROOT))
     log(f"  identical: {res['identical']}/{res['rows']} ({res['nonempty']} non-empty); generate_summaries "
-        f"{res['dialsum_seconds']:.2f} s, plain {res['plain_seconds']:.2f} s; tokens {res['new_tokens']}")
+        f"{res['dialsum_seconds']:.2f} s, plain {res['plain_seconds']:.2f} s; generated tokens {res['generated_tokens']}")
     return res
+
+
+def cell_seconds(nb_path, wall):
+    "Where a run's wall time went: papermill's duration of each code cell, and the time outside the notebook."
+    try: nb = json.loads(Path(nb_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError): return {}
+    cells = [(c["source"] if isinstance(c["source"], str) else "".join(c["source"])).strip().split("\n")[0][:60]
+             for c in nb["cells"] if c["cell_type"] == "code"]
+    secs = [round(c["metadata"].get("papermill", {}).get("duration") or 0, 2) for c in nb["cells"] if c["cell_type"] == "code"]
+    total = nb["metadata"].get("papermill", {}).get("duration") or 0
+    return dict(notebook_seconds=round(total, 2), outside_notebook_seconds=round(wall - total, 2),
+                cells=[dict(cell=c, seconds=s) for c, s in zip(cells, secs)])
 
 
 # ---------------------------------------------------------------- table
@@ -362,7 +390,7 @@ def markdown(res):
 
 
 def print_table(res):
-    w = [36, 14, 14, 8, 14, 5]
+    w = [max(len(r["metric"]) for r in res["table"]) + 1, 14, 14, 8, 14, 5]
     head = ["metric", "dialsum", "seed baseline", "ratio", "target", "met"]
     log("\n" + "  ".join(h.ljust(n) for h, n in zip(head, w)))
     for r in res["table"]:
@@ -401,8 +429,10 @@ def notes(res):
                    "max_length=100) on file-order batches of 32 padded to the longest dialogue of the split, without a "
                    "mask. The seed's --max-length is generate's max_length, a total that includes the decoder start "
                    "token: at most 99 new tokens against dialsum's max_new_tokens=100.")
-        out.append(f"dialsum's summaries were {d['new_tokens']['mean']} tokens long on average (max {d['new_tokens']['max']}).")
-        if d["new_tokens"]["mean"] > 0.9 * d["generate_kwargs"].get("max_new_tokens", 100):
+        gt = inf["agreement"]["generated_tokens"]
+        out.append(f"Generated tokens per summary (counted on the plain masked generate, end token included): mean "
+                   f"{gt['mean']}, max {gt['max']}.")
+        if gt["mean"] > 0.9 * d["generate_kwargs"].get("max_new_tokens", 100):
             out.append("The benchmark model is untrained (random weights): its beams run to the length limit on both sides "
                        "(for the seed too, whose best finished beam is often the end token alone, an empty summary, while "
                        "the other beams keep going until max_length). The inference ratio is therefore the worst case, "
@@ -419,8 +449,16 @@ def notes(res):
     at = res.get("agreement_trained")
     if at:
         out.append(f"Agreement on a trained model: {at['model']} (the demo run's selected checkpoint) on the same "
-                   f"{at['rows']} test dialogues: {at['identical']} identical, {at['nonempty']} non-empty, summaries "
-                   f"{at['new_tokens']['mean']} tokens on average.")
+                   f"{at['rows']} test dialogues: {at['identical']} identical, {at['nonempty']} non-empty, "
+                   f"{at['generated_tokens']['mean']} generated tokens per summary on average.")
+    de = res.get("demo")
+    if de:
+        r = de[-1]
+        cells = sorted(r.get("cells", []), key=lambda c: -c["seconds"])[:5]
+        out.append(f"Overhead of {r['run']}: wall {r['wall_seconds']} s = train {r['train_seconds']} s + inference "
+                   f"{r['infer_seconds']} s + the rest; {r.get('outside_notebook_seconds')} s of the wall passed outside "
+                   "the notebook's cells (CLI start, papermill, kernel start and shutdown); the slowest cells: "
+                   + "; ".join(f"`{c['cell']}` {c['seconds']} s" for c in cells) + ".")
     me = res.get("metric")
     if me:
         out.append(f"Metric: {me['rows']} predictions (the first two turns of each dev dialogue) x 3 references (the dev "
@@ -446,7 +484,8 @@ def parse(argv=None):
     p.add_argument("--only", nargs="+", choices=["training", "inference", "metric", "demo"],
                    default=["training", "inference", "metric", "demo"])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--bf16", action="store_true", help="with --device cuda: bfloat16 weights on both sides")
+    p.add_argument("--bf16", action="store_true", help="with --device cuda: a bfloat16 copy of the model; dialsum trains in its bf16 mixed precision "
+                   "and generates in bf16, the seed loads the copy in bf16")
     p.add_argument("--data", type=Path, default=SHARED / "data" / "ko")
     p.add_argument("--seed-script", type=Path, default=SHARED / "bench" / "seed_baseline.py")
     p.add_argument("--results", type=Path, default=None,
@@ -481,6 +520,7 @@ def main(argv=None):
     spec = KOBART_SPEC if cuda else CPU_SPEC
     name = ("kobart-size" if cuda else "ko-d{d_model}-l{encoder_layers}-v{vocab_size}").format(**spec)
     model_dir = bench_model(spec, ko_texts(a.data), BENCH / "models" / name)
+    if a.bf16: model_dir = bf16_copy(model_dir)
     device = torch.cuda.get_device_name(0) if cuda else f"CPU ({platform.processor() or platform.machine()}, " \
                                                          f"{os.cpu_count()} cores)"
     res = dict(when=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), args={k: str(v) if isinstance(v, Path)

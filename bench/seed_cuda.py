@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Run ../shared/bench/seed_baseline.py unchanged on a GPU: the default torch device (and dtype) set, then the script.
+"""Run ../shared/bench/seed_baseline.py unchanged on a GPU: torch's default device set to CUDA, then the script.
 
-    python bench/seed_cuda.py --seed-script ../shared/bench/seed_baseline.py [--bf16] -- --model DIR --data CSV ...
+    python bench/seed_cuda.py --seed-script ../shared/bench/seed_baseline.py -- --model DIR --data CSV ...
 
 The seed script has no device option; with torch's default device set to CUDA, transformers loads the model
-there and the tokenizer's tensors are made there, so the script's own code runs as it is. With --bf16 the
-default dtype is bfloat16, so the model loads in bfloat16 (pure bf16, as dialsum's side with --bf16).
+there and the tokenizer's tensors are made there, so the script's own code runs as it is. The model loads in
+the dtype its folder was saved in (transformers' dtype "auto"): bench.py saves a bfloat16 copy for --bf16.
 After the script, its peak CUDA memory is added to the JSON it wrote with --out.
+(Untested in the session that wrote it: no GPU was lent.)
 """
 import argparse, json, runpy, sys
 
@@ -16,14 +17,12 @@ import torch
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seed-script", required=True)
-    p.add_argument("--bf16", action="store_true")
     p.add_argument("args", nargs=argparse.REMAINDER)
     a = p.parse_args()
     args = a.args[1:] if a.args[:1] == ["--"] else a.args
     if not torch.cuda.is_available():
         sys.exit("seed_cuda.py: CUDA is not available")
     torch.set_default_device("cuda")
-    if a.bf16: torch.set_default_dtype(torch.bfloat16)
     sys.argv = [a.seed_script, *args]
     runpy.run_path(a.seed_script, run_name="__main__")
     torch.cuda.synchronize()

@@ -135,18 +135,21 @@ def run_plain(a):
     srcs, _ = split_inputs(a.data, "test", a.n)
     gen = gen_config(a)
     model.eval()
-    preds = []
+    preds, steps = [], []
     _sync()
     t = time.perf_counter()
     with torch.inference_mode():
         for s in range(0, len(srcs), gen.batch_size):
             enc = tok(srcs[s:s + gen.batch_size], max_length=a.max_source_length, truncation=True, padding=True,
                       return_tensors="pt").to(model.device)
-            preds += decode_summaries(tok, model.generate(**enc, **generation_kwargs(gen)).cpu())
+            ids = model.generate(**enc, **generation_kwargs(gen)).cpu()
+            preds += decode_summaries(tok, ids)
+            steps += (ids[:, 1:] != tok.pad_token_id).sum(1).tolist()  # new tokens after the decoder start, end token included
     _sync()
     dt = time.perf_counter() - t
     return dict(side="plain", infer_examples=len(preds), infer_seconds=round(dt, 3),
                 infer_examples_per_s=round(len(preds) / dt, 3), new_tokens=_new_tokens(tok, preds),
+                generated_tokens=dict(mean=round(sum(steps) / max(len(steps), 1), 1), max=max(steps, default=0)),
                 predictions=preds, device=str(model.device))
 
 
@@ -157,6 +160,7 @@ def run_agree(a):
     return dict(model=str(a.model), rows=len(same), identical=sum(same), share=sum(same) / len(same),
                 nonempty=sum(bool(x) for x in ours["predictions"]), dialsum_seconds=ours["infer_seconds"],
                 plain_seconds=plain["infer_seconds"], new_tokens=ours["new_tokens"],
+                generated_tokens=plain["generated_tokens"],
                 examples_differing=[dict(row=i, dialsum=x, plain=y) for i, (x, y, z) in
                                     enumerate(zip(ours["predictions"], plain["predictions"], same)) if not z][:3],
                 first_predictions=ours["predictions"][:3])
@@ -168,7 +172,7 @@ def _sync():
 
 
 def _new_tokens(tok, preds):
-    "Mean and max length in tokens of the decoded summaries (re-tokenized, without special tokens)."
+    "Mean and max length of the decoded summaries in tokens when tokenized again (not the generated count)."
     lens = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in preds] or [0]
     return dict(mean=round(sum(lens) / len(lens), 1), max=max(lens))
 

@@ -67,3 +67,12 @@ def test_accelerate_cpu_flag_runs_the_same_records(tmp_path):
     p = launch('--num_processes', 2, '--cpu', '-m', 'dialsum.pipeline', 'configs/experiments/smoke.yaml', f'output.runs_dir={tmp_path}')
     assert p.returncode == 0, p.stderr[-4000:]
     check_one_record(tmp_path, processes=1)
+
+
+def test_notebook_runner_refuses_to_run_per_process(tmp_path):
+    "`dialsum run` under a launcher (WORLD_SIZE > 1) would make one notebook and run folder per process: it refuses, naming the script path."
+    env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'WORLD_SIZE': '2'}
+    p = subprocess.run([str(BIN/'dialsum'), 'run', 'configs/experiments/smoke.yaml', f'output.runs_dir={tmp_path}'], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 2 and '-m dialsum.pipeline' in p.stderr
+    assert list(tmp_path.iterdir()) == []
