@@ -78,7 +78,7 @@ def bf16_copy(model_dir):
 def describe_model(model_dir):
     "Sizes and parameter count (dialsum.models.param_counts, tied weights once) of the benchmark model."
     from dialsum.models import load_pretrained, param_counts
-    _, m = load_pretrained(str(model_dir))
+    _, m = load_pretrained(rel(model_dir))
     c = m.config
     return dict(path=str(model_dir.relative_to(ROOT)), vocab_size=c.vocab_size, d_model=c.d_model,
                 encoder_layers=c.encoder_layers, decoder_layers=c.decoder_layers, ffn_dim=c.encoder_ffn_dim,
@@ -110,12 +110,17 @@ def run_child(cmd, out_json=None, env=None):
 def seed_cmd(a, args):
     "The seed recipe, run as it is: a plain subprocess on CPU; on CUDA through bench/seed_cuda.py (default device set)."
     if a.device == "cpu":
-        return [PY, str(a.seed_script), *args]
-    return [PY, str(BENCH / "seed_cuda.py"), "--seed-script", str(a.seed_script), "--", *args]
+        return [PY, rel(a.seed_script), *args]
+    return [PY, str(BENCH / "seed_cuda.py"), "--seed-script", rel(a.seed_script), "--", *args]
 
 
 def worker_cmd(a, what, args):
     return [PY, str(BENCH / "worker.py"), what, "--device", a.device, *(["--bf16"] if a.bf16 else []), *args]
+
+
+def rel(p):
+    "`p` relative to the project folder (the children run there), so records hold no absolute paths."
+    return os.path.relpath(p, ROOT)
 
 
 def med(xs):
@@ -130,11 +135,11 @@ def bench_training(a, model_dir, work):
         for side in (("seed", "dialsum") if r % 2 else ("dialsum", "seed")):
             out = work / f"train_{side}_{r}.json"
             if side == "dialsum":
-                cmd = worker_cmd(a, "train", ["--model", str(model_dir), "--data", str(a.data / "dev.csv"),
-                                              "--steps", str(a.train_steps), "--batch", str(a.batch), "--out", str(out)])
+                cmd = worker_cmd(a, "train", ["--model", rel(model_dir), "--data", rel(a.data / "dev.csv"),
+                                              "--steps", str(a.train_steps), "--batch", str(a.batch), "--out", rel(out)])
             else:
-                cmd = seed_cmd(a, ["--model", str(model_dir), "--data", str(a.data / "dev.csv"), "--train-steps",
-                                   str(a.train_steps), "--batch", str(a.batch), "--out", str(out)])
+                cmd = seed_cmd(a, ["--model", rel(model_dir), "--data", rel(a.data / "dev.csv"), "--train-steps",
+                                   str(a.train_steps), "--batch", str(a.batch), "--out", rel(out)])
             res, wall, rss, _ = run_child(cmd, out)
             res["process_seconds"], res["peak_rss_mib"] = round(wall, 2), round(rss, 1)
             if side == "seed": res["train_real_tokens_per_s"] = round(res["train_tokens_real"] / res["train_seconds"], 1)
@@ -154,7 +159,7 @@ def padding_analysis(model_dir, data, batch, seed=42):
     sys.path.insert(0, str(BENCH))
     from worker import make_features, split_inputs
     from dialsum.models import load_pretrained
-    tok, _ = load_pretrained(str(model_dir))
+    tok, _ = load_pretrained(rel(model_dir))
     srcs, sums = split_inputs(data / "dev.csv", "dev")
     feats = make_features(tok, srcs, sums, 512, 100)
     L, T = [len(f["input_ids"]) for f in feats], [len(f["labels"]) for f in feats]
@@ -180,25 +185,25 @@ def padding_analysis(model_dir, data, batch, seed=42):
 def bench_inference(a, model_dir, work):
     log(f"\n== inference: {a.infer_n} test dialogues, 4 beams, no_repeat_ngram_size 2, up to 100 new tokens, "
         f"{a.reps} repetitions, alternating")
-    data = str(a.data / "test.csv")
+    data = rel(a.data / "test.csv")
     runs = {"dialsum": [], "seed": []}
     for r in range(a.reps):
         for side in (("seed", "dialsum") if r % 2 else ("dialsum", "seed")):
             out = work / f"infer_{side}_{r}.json"
             if side == "dialsum":
-                cmd = worker_cmd(a, "infer", ["--model", str(model_dir), "--data", data, "--n", str(a.infer_n),
-                                              "--out", str(out)])
+                cmd = worker_cmd(a, "infer", ["--model", rel(model_dir), "--data", data, "--n", str(a.infer_n),
+                                              "--out", rel(out)])
             else:  # the seed's --max-length is generate's max_length (total length, decoder start included)
-                cmd = seed_cmd(a, ["--model", str(model_dir), "--data", data, "--infer-n", str(a.infer_n),
-                                   "--out", str(out)])
+                cmd = seed_cmd(a, ["--model", rel(model_dir), "--data", data, "--infer-n", str(a.infer_n),
+                                   "--out", rel(out)])
             res, wall, rss, _ = run_child(cmd, out)
             res["process_seconds"], res["peak_rss_mib"] = round(wall, 2), round(rss, 1)
             runs[side].append(res)
             log(f"  rep {r} {side:7s}: {res['infer_examples']} in {res['infer_seconds']:.2f} s = "
                 f"{res['infer_examples_per_s']:.2f} examples/s")
     out = work / "infer_plain.json"
-    plain, _, _, _ = run_child(worker_cmd(a, "plain", ["--model", str(model_dir), "--data", data, "--n",
-                                                       str(a.infer_n), "--out", str(out)]), out)
+    plain, _, _, _ = run_child(worker_cmd(a, "plain", ["--model", rel(model_dir), "--data", data, "--n",
+                                                       str(a.infer_n), "--out", rel(out)]), out)
     log(f"  plain masked generate (file order): {plain['infer_seconds']:.2f} s")
     ours = runs["dialsum"][0]["predictions"]
     same = sum(x == y for x, y in zip(ours, plain["predictions"]))
@@ -296,8 +301,8 @@ def bench_agreement_trained(a, demo, work):
     n_pos = AutoConfig.from_pretrained(ck).max_position_embeddings
     log(f"\n== agreement on a trained model: {ck.relative_to(ROOT)} (max_source_length {n_pos}), {a.infer_n} test dialogues")
     out = work / "agree_trained.json"
-    res, _, _, _ = run_child(worker_cmd(a, "agree", ["--model", str(ck), "--data", str(a.data / "test.csv"), "--n",
-                                                     str(a.infer_n), "--max-source-length", str(n_pos), "--out", str(out)]), out)
+    res, _, _, _ = run_child(worker_cmd(a, "agree", ["--model", rel(ck), "--data", rel(a.data / "test.csv"), "--n",
+                                                     str(a.infer_n), "--max-source-length", str(n_pos), "--out", rel(out)]), out)
     res["model"] = str(ck.relative_to(ROOT))
     log(f"  identical: {res['identical']}/{res['rows']} ({res['nonempty']} non-empty); generate_summaries "
         f"{res['dialsum_seconds']:.2f} s, plain {res['plain_seconds']:.2f} s; generated tokens {res['generated_tokens']}")
@@ -412,7 +417,8 @@ def notes(res):
         if med([r["train_padding_share"] for r in tr["dialsum"]]) > 0.10:
             out.append(f"Padding above 10%: transformers' group_by_length sampler sorts only within megabatches of "
                        f"min(rows // (4 x batch), 50) x batch = {pa['group_by_length_megabatch_rows']} rows of the "
-                       f"{pa['rows']}-row training split, i.e. a few batches; over one pass at batch {pa['batch']} it pads "
+                       f"{pa['rows']}-row training split ({pa['group_by_length_megabatch_rows'] // pa['batch']} batches); "
+                       f"over one pass at batch {pa['batch']} it pads "
                        f"{100 * pa['group_by_length']:.0f}% of fed tokens, where a sort by source length within buckets of "
                        f"50 batches would pad {100 * pa['sorted_in_buckets_of_50_batches']:.0f}% (random order "
                        f"{100 * pa['random']:.0f}%). The rest is label padding (labels are not sorted). On the 12,457-row "
@@ -433,10 +439,13 @@ def notes(res):
         out.append(f"Generated tokens per summary (counted on the plain masked generate, end token included): mean "
                    f"{gt['mean']}, max {gt['max']}.")
         if gt["mean"] > 0.9 * d["generate_kwargs"].get("max_new_tokens", 100):
-            out.append("The benchmark model is untrained (random weights): its beams run to the length limit on both sides "
-                       "(for the seed too, whose best finished beam is often the end token alone, an empty summary, while "
-                       "the other beams keep going until max_length). The inference ratio is therefore the worst case, "
-                       "with no early end of beams; a trained model ends beams earlier on both sides.")
+            seed_first = inf["runs"]["seed"][0].get("first_predictions", [])
+            blank = seed_first and all(not p.strip() for p in seed_first)
+            out.append("The benchmark model is untrained (random weights): dialsum's beams ran to the length limit, so "
+                       "the inference figures are the worst case, with no early end of beams"
+                       + ("; the seed's first predictions are empty (its best finished beam is the end token alone, "
+                          "while the other beams keep going), since the seed does not hold the end token back "
+                          "(dialsum's min_new_tokens)" if blank else "") + ".")
         ag = inf["agreement"]
         if ag["nonempty"] == 0:
             out.append("Agreement on the benchmark model is not evidence: every summary is empty on both sides. "
@@ -448,7 +457,7 @@ def notes(res):
                        "results.json (inference.agreement.examples_differing).")
     at = res.get("agreement_trained")
     if at:
-        out.append(f"Agreement on a trained model: {at['model']} (the demo run's selected checkpoint) on the same "
+        out.append(f"Agreement on a trained model: {at['model']} (the selected checkpoint of the run above) on the same "
                    f"{at['rows']} test dialogues: {at['identical']} identical, {at['nonempty']} non-empty, "
                    f"{at['generated_tokens']['mean']} generated tokens per summary on average.")
     de = res.get("demo")
@@ -495,6 +504,7 @@ def parse(argv=None):
     if a.results is None:
         a.results = BENCH / ("work/quick_results.json" if a.quick else
                              "results_cuda.json" if a.device == "cuda" else "results.json")
+    a.results, a.data, a.seed_script = a.results.resolve(), a.data.resolve(), a.seed_script.resolve()
     if a.quick:
         a.reps, a.train_steps, a.batch, a.infer_n, a.metric_n, a.metric_reps = 1, 4, 8, 16, 60, 2
         a.demo_config = "configs/experiments/smoke.yaml"
@@ -523,7 +533,7 @@ def main(argv=None):
     if a.bf16: model_dir = bf16_copy(model_dir)
     device = torch.cuda.get_device_name(0) if cuda else f"CPU ({platform.processor() or platform.machine()}, " \
                                                          f"{os.cpu_count()} cores)"
-    res = dict(when=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), args={k: str(v) if isinstance(v, Path)
+    res = dict(when=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), args={k: rel(v) if isinstance(v, Path)
                else v for k, v in vars(a).items()}, machine=dict(device=device, torch=torch.__version__,
                torch_threads=torch.get_num_threads(), load_average=os.getloadavg()), model=describe_model(model_dir))
     if "training" in a.only:
@@ -544,7 +554,7 @@ def main(argv=None):
     md = a.results.with_name(a.results.stem.replace("results", "RESULTS") + ".md")
     md.write_text(markdown(res), encoding="utf-8")
     print_table(res)
-    log(f"\nwritten: {a.results.relative_to(ROOT)}, {md.relative_to(ROOT)}")
+    log(f"\nwritten: {a.results}, {md}")
     return 0
 
 
