@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """dialsum against the old baseline's recipe, side by side: training, inference, metric, overhead, memory.
 
-    make bench                      # the full benchmark (about 15 min on 2 CPU cores)
+    make bench                      # the full benchmark (30-60 min on 2 CPU cores; inference dominates)
     make bench ARGS=--quick         # a smoke check of this script: few repetitions, few rows, tiny demo run
     .venv/bin/python bench/bench.py --help
 
@@ -109,13 +109,15 @@ def run_child(cmd, out_json=None, env=None):
 
 def seed_cmd(a, args):
     "The seed recipe, run as it is: a plain subprocess on CPU; on CUDA through bench/seed_cuda.py (default device set)."
+    if a.threads: args = [*args, "--threads", str(a.threads)]
     if a.device == "cpu":
         return [PY, rel(a.seed_script), *args]
     return [PY, str(BENCH / "seed_cuda.py"), "--seed-script", rel(a.seed_script), "--", *args]
 
 
 def worker_cmd(a, what, args):
-    return [PY, str(BENCH / "worker.py"), what, "--device", a.device, *(["--bf16"] if a.bf16 else []), *args]
+    threads = ["--threads", str(a.threads)] if a.threads else []
+    return [PY, str(BENCH / "worker.py"), what, "--device", a.device, *(["--bf16"] if a.bf16 else []), *threads, *args]
 
 
 def rel(p):
@@ -378,7 +380,7 @@ def build_table(res, quick):
 def markdown(res):
     q = " (QUICK smoke check: not a measurement)" if res["args"]["quick"] else ""
     lines = [f"# Benchmark results{q}", "",
-             f"{res['when']}, {res['machine']['device']}, torch threads {res['machine']['torch_threads']}, "
+             f"{res['when']}, {res['machine']['device']}, torch threads {res['args'].get('threads') or res['machine']['torch_threads']}, "
              f"model `{res['model']['path']}` ({res['model']['parameters'] / 1e6:.1f} M parameters, "
              f"d_model {res['model']['d_model']}, {res['model']['encoder_layers']}+{res['model']['decoder_layers']} layers, "
              f"vocabulary {res['model']['vocab_size']}). Medians of {res['args']['reps']} alternating repetitions; "
@@ -421,7 +423,8 @@ def notes(res):
                        f"over one pass at batch {pa['batch']} it pads "
                        f"{100 * pa['group_by_length']:.0f}% of fed tokens, where a sort by source length within buckets of "
                        f"50 batches would pad {100 * pa['sorted_in_buckets_of_50_batches']:.0f}% (random order "
-                       f"{100 * pa['random']:.0f}%). The rest is label padding (labels are not sorted). On the 12,457-row "
+                       f"{100 * pa['random']:.0f}%); what a full sort leaves is mostly label padding (labels are not "
+                       "sorted). On the 12,457-row "
                        "competition train split the megabatch is 50 batches. Closing it: a sampler in dialsum that sorts "
                        "within larger buckets (by source and label length) or batches by a token budget.")
         out.append(f"Training: {d['train_steps']} steps of batch {res['args']['batch']} on both sides "
@@ -443,8 +446,8 @@ def notes(res):
             blank = seed_first and all(not p.strip() for p in seed_first)
             out.append("The benchmark model is untrained (random weights): dialsum's beams ran to the length limit, so "
                        "the inference figures are the worst case, with no early end of beams"
-                       + ("; the seed's first predictions are empty (its best finished beam is the end token alone, "
-                          "while the other beams keep going), since the seed does not hold the end token back "
+                       + ("; the seed's first predictions are empty (its best finished beam is the end token alone), "
+                          "since the seed does not hold the end token back "
                           "(dialsum's min_new_tokens)" if blank else "") + ".")
         ag = inf["agreement"]
         if ag["nonempty"] == 0:
@@ -492,6 +495,8 @@ def parse(argv=None):
     p.add_argument("--demo-reps", type=int, default=1)
     p.add_argument("--only", nargs="+", choices=["training", "inference", "metric", "demo"],
                    default=["training", "inference", "metric", "demo"])
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads on both sides (0: torch's default, one per core); 1 is steadier on a busy machine")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--bf16", action="store_true", help="with --device cuda: a bfloat16 copy of the model; dialsum trains in its bf16 mixed precision "
                    "and generates in bf16, the seed loads the copy in bf16")
