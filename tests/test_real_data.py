@@ -18,8 +18,8 @@ def test_real_data_smoke(real_ko, tmp_path):
     runs = tmp_path/'runs'
     p = dialsum('run', 'configs/experiments/smoke.yaml', 'data.demo=null', f'data.train={data/"train.csv"}',
                 f'data.dev={data/"dev.csv"}', f'data.test={real_ko/"test.csv"}', f'output.runs_dir={runs}',
-                'model.scratch.vocab_size=2000', 'model.max_source_length=256', 'training.max_steps=20',
-                'training.eval_steps=10', 'training.per_device_train_batch_size=16', 'generation.max_new_tokens=24',
+                'model.scratch.vocab_size=2000', 'model.max_source_length=256', 'training.max_steps=60', 'training.learning_rate=5e-3',
+                'training.eval_steps=30', 'training.per_device_train_batch_size=16', 'generation.max_new_tokens=24',
                 'generation.batch_size=64')
     assert p.returncode == 0, p.stderr[-3000:] + p.stdout[-2000:]
     (run,) = run_folders(runs)
