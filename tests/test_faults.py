@@ -80,12 +80,19 @@ def test_kill_during_training_then_resume(tmp_path):
            f"{md['attempts']} attempts, one index row, the record completed")
 
 
-WRITER = r'''
-import sys, json
+WRITER = r"""
+import os, sys, time
 from pathlib import Path
 from dialsum.records import atomic_write, write_json
 from dialsum.submissions import update_index
-runs, rows = Path(sys.argv[1]), int(sys.argv[2])
+runs, rows, stall, stall_at = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[4], int(sys.argv[5])
+real_replace, renames = os.replace, {}
+def replace(src, dst):  # the last step of an atomic write: on the chosen write, stop just before it and wait for the kill
+    n = renames[Path(dst).name] = renames.get(Path(dst).name, 0) + 1
+    if Path(dst).name == stall and n == stall_at:
+        (runs/'inside').touch(); time.sleep(3600)
+    return real_replace(src, dst)
+os.replace = replace
 for i in range(10**9):
     tag = f'{sys.argv[3]}-{i:05d}'
     body = 'fname,summary\n' + ''.join(f'test_{j},{tag} #Person1#이 {j}번째 요약을 쓴다.\n' for j in range(rows))
@@ -93,26 +100,29 @@ for i in range(10**9):
     write_json(runs/'run'/'metadata.json', {'run_id': tag, 'status': 'completed', 'rows': rows})
     update_index(runs, dict(run_id=tag, experiment='writer', status='completed', dev_score=i))
     if i == 0: (runs/'started').touch()
-'''
+"""
 
 
 def test_kill_during_submission_and_index_writes(tmp_path):
     "SIGKILL a process that rewrites a submission, a metadata.json and the index in a loop: every file parses whole; the next write works."
     runs, rows = tmp_path/'runs', 20_000
     (runs/'run').mkdir(parents=True)
-    hits, rounds, seen = 0, 0, set()
-    while rounds < 3 or (hits == 0 and rounds < 12):
-        rounds += 1
-        (runs/'started').unlink(missing_ok=True)
-        proc = subprocess.Popen([sys.executable, '-c', WRITER, str(runs), str(rows), f'r{rounds}'], stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 120
-        while not (runs/'started').exists():
+    # three kills land inside a write of each file (the writer stops before its rename and waits), two at a random moment
+    plans = [('latest_submission.csv', 3), ('metadata.json', 4), ('index.csv', 5), ('never', 0), ('never', 0)]
+    hits, seen = 0, set()
+    for rounds, (stall, stall_at) in enumerate(plans, 1):
+        for f in ('started', 'inside'): (runs/f).unlink(missing_ok=True)
+        proc = subprocess.Popen([sys.executable, '-c', WRITER, str(runs), str(rows), f'r{rounds}', stall, str(stall_at)],
+                                stderr=subprocess.PIPE, text=True)
+        deadline, wait_for = time.time() + 120, runs/('inside' if stall_at else 'started')
+        while not wait_for.exists():
             assert proc.poll() is None, proc.stderr.read()
-            assert time.time() < deadline
+            assert time.time() < deadline, f'the writer did not reach {wait_for.name} in 120 s'
             time.sleep(0.01)
-        time.sleep(0.1 + 0.07 * rounds)
+        if not stall_at: time.sleep(0.1 + 0.07 * rounds)
         proc.send_signal(signal.SIGKILL); proc.wait(timeout=30)
         left = {p.name for p in runs.rglob('*.tmp')} - seen
+        if stall_at: assert any(n.startswith(f'.{stall}.') for n in left), f'no temporary {stall} left by a kill inside its write: {left}'
         hits += bool(left); seen |= left  # killed mid-write: a new temporary file is there, the target is whole
         sub = pd.read_csv(runs/'latest_submission.csv', dtype=str, keep_default_na=False)
         assert len(sub) == rows and sub.summary.str.split(' ').str[0].nunique() == 1, 'torn or mixed submission'
@@ -120,7 +130,7 @@ def test_kill_during_submission_and_index_writes(tmp_path):
         assert md['rows'] == rows
         ix = pd.read_csv(runs/'index.csv', dtype=str, keep_default_na=False)
         assert ix.run_id.is_unique and (ix.status == 'completed').all() and ix.run_id.str.match(r'^r\d+-\d{5}$').all()
-    assert hits, f'no kill landed inside a write in {rounds} rounds'
+    assert hits >= 3, f'only {hits} kills landed inside a write'
     from dialsum.submissions import read_index, update_index
     n = len(read_index(runs))
     update_index(runs, dict(run_id='next_20260101-000000', experiment='next', status='completed'))  # the next run proceeds
