@@ -76,7 +76,7 @@ def _counting(collate, seen):
 
 
 def run_train(a):
-    "dialsum's training path: make_features + make_trainer (group_by_length, per-batch padding), max_steps, eval off."
+    "dialsum's training path: make_features + make_trainer (its default sampler, per-batch padding), max_steps, eval off."
     device = a.device
     tok, model = load(a.model, "cpu", False)  # float32 weights; the Trainer moves them and, with --bf16, autocasts
     srcs, sums = split_inputs(a.data, "dev")
@@ -86,7 +86,7 @@ def run_train(a):
     cfg = Config(experiment="bench", model=ModelConfig(name_or_path=str(a.model)),
                  training=TrainingConfig(max_steps=a.steps, per_device_train_batch_size=a.batch, learning_rate=a.lr,
                                          eval_strategy="no", early_stopping_patience=None, warmup_steps=0,
-                                         train_sampling_strategy="group_by_length", use_cpu=device == "cpu",
+                                         use_cpu=device == "cpu",
                                          seed=a.seed, **_precision(a)))
     with tempfile.TemporaryDirectory(dir=a.work) as out:
         trainer = make_trainer(cfg, tok, model, feats, None, None, Path(out))
