@@ -1,5 +1,5 @@
 "`dialsum predict | runs | best | compare` on the runs of one sweep (the `swept` fixture in conftest.py)."
-import importlib.util, json
+import importlib.util, json, shutil
 from pathlib import Path
 
 import pandas as pd
@@ -46,7 +46,8 @@ def test_runs_best_compare(swept, tmp_path):
     runs = swept[1]; ix = read_index(runs)
     p = dialsum('runs', '--runs-dir', runs)
     assert p.returncode == 0
-    done = ix[ix.status == 'completed'].sort_values('dev_score', ascending=False)
+    # equal dev scores (the tiny sweep models can tie) list the newer run first
+    done = ix[ix.status == 'completed'].sort_values(['dev_score', 'started'], ascending=[False, False])
     assert [l.split()[0] for l in p.stdout.splitlines()[1:]] == done.run_id.tolist() + ix.run_id[ix.status == 'failed'].tolist()
     p = dialsum('runs', '--runs-dir', runs, '--status', 'failed')
     assert [l.split()[:3] for l in p.stdout.splitlines()[1:]] == [[ix.run_id[ix.status == 'failed'].item(), 'broken', 'failed']]
@@ -57,9 +58,15 @@ def test_runs_best_compare(swept, tmp_path):
     assert p.returncode == 0 and p.stdout.splitlines()[0].split()[2] == best.run_id
     assert p.stdout.splitlines()[-1] == f"submission {(runs/best.run_id/'submission.csv').resolve()}"
 
+    # the tiny sweep models may score alike on every dev row; a copy of the runs with three rows of B moved makes the listing certain
+    runs = Path(shutil.copytree(runs, tmp_path/'runs'))
+    pb = run_of(runs, 'sweep_b')/'predictions_dev.csv'
+    moved = pd.read_csv(pb, dtype={'fname': str}, keep_default_na=False)
+    moved.loc[[1, 4, 6], 'score'] += [30.0, -50.0, 10.0]
+    moved.to_csv(pb, index=False)
     p = dialsum('compare', 'sweep_a', 'sweep_b', '--runs-dir', runs, '--top', '3')
     assert p.returncode == 0, p.stderr
-    da, db = (pd.read_csv(run_of(runs, e)/'predictions_dev.csv').set_index('fname') for e in ('sweep_a', 'sweep_b'))
+    da, db = (pd.read_csv(run_of(runs, e)/'predictions_dev.csv', dtype={'fname': str}).set_index('fname') for e in ('sweep_a', 'sweep_b'))
     d = (db.score - da.score.reindex(db.index))
     lo, hi = bootstrap_ci(d.values)
     assert f"B - A: {d.mean():+.2f} (paired bootstrap 95% interval {lo:+.2f} to {hi:+.2f}; {len(d)} dev rows" in p.stdout, p.stdout
