@@ -21,10 +21,12 @@ help:
 	@echo "make bench      speed against the old baseline's recipe -> bench/RESULTS.md (ARGS=--quick: smoke check)"
 
 # The virtual environment is made once and refreshed when the packaging changes.
-# torch is pinned here: a bare `torch` requirement could pull a multi-GB CUDA build.
+# torch is pinned here: a bare `torch` requirement could pull a multi-GB CUDA build. This workplace's pip
+# finds the CPU wheel on disk; elsewhere `make install TORCH_INDEX=https://download.pytorch.org/whl/cpu`.
+TORCH_INDEX ?=
 $(STAMP): setup.py settings.ini
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
 
