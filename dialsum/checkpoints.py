@@ -16,8 +16,8 @@ from .config import DialsumError, project_root, resolve_path
 from .records import RUN_FILES
 
 # %% auto #0
-__all__ = ['TOKENIZER_VOCAB_FILES', 'PICKLE_FILES', 'CheckpointError', 'checkpoint_problems', 'CheckpointChoice',
-           'find_checkpoint', 'resolve_run', 'find_best']
+__all__ = ['TOKENIZER_VOCAB_FILES', 'PICKLE_FILES', 'REMEDY', 'CheckpointError', 'adapter_base', 'checkpoint_problems',
+           'CheckpointChoice', 'find_checkpoint', 'resolve_run', 'find_best']
 
 # %% ../nbs/07_checkpoints.ipynb #43b8ff5c
 class CheckpointError(DialsumError):
@@ -59,15 +59,27 @@ def _tokenizer_problems(d:Path)->list[str]:
         return [f"tokenizer_config.json without tokenizer.json or a vocab/sentencepiece file ({', '.join(TOKENIZER_VOCAB_FILES)})"]
     return ['missing tokenizer files (tokenizer.json, or tokenizer_config.json with a vocab/sentencepiece file)']
 
-def _base_problem(base, notes:list)->Optional[str]:
-    "Why the adapter's base model cannot be found, or None (with a note when it is an unverified hub id)."
-    if not isinstance(base, str) or not base.strip(): return 'adapter_config.json names no base_model_name_or_path'
+def adapter_base(ckpt:Union[str, Path], # an adapter checkpoint folder (holding adapter_config.json)
+                 notes:Optional[list]=None, # if given, receives a remark when the base is a hub id (not verified offline)
+                )->tuple[Optional[str], Optional[str]]:
+    "The base model of the adapter checkpoint `ckpt` as the loader finds it (a folder or hub id), and why not (None when found)."
+    ckpt, notes = Path(ckpt), (notes if notes is not None else [])
+    cfg = _json(ckpt/'adapter_config.json')
+    base = cfg.get('base_model_name_or_path') if isinstance(cfg, dict) else None
+    run = ckpt.parent.parent  # run/checkpoints/checkpoint-N
+    moved = run/'base_model'  # a scratch base travels with its run folder
+    if not isinstance(base, str) or not base.strip():
+        if moved.is_dir(): return str(moved.resolve()), None
+        return None, 'adapter_config.json names no base_model_name_or_path'
     p = Path(base).expanduser()
-    if p.is_dir(): return None
+    for c in ([p] if p.is_absolute() else [ckpt/p, run/p]):  # relative to the checkpoint or its run, not the working directory
+        if c.is_dir(): return str(c.resolve()), None
+    if p.name == 'base_model' and moved.is_dir(): return str(moved.resolve()), None  # the run folder was moved or copied
     if not p.is_absolute() and not base.startswith(('.', '~')) and _HUB_ID.match(base):
         notes.append(f"base model {base!r} is not a local folder: taken as a hub id, not verified offline")
-        return None
-    return f"base model {base!r} (adapter_config.json base_model_name_or_path) is not an existing folder"
+        return base, None
+    where = '' if p.is_absolute() else f" (relative to {ckpt} or {run})"
+    return None, f"base model {base!r} (adapter_config.json base_model_name_or_path) is not an existing folder{where}"
 
 def checkpoint_problems(path:Union[str, Path], # a checkpoint (or model) folder
                         notes:Optional[list]=None, # if given, receives remarks that are not problems (an unverified hub base model)
@@ -81,7 +93,10 @@ def checkpoint_problems(path:Union[str, Path], # a checkpoint (or model) folder
         w = d/'adapter_model.safetensors'
         probs = ["pickle weights only (adapter_model.bin); safetensors required"] if not w.exists() and (d/'adapter_model.bin').exists() \
                 else [x for x in [_open_problem(w)] if x]
-        return probs + [x for x in [_base_problem(cfg.get('base_model_name_or_path'), notes)] if x]
+        probs += [x for x in [adapter_base(d, notes)[1]] if x]
+        if any((d/f).is_file() for f in ('tokenizer.json', 'tokenizer_config.json') + TOKENIZER_VOCAB_FILES): return probs + _tokenizer_problems(d)
+        notes.append("no tokenizer files: the base model's tokenizer is used")
+        return probs
     probs = []
     if not (d/'config.json').exists(): probs.append('missing config.json')
     elif not isinstance(_json(d/'config.json'), dict): probs.append('corrupt config.json (not a JSON object)')
@@ -133,9 +148,11 @@ def _found(d:Path)->str:
     items = sorted(p.name + ('/' if p.is_dir() else '') for p in d.iterdir()) if d.is_dir() else []
     return ', '.join(items[:20]) + (f', ... ({len(items)} in all)' if len(items) > 20 else '') if items else 'nothing'
 
+REMEDY = 'name one with --checkpoint DIR or start the run afresh'
+
 def find_checkpoint(run_dir:Union[str, Path], # a run folder (holding `checkpoints/checkpoint-N`)
                    )->CheckpointChoice:
-    "The best complete checkpoint of `run_dir` by `eval_score`, else the latest complete one, with the reason."
+    "The best complete checkpoint of `run_dir` by `eval_score` (the latest complete one only when nothing was evaluated), with the reason."
     run_dir = Path(run_dir); ck = run_dir/RUN_FILES['checkpoints']
     if not ck.is_dir(): raise CheckpointError(f"{run_dir}: no checkpoints folder ({RUN_FILES['checkpoints']}/); found: {_found(run_dir)}")
     ckpts = _checkpoints(ck)
@@ -145,7 +162,7 @@ def find_checkpoint(run_dir:Union[str, Path], # a run folder (holding `checkpoin
     skipped = [(ckpts[s], '; '.join(problems[s])) for s in sorted(ckpts) if problems[s]]
     complete = [s for s in sorted(ckpts) if not problems[s]]
     if not complete:
-        raise CheckpointError(f"{ck}: no complete checkpoint: " + '; '.join(f"{p.name}: {r}" for p,r in skipped))
+        raise CheckpointError(f"{ck}: no complete checkpoint: " + '; '.join(f"{p.name}: {r}" for p,r in skipped) + f"; {REMEDY}")
     state, src = _trainer_state(ck, ckpts)
     scores = _scores(state) if state else {}
     best = _best_step(state) if state else None
@@ -167,7 +184,8 @@ def find_checkpoint(run_dir:Union[str, Path], # a run folder (holding `checkpoin
             return choice(s, where)
         why = '; '.join(problems[s]) if s in ckpts else 'not on disk'
         passed.append(f"checkpoint-{s} ({scores[s]:g}): {why}")
-    return choice(complete[-1], 'no evaluated checkpoint is usable (' + '; '.join(passed) + '): latest complete checkpoint used')
+    raise CheckpointError(f"{ck}: evaluations ran but no evaluated checkpoint is usable (" + '; '.join(passed) + "); an unscored "
+                          f"checkpoint is not a substitute for the best one: {REMEDY}")
 
 # %% ../nbs/07_checkpoints.ipynb #59a3108b
 _RUN = re.compile(r'^(?P<exp>[A-Za-z0-9][A-Za-z0-9_.-]*)_(?P<stamp>\d{8}-\d{6})(?:-(?P<n>\d+))?$')

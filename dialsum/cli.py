@@ -17,7 +17,7 @@ from .records import RUN_FILES
 from .runner import live_status, predict_run, run_experiment
 from .safety import redact, run_path
 from .submissions import read_index
-from .sweep import one_line, run_sweep, sweep_exit_code, sweep_table, text_table
+from .sweep import indexed_run, one_line, run_sweep, sweep_exit_code, sweep_table, text_table
 
 # %% auto #0
 __all__ = ['default_runs_dir', 'runs_frame', 'runs_table', 'best_run', 'compare_runs', 'compare_text', 'parser', 'main']
@@ -36,7 +36,8 @@ def runs_frame(runs_dir:Union[str, Path], # the runs folder with index.csv
               )->pd.DataFrame:
     "The run index, live statuses, filtered and sorted by dev score (best first)."
     runs_dir, ix = Path(runs_dir), read_index(runs_dir)
-    ix['status'] = [live_status(_md(runs_dir/r)) if s == 'running' else s for r, s in zip(ix.run_id, ix.status)]
+    dirs = [indexed_run(runs_dir, r) for r in ix.run_id]  # an id that leads outside runs_dir is refused
+    ix['status'] = [live_status(_md(d)) if s == 'running' and d else s for d, s in zip(dirs, ix.status)]
     if status: ix = ix[ix.status == status]
     if experiment: ix = ix[ix.experiment == experiment]
     return ix.sort_values(['dev_score', 'started'], ascending=[False, False], na_position='last', kind='stable').reset_index(drop=True)
@@ -57,7 +58,9 @@ def best_run(runs_dir:Union[str, Path], # the runs folder with index.csv
     "The completed run with the best dev score and a valid submission: its index row, with `submission_path`."
     runs_dir = Path(runs_dir); df = runs_frame(runs_dir, 'completed')
     for r in df[df.dev_score.notna()].to_dict('records'):
-        d = runs_dir/r['run_id']; sub = d/(r['submission'] or RUN_FILES['submission'])
+        d = indexed_run(runs_dir, r['run_id'])
+        if d is None: continue  # its folder is gone
+        sub = d/(r['submission'] or RUN_FILES['submission'])
         if sub.is_file() and _md(d).get('submission_valid') is not False: return {**r, 'submission_path': sub.resolve()}
     raise DialsumError(f"{runs_dir}: no completed run with a dev score and a valid submission in {runs_dir/'index.csv'} "
                        f"({len(read_index(runs_dir))} runs); see `dialsum runs`")
@@ -68,12 +71,19 @@ def _dev_rows(run_dir:Path)->pd.DataFrame:
     if not p.is_file(): raise DialsumError(f"{p}: no per-row dev scores; the run did not reach dev scoring (see `dialsum runs`)")
     return pd.read_csv(p, dtype={'fname': str, 'prediction': str, 'reference': str}, keep_default_na=False)
 
+def _named_run(name:Union[str, Path], runs_dir:Union[str, Path, None])->Path:
+    "The run folder `name` names: a folder as typed, else a run or experiment in the runs folder, never a path out of it."
+    s = str(name)
+    if not Path(s).expanduser().is_dir() and ('..' in Path(s).parts or '..' in s.split('\\')):
+        run_path(resolve_path(runs_dir or 'runs', project_root()), s)  # refuses it, saying why
+    return resolve_run(name, runs_dir)
+
 def compare_runs(a:Union[str, Path], b:Union[str, Path], # run folders or experiment names (their newest runs)
                  runs_dir:Union[str, Path, None]=None, # where names are looked up (default: runs/)
                  top:int=5, # rows listed
                 )->dict:
     "B - A in dev score with a paired bootstrap 95% interval, and the dev rows whose score changed most."
-    ra, rb = resolve_run(a, runs_dir), resolve_run(b, runs_dir)
+    ra, rb = _named_run(a, runs_dir), _named_run(b, runs_dir)
     da, db = _dev_rows(ra), _dev_rows(rb)
     if sorted(da.fname) != sorted(db.fname):
         only = sorted(set(da.fname) ^ set(db.fname))
@@ -114,16 +124,21 @@ def _cmd_run(a)->int:
     if md.get('status') != 'completed':
         print(f"FAILED {run.path}\n  {md.get('error')}\n  see {run.file('notebook')} and {run.file('log')}", file=sys.stderr)
         return 1
-    d = md['dev']
-    print(f"completed {run.path}\n  dev score {d['score']:.2f} (R1 {d['rouge1']:.2f} R2 {d['rouge2']:.2f} RL {d['rougeL']:.2f})"
-          f"\n  submission {md['submission']}\n  notebook {run.file('notebook')}")
+    d = md.get('dev') if isinstance(md.get('dev'), dict) else {}
+    score = f"dev score {d['score']:.2f} (R1 {d['rouge1']:.2f} R2 {d['rouge2']:.2f} RL {d['rougeL']:.2f})" if d.get('score') is not None else 'no dev scores'
+    if md.get('promoted') is False or md.get('submission_valid') is False:  # the sweep counts this as a failure too
+        print(f"completed {run.path}, but its submission was NOT promoted: it is not a valid submission\n  {score}\n  "
+              + '\n  '.join(md.get('submission_problems') or ['(no reason recorded)']) + f"\n  see {run.file('metadata')}", file=sys.stderr)
+        return 1
+    print(f"completed {run.path}\n  {score}\n  submission {md['submission']}\n  notebook {run.file('notebook')}")
     return 0
 
 def _interrupt(signum, frame): raise KeyboardInterrupt
 
 def _cmd_sweep(a)->int:
     old = signal.signal(signal.SIGTERM, _interrupt)
-    try: entries = run_sweep(a.configs, a.set, resume=a.resume, say=lambda s: print(s, flush=True), progress=a.progress)
+    try: entries = run_sweep(a.configs, a.set, resume=a.resume, say=lambda s: print(s, flush=True), progress=a.progress,
+                             accelerate_config=a.accelerate_config, num_processes=a.num_processes)
     finally: signal.signal(signal.SIGTERM, old)
     print('\n' + sweep_table(entries), flush=True)
     return sweep_exit_code(entries)
@@ -142,11 +157,7 @@ def _cmd_runs(a)->int:
     df = runs_frame(runs_dir, a.status, a.experiment)
     print(runs_table(df) if len(df) else f"no runs in {runs_dir}" + (' with that filter' if a.status or a.experiment else ''))
     if a.plot is None: return 0
-    try: from dialsum.plots import plot_runs
-    except ImportError as e:
-        print(f"cannot plot: dialsum.plots.plot_runs is not available in this version of dialsum ({e}); the table above has the numbers",
-              file=sys.stderr)
-        return 1
+    from dialsum.plots import plot_runs
     print(f"plot written to {plot_runs(runs_dir, a.plot or None)}")
     return 0
 
@@ -178,6 +189,9 @@ def parser()->argparse.ArgumentParser:
     s.add_argument('--set', nargs='+', action='extend', default=[], metavar='KEY=VALUE', help='overrides for every config (put them last)')
     s.add_argument('--resume', action='store_true', help='skip configs that already completed; recover trained runs without a submission')
     s.add_argument('--progress', action='store_true', help="show papermill's progress bars")
+    s.add_argument('--accelerate-config', metavar='FILE', help='run each config under accelerate launch with this config '
+                   '(e.g. configs/accelerate/ddp_cpu.yaml), through dialsum.pipeline instead of papermill')
+    s.add_argument('--num-processes', type=int, metavar='N', help='processes for accelerate launch (default: the accelerate config\'s)')
     s.set_defaults(func=_cmd_sweep)
     q = sub.add_parser('predict', help="write summaries for a CSV with a run's best (or a given) checkpoint")
     q.add_argument('--run', help='run folder, or experiment name (its newest run)')

@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # %% auto #0
-__all__ = ['DEFAULT_PROMPT', 'HUB_GENERATE', 'RENAMED', 'DialsumError', 'ConfigError', 'Columns', 'DemoData', 'DataConfig',
-           'ScratchModel', 'ModelConfig', 'LoraConfig', 'TrainingConfig', 'GenerationConfig', 'OutputConfig',
-           'ResourcesConfig', 'Config', 'read_yaml', 'deep_merge', 'read_layers', 'apply_overrides', 'machine',
-           'machine_problems', 'suggest_key', 'validate', 'project_root', 'resolve_path', 'load_config', 'config_dict',
-           'config_hash', 'save_config']
+__all__ = ['DEMO_REPLACES', 'DEFAULT_PROMPT', 'HUB_GENERATE', 'RENAMED', 'DialsumError', 'ConfigError', 'Columns', 'DemoData',
+           'DataConfig', 'ScratchModel', 'ModelConfig', 'LoraConfig', 'TrainingConfig', 'GenerationConfig',
+           'OutputConfig', 'ResourcesConfig', 'Config', 'read_yaml', 'deep_merge', 'read_layers', 'apply_overrides',
+           'machine', 'machine_problems', 'suggest_key', 'validate', 'project_root', 'resolve_path', 'load_config',
+           'config_dict', 'config_hash', 'save_config']
 
 # %% ../nbs/00_config.ipynb #4f9a8811
 class DialsumError(Exception):
@@ -43,6 +43,8 @@ class DemoData(_Section):
     n_test: int = Field(60, ge=4)
     seed: int = 0
 
+DEMO_REPLACES = ('train', 'dev', 'test', 'sample_submission', 'columns')  # what `data.demo` takes the place of
+
 class DataConfig(_Section):
     "Where the splits are and how their text is cleaned."
     train: Optional[str] = 'data/train.csv'
@@ -58,6 +60,22 @@ class DataConfig(_Section):
     max_train_samples: Optional[int] = Field(None, ge=1)
     max_dev_samples: Optional[int] = Field(None, ge=1)
     max_test_samples: Optional[int] = Field(None, ge=1)
+
+    @model_validator(mode='before')
+    @classmethod
+    def _demo_fills_no_files(cls, d):
+        "With `demo` given, the files it replaces default to absent (not to data/*.csv)."
+        if isinstance(d, dict) and d.get('demo') is not None: d = {**dict.fromkeys(DEMO_REPLACES[:-1]), **d}
+        return d
+
+    @model_validator(mode='after')
+    def _demo_or_files(self):
+        if self.demo is None: return self
+        given = [f'data.{k}' for k in DEMO_REPLACES[:-1] if getattr(self, k) is not None] + (['data.columns'] if self.columns != Columns() else [])
+        if given:
+            raise ValueError(f"data.demo generates the data, so {', '.join(given)} would be ignored: set data.demo: null to use your "
+                             f"files (or set {', '.join(given)} to null to keep the demo data)")
+        return self
 
 # %% ../nbs/00_config.ipynb #e00337ab
 class ScratchModel(_Section):
@@ -143,7 +161,7 @@ class TrainingConfig(_Section):
     eval_steps: Optional[int] = Field(None, ge=1)
     save_total_limit: Optional[int] = Field(3, ge=1)
     logging_steps: int = Field(10, ge=1)
-    early_stopping_patience: Optional[int] = Field(3, ge=1)  # evaluations without improvement; null = off
+    early_stopping_patience: Optional[int] = Field(None, ge=1)  # evaluations without improvement (configs/base.yaml: 3); null = off
     early_stopping_threshold: float = Field(0.0, ge=0)
     seed: int = 42
     train_sampling_strategy: Literal['length_buckets', 'group_by_length', 'random', 'sequential'] = 'length_buckets'  # length_buckets: dialsum.train.LengthBucketSampler
@@ -155,10 +173,25 @@ class TrainingConfig(_Section):
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more time
     auto_find_batch_size: bool = False  # halve the batch size after a CUDA out-of-memory error and retry
 
+    @field_validator('eval_strategy', mode='before')
+    @classmethod
+    def _false_is_no(cls, v):
+        "YAML 1.1 reads a bare `no` (`training.eval_strategy=no`) as False: it means 'no'."
+        return 'no' if v is False else v
+
     @model_validator(mode='after')
-    def _steps_need_every(self):
+    def _evaluation_keys_act(self):
+        probs = []
         if self.eval_strategy == 'steps' and self.eval_steps is None:
-            raise ValueError("eval_strategy 'steps' needs eval_steps")
+            probs.append("eval_strategy 'steps' needs eval_steps: set training.eval_steps (evaluate and save every that many steps)")
+        if self.eval_steps is not None and self.eval_strategy != 'steps':
+            probs.append(f"training.eval_steps ({self.eval_steps}) acts only with eval_strategy 'steps', and it is {self.eval_strategy!r}: "
+                         "set training.eval_strategy: steps, or training.eval_steps: null")
+        if self.early_stopping_patience is not None and self.eval_strategy == 'no':
+            probs.append(f"training.early_stopping_patience ({self.early_stopping_patience}) acts only when training evaluates, and "
+                         "eval_strategy is 'no': set training.early_stopping_patience: null (configs/base.yaml sets 3), or "
+                         "evaluate (training.eval_strategy: epoch or steps)")
+        if probs: raise ValueError('; '.join(probs))
         return self
 
 HUB_GENERATE = {'contrastive': 'transformers-community/contrastive-search', 'diverse_beam': 'transformers-community/group-beam-search'}
@@ -247,9 +280,14 @@ def read_yaml(path:Path, # a YAML file whose top level is a mapping
     if not path.is_file(): raise ConfigError(f"{path}: config file not found; check the path (relative paths start at the project folder)")
     try: d = yaml.safe_load(path.read_text(encoding='utf-8'))
     except UnicodeDecodeError as e: raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
-    except yaml.YAMLError as e: raise ConfigError(f"{path}: not valid YAML (tags that build Python objects are refused): {e}") from None
+    except yaml.YAMLError as e:
+        todo = ("remove the !! tag and write a plain value: a config holds data, never Python objects" if 'python/' in str(e)
+                else "fix the YAML at the line and column shown (close every bracket and quote; quote values that hold ': ' or ' #')")
+        raise ConfigError(f"{path}: not valid YAML (tags that build Python objects are refused): {e}; {todo}") from None
     if d is None: d = {}
-    if not isinstance(d, dict): raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(d).__name__}")
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(d).__name__}; write one `key: value` per line "
+                          "(experiment: NAME, model: ..., training: ...), without a leading '- '")
     return d
 
 # %% ../nbs/00_config.ipynb #40c0f342
@@ -273,7 +311,11 @@ def read_layers(path:Path, # an experiment file, possibly extending a base with 
     base = d.pop('base', None)
     if base is None: return d
     if not isinstance(base, str): raise ConfigError(f"{path}: 'base' must be a path to a YAML file, got {base!r}")
-    return deep_merge(read_layers(path.parent/base, _seen + (path,)), d)
+    target = path.parent/os.path.expanduser(base)
+    if not target.is_file():
+        raise ConfigError(f"{path}: its line 'base: {base}' names {target}, which is not there; 'base' is resolved relative to the "
+                          f"folder of the file that holds it ({path.parent}), not the project folder; fix that line")
+    return deep_merge(read_layers(target, _seen + (path,)), d)
 
 # %% ../nbs/00_config.ipynb #d018d6bc
 def apply_overrides(d:dict, # the merged config mapping
@@ -305,7 +347,8 @@ def machine()->dict:
     import importlib.util, torch
     cuda = torch.cuda.is_available()
     off = any(os.environ.get(k, '').strip().upper() in {'1', 'ON', 'YES', 'TRUE'} for k in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE'))
-    return dict(cuda=cuda, bf16=bool(cuda and torch.cuda.is_bf16_supported()), hub_offline=off,
+    bf16 = bool(cuda and torch.cuda.is_bf16_supported(including_emulation=False))  # the default (True) says yes on pre-Ampere cards too
+    return dict(cuda=cuda, bf16=bf16, hub_offline=off,
                 bitsandbytes=importlib.util.find_spec('bitsandbytes') is not None)
 
 def _generate_code_problem(gen:GenerationConfig, m:dict)->Optional[str]:
@@ -335,7 +378,8 @@ def machine_problems(cfg:Config, # a config that passed the schema
     if p == 'fp16' and not gpu:
         out.append(f"training.precision: fp16 mixed precision needs a CUDA GPU {why}; use auto, fp32 or bf16")
     if p == 'bf16' and gpu and not m['bf16']:
-        out.append("training.precision: bf16 is not supported by this GPU (Ampere or newer has it); use fp16 or auto")
+        out.append("training.precision: bf16 is not supported by this GPU (Ampere or newer has it); use fp32 for T5 and mT5 (they "
+                   "overflow in fp16), fp16 or auto for other models")
     return out + [x for x in [_generate_code_problem(cfg.generation, m)] if x]
 
 # %% ../nbs/00_config.ipynb #41afaff3
@@ -373,10 +417,48 @@ def _fmt_error(err:dict, source:str)->str:
         section = '.'.join(loc[:-1]) or 'the top level'
         hint = f"did you mean '{'.'.join(loc[:-1] + (s,))}'?" if s else f"valid keys in {section}: {', '.join(_section_at(loc).model_fields)}"
         return f"{source}: unknown key '{dotted}'; {hint}"
-    if err['type'] == 'missing': return f"{source}: '{dotted}' is required"
-    msg = err['msg'].removeprefix('Value error, ')
+    if err['type'] == 'missing': return f"{source}: '{dotted}' is required; add it to the config"
     got = f" (got {err['input']!r})" if 'input' in err and not isinstance(err['input'], dict) else ''
-    return f"{source}: {dotted}: {msg}{got}"
+    if loc == ('experiment',) and err['type'] == 'string_pattern_mismatch':
+        return (f"{source}: experiment: {err['input']!r} cannot be an experiment name (it becomes part of the run folder's name); "
+                "use 1 to 80 letters, digits, '_', '.' or '-', starting with a letter or digit")
+    if want := _expected(err):
+        key = '.'.join(_field_loc(loc))  # without pydantic's tags of Union members ('bool', 'str')
+        return f"{source}: {key}: expected {want}{got}; set {key} to {want}{_default_note(_field_loc(loc))}"
+    return f"{source}: {dotted}: {err['msg'].removeprefix('Value error, ')}{got}"
+
+_KINDS = {'int_parsing': 'a whole number', 'int_type': 'a whole number', 'int_from_float': 'a whole number',
+          'float_parsing': 'a number', 'float_type': 'a number', 'bool_parsing': 'true or false', 'bool_type': 'true or false',
+          'string_type': 'a text value', 'list_type': 'a list', 'dict_type': 'a mapping of keys', 'model_type': 'a mapping of keys'}
+_BOUNDS = {'greater_than': ('gt', 'a number greater than {}'), 'greater_than_equal': ('ge', 'a number of {} or more'),
+           'less_than': ('lt', 'a number below {}'), 'less_than_equal': ('le', 'a number of {} or less'),
+           'literal_error': ('expected', 'one of {}')}
+
+def _field_loc(loc:tuple)->tuple:
+    "`loc` cut after its last key that is a field of the schema."
+    cls, out = Config, []
+    for part in loc:
+        if cls is None or part not in cls.model_fields: break
+        out.append(part)
+        ann = cls.model_fields[part].annotation
+        cls = next((a for a in getattr(ann, '__args__', (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return tuple(out) or loc
+
+def _num(v): return int(v) if isinstance(v, float) and v.is_integer() else v
+
+def _expected(err:dict)->Optional[str]:
+    "What a value of the failed kind should be, in words (None when pydantic's own message says it best)."
+    if err['type'] in _KINDS: return _KINDS[err['type']]
+    if err['type'] in _BOUNDS:
+        k, text = _BOUNDS[err['type']]
+        return text.format(_num(err.get('ctx', {}).get(k, '?')))
+    return None
+
+def _default_note(loc:tuple)->str:
+    "' (the default is X)' for the key at `loc`, when it has a plain default."
+    try: d = _section_at(loc).model_fields[loc[-1]].default
+    except (KeyError, StopIteration, AttributeError, TypeError): return ''
+    return f" (the default is {d!r})" if isinstance(d, (int, float, str)) and not isinstance(d, bool) else ''
 
 def validate(d:dict, # the merged mapping with overrides applied
              source:str='config', # the file (and overrides) it came from, for messages
@@ -385,7 +467,7 @@ def validate(d:dict, # the merged mapping with overrides applied
     "Check `d` against the schema (and this machine); raise one `ConfigError` listing every problem."
     try: cfg = Config.model_validate(d)
     except ValidationError as e:
-        raise ConfigError('\n'.join(_fmt_error(err, source) for err in e.errors())) from None
+        raise ConfigError('\n'.join(dict.fromkeys(_fmt_error(err, source) for err in e.errors()))) from None
     probs = machine_problems(cfg) if check_machine else []
     if probs: raise ConfigError('\n'.join(f"{source}: {p}" for p in probs))
     return cfg

@@ -277,6 +277,38 @@ class Splits:
     report: dict = field(default_factory=dict)
     paths: dict = field(default_factory=dict)
 
+def _record_lines(path:Path)->list[int]:
+    "The line of `path` where each data row starts (quoted newlines counted, blank lines skipped as pandas does)."
+    rows, starts, prev = csv.reader(io.StringIO(_decode(path, Path(path).read_bytes()))), [], 0
+    for r in rows:
+        if r: starts.append(prev + 1)
+        prev = rows.line_num
+    return starts[1:]
+
+_CLEANING = {'newline_literals': "data.newline_literals turns the characters \\n and <br> into line breaks",
+             'collapse_whitespace': "data.collapse_whitespace removes spaces and blank lines"}
+
+def _emptying_rule(v:str, data:DataConfig)->str:
+    "The first cleaning option, in the order `clean_split` runs them, after which `v` is empty."
+    for r in (r for r in _CLEANING if getattr(data, r)):
+        v = clean_text(v, **{k: k == r for k in _CLEANING})
+        if is_missing(v): return r
+    return next(r for r in _CLEANING if getattr(data, r))
+
+def _emptied(path:Path, raw:pd.DataFrame, clean:pd.DataFrame, split:str, data:DataConfig)->list[str]:
+    "One line per text column that cleaning left empty in some rows: the rows, their lines in `path`, the option that emptied them."
+    out, lines = [], None
+    for col in ['dialogue'] + ([] if split == 'test' else ['summary']):
+        idx = [i for i in range(len(raw)) if is_missing(clean[col].iat[i]) and not is_missing(raw[col].iat[i])]
+        if not idx: continue
+        lines = lines or _record_lines(path)
+        for i in idx[:5]:
+            v = raw[col].iat[i]
+            out.append(f"{col} empty after cleaning at row {i + 1} (fname {raw.fname.iat[i]!r}, line {lines[i]}), which holds only {v!r}: "
+                       f"{_CLEANING[_emptying_rule(v, data)]}, and nothing else is left; fill it in or remove the row")
+        if len(idx) > 5: out.append(f"{col} empty after cleaning at {len(idx) - 5} more rows")
+    return out
+
 def load_splits(data:DataConfig, # the config's data section
                 root:Path, # project folder: relative paths start here
                 out_dir:Optional[Path]=None, # run folder; the demo data is written to `out_dir/'data'`
@@ -289,9 +321,10 @@ def load_splits(data:DataConfig, # the config's data section
     res = Splits(paths=paths)
     for s in SPLITS:
         if paths[s] is None: res.report[s] = None; continue
-        df = read_split(paths[s], s, columns)
-        notes, limit = df.attrs.get('notes', []), getattr(data, f'max_{s}_samples')
-        df, cr = clean_split(df, data.newline_literals, data.collapse_whitespace)
+        raw = read_split(paths[s], s, columns)
+        notes, limit = raw.attrs.get('notes', []), getattr(data, f'max_{s}_samples')
+        df, cr = clean_split(raw, data.newline_literals, data.collapse_whitespace)
+        if problems := _emptied(paths[s], raw, df, s, data): raise DataError(f"{paths[s]}:\n" + '\n'.join(f"  {p}" for p in problems))
         setattr(res, s, df.iloc[:limit])
         res.report[s] = dict(file=str(paths[s]), rows_read=len(df), rows_kept=len(df.iloc[:limit]), max_samples=limit,
                              cleaning=cr['changed'], unknown_tags=cr['unknown_tags'], notes=notes)

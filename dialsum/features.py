@@ -17,9 +17,9 @@ from .config import Config, ConfigError, GenerationConfig, HUB_GENERATE, ModelCo
 from .data import model_inputs
 
 # %% auto #0
-__all__ = ['prompt_parts', 'prompt_for', 'make_features', 'features', 'make_collator', 'generation_kwargs', 'decode_summaries',
-           'SharedCrossCache', 'beam_cache', 'generation_inputs', 'length_order', 'generate_from_features',
-           'generate_summaries']
+__all__ = ['use_chat_template', 'prompt_parts', 'prompt_for', 'make_features', 'features', 'make_collator', 'generation_kwargs',
+           'decode_summaries', 'SharedCrossCache', 'beam_cache', 'generation_inputs', 'length_order',
+           'generate_from_features', 'generate_summaries']
 
 # %% ../nbs/03a_features.ipynb #e164ba14
 _SLOT = '\uE000DIALOGUE\uE000'  # a private-use marker no template or dialogue contains
@@ -29,12 +29,23 @@ def _leading_specials(tokenizer)->list[int]:
     full, bare = tokenizer('가')['input_ids'], tokenizer('가', add_special_tokens=False)['input_ids']
     return next((full[:i] for i in range(len(full) - len(bare) + 1) if full[i:i+len(bare)] == bare), [])
 
+def use_chat_template(tokenizer, # the decoder-only model's tokenizer
+                      cfg:ModelConfig, # the config's model section (chat_template: None, true or false)
+                     )->bool:
+    "Whether the prompt goes through the tokenizer's chat template: as `cfg.chat_template` says, else when it has one."
+    has = bool(getattr(tokenizer, 'chat_template', None))
+    if cfg.chat_template is None: return has
+    if cfg.chat_template and not has:
+        raise ConfigError(f"{tokenizer.name_or_path}: model.chat_template is true but its tokenizer has no chat template; "
+                          "set model.chat_template: false to use model.prompt_template as plain text")
+    return bool(cfg.chat_template)
+
 def prompt_parts(tokenizer, # the decoder-only model's tokenizer
                  cfg:ModelConfig, # the config's model section (prompt_template, chat_template)
                 )->tuple[list[int], list[int]]:
     "Token ids of the prompt before and after the dialogue."
     text = cfg.prompt_template.replace('{dialogue}', _SLOT)
-    if cfg.chat_template:
+    if use_chat_template(tokenizer, cfg):
         text = tokenizer.apply_chat_template([{'role': 'user', 'content': text}], tokenize=False, add_generation_prompt=True)
         lead = []  # the rendered template holds its own special tokens
     else: lead = _leading_specials(tokenizer)

@@ -14,9 +14,10 @@ from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPP
 from transformers import AutoTokenizer
 from transformers.pytorch_utils import Conv1D
 
+from .checkpoints import adapter_base
 from .config import Config, LoraConfig
 from .data import TAGS
-from .models import ModelError, load_pretrained
+from .models import TOKENIZER_FILES, ModelError, load_pretrained
 
 # %% auto #0
 __all__ = ['linear_names', 'lora_targets', 'apply_lora', 'merge_for_inference', 'load_checkpoint']
@@ -70,12 +71,9 @@ def apply_lora(model, # a transformers model, tags already added
 
 # %% ../nbs/02a_lora.ipynb #831f8882
 def _base_of(ckpt:Path)->str:
-    "The base model folder or hub id of the adapter checkpoint `ckpt`."
-    base = json.loads((ckpt/'adapter_config.json').read_text(encoding='utf-8')).get('base_model_name_or_path')
-    moved = ckpt.parent.parent/'base_model'  # run/checkpoints/checkpoint-N -> run/base_model
-    if base and Path(base).is_dir(): return base
-    if moved.is_dir() and (not base or Path(base).name == 'base_model'): return str(moved)
-    if not base: raise ModelError(f"{ckpt}/adapter_config.json names no base_model_name_or_path")
+    "The base model folder or hub id of the adapter checkpoint `ckpt`, found as the checkpoint finder finds it."
+    base, why = adapter_base(ckpt)
+    if why: raise ModelError(f"{ckpt}: {why}; put the base model there, or merge the adapters into it and use the merged folder")
     return base
 
 def merge_for_inference(model, # a model, or a `PeftModel` with adapters
@@ -92,8 +90,9 @@ def load_checkpoint(path:Union[str, Path], # a checkpoint folder: a whole model,
     path, m = Path(path), cfg.model
     if not (path/'adapter_config.json').is_file():
         return load_pretrained(str(path), m.trust_remote_code, m.allow_pickle, m.family, m.quantization)
-    tokenizer = AutoTokenizer.from_pretrained(path)  # saved with the checkpoint: tags in place
     base_tok, model = load_pretrained(_base_of(path), m.trust_remote_code, m.allow_pickle, m.family, m.quantization)
+    own = any((path/f).is_file() for f in TOKENIZER_FILES)
+    tokenizer = AutoTokenizer.from_pretrained(path) if own else base_tok  # saved with the checkpoint, else the base's: tags in place
     if len(base_tok) != len(tokenizer):
         raise ModelError(f"{path}: its tokenizer has {len(tokenizer)} tokens, its base model's {len(base_tok)} (tags included); "
                          "the adapters belong to another base model")

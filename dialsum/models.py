@@ -21,7 +21,7 @@ from .data import TAGS
 # %% auto #0
 __all__ = ['SCRATCH_MARKER', 'HUB_ID', 'TOKENIZER_FILES', 'SAFE_WEIGHTS', 'PICKLE_WEIGHTS', 'FAMILY_CLASSES', 'ModelError',
            'param_counts', 'add_tag_tokens', 'train_tokenizer', 'build_scratch_model', 'quantization_config',
-           'load_pretrained', 'load_model', 'check_model']
+           'load_pretrained', 'load_model', 'check_model', 'is_4bit']
 
 # %% ../nbs/02_models.ipynb #2f62c8cd
 class ModelError(DialsumError):
@@ -270,7 +270,7 @@ def load_pretrained(name_or_path:str, # hub id (`owner/name`) or local model fol
         kw.update(quantization_config=quantization_config(), device_map={'': int(os.environ.get('LOCAL_RANK', 0))})
     try: model = FAMILY_CLASSES[family].from_pretrained(src, use_safetensors=None if allow_pickle else True,
                                                         dtype=torch.bfloat16 if quantization else torch.float32, **kw)
-    except (OSError, ValueError, pickle.UnpicklingError) as e: raise ModelError(_load_message(src, 'model', e, kw)) from None
+    except (OSError, ValueError, ImportError, pickle.UnpicklingError) as e: raise ModelError(_load_message(src, 'model', e, kw)) from None
     if family == 'causal':
         if tokenizer.pad_token is None: tokenizer.pad_token = tokenizer.eos_token  # many LLMs have none; labels mask padding anyway
         tokenizer.padding_side = 'right'  # training batches; generation pads on the left explicitly
@@ -299,17 +299,18 @@ def load_model(cfg:ModelConfig, # the `model` section of the config
                train_texts:list, # training texts, for the tokenizer of a scratch model
                work_dir:Path, # the run folder: a scratch model is built into `work_dir/'base_model'`
                root:Path, # the project folder, for relative paths
+               seed:int=0, # the run's `training.seed`: seeds the initial weights of a scratch model
               )->tuple:
     "Tokenizer, model and where they came from (a folder, or a hub id), as `cfg` says."
     if cfg.scratch:
         src = Path(work_dir)/'base_model'
-        want = _scratch_record(list(train_texts), cfg.scratch, 0)
+        want = _scratch_record(list(train_texts), cfg.scratch, seed)
         have = _read_record(src)
-        if have is None: build_scratch_model(list(train_texts), cfg.scratch, src)
+        if have is None: build_scratch_model(list(train_texts), cfg.scratch, src, seed)
         elif have != want:
-            raise ModelError(f"{src}: holds a scratch model built from other texts or another model.scratch; "
-                             "delete the folder or use a new run folder")
-        tokenizer, model = load_pretrained(str(src), family=cfg.family)
+            raise ModelError(f"{src}: holds a scratch model built from other texts, another model.scratch or another "
+                             "training.seed; delete the folder or use a new run folder")
+        tokenizer, model = load_pretrained(str(src), family=cfg.family, quantization=cfg.quantization)
     else:
         p = resolve_path(cfg.name_or_path, root)
         src = p if p.is_dir() else cfg.name_or_path
@@ -324,7 +325,7 @@ def check_model(cfg:ModelConfig, # the `model` section of the config
                 tokenizer, model, # as loaded
                 src, # where they came from, for messages
                ):
-    "Raise a `ModelError` when the model has too few positions for the lengths of `cfg`, or lacks an asked-for chat template."
+    "Raise a `ModelError` when the model has too few positions for `cfg`, is not 4-bit as asked, or lacks a required chat template."
     n_pos = getattr(model.config, 'max_position_embeddings', None)
     causal = cfg.family == 'causal'
     need = cfg.max_source_length + (cfg.max_target_length if causal else 0)
@@ -332,9 +333,20 @@ def check_model(cfg:ModelConfig, # the `model` section of the config
         what = 'model.max_source_length + model.max_target_length' if causal else 'model.max_source_length'
         raise ModelError(f"{what} ({need}) is above the model's max_position_embeddings ({n_pos}) of {src}; "
                          f"lower it to {n_pos} or less")
-    if causal and cfg.chat_template and not getattr(tokenizer, 'chat_template', None):
+    if cfg.quantization == '4bit' and not is_4bit(model):  # never a silent full-precision run
+        raise ModelError(f"{src}: model.quantization is 4bit but the loaded model has no bitsandbytes 4-bit layers (Linear4bit); "
+                         "run it on a CUDA GPU with bitsandbytes installed, or set model.quantization: null to train the "
+                         "adapters on full-precision weights")
+    if causal and cfg.chat_template is True and not getattr(tokenizer, 'chat_template', None):
         raise ModelError(f"{src}: model.chat_template is true but its tokenizer has no chat template; set model.chat_template: "
                          "false to use model.prompt_template as plain text")
+
+def is_4bit(model:torch.nn.Module, # a loaded model
+           )->bool:
+    "Whether `model` holds bitsandbytes 4-bit linear layers, as `model.quantization: 4bit` must give."
+    try: from bitsandbytes.nn import Linear4bit
+    except ImportError: return False  # without bitsandbytes nothing can be 4-bit
+    return any(isinstance(m, Linear4bit) for m in model.modules())
 
 def _read_record(d:Path)->Optional[dict]:
     "The build record of the scratch folder `d`, or None when there is no complete build."

@@ -23,12 +23,12 @@ from .metrics import bootstrap_ci
 from .models import load_model, param_counts
 from .records import Run, start_run, utcnow, write_csv, write_json
 from .safety import check_disk, resume_point
-from .submissions import finalize_run
+from .submissions import error_tail, exception_tail, finalize_run, record_failure, test_file_fnames
 from .train import device_report, make_trainer, on_cpu, peak_gpu_memory_gb, train
 
 # %% auto #0
-__all__ = ['Context', 'open_run', 'read_data', 'build_model', 'fit', 'score_dev', 'write_submission', 'pictures', 'finish',
-           'run_steps', 'run_pipeline', 'main', 'accelerate_command']
+__all__ = ['Context', 'open_run', 'cell_failed', 'watch_cells', 'read_data', 'build_model', 'fit', 'score_dev',
+           'write_submission', 'pictures', 'finish', 'run_steps', 'run_pipeline', 'main', 'accelerate_command']
 
 # %% ../nbs/09a_pipeline.ipynb #257910e8
 @dataclass
@@ -63,7 +63,33 @@ def open_run(config:Union[str, Path], # the experiment YAML, relative to the pro
     if state.num_processes > 1: broadcast_object_list(path)
     ctx = Context(cfg, Run(Path(path[0]), cfg), root, state)
     ctx.record(processes=state.num_processes, distributed_type=str(state.distributed_type).rsplit('.', 1)[-1])
+    watch_cells(ctx)  # in a notebook (papermill, Jupyter): a failing cell records the failure
     return ctx
+
+def cell_failed(ctx:Context, # the run the notebook opened
+                etype:type, # the exception's type
+                value:BaseException, # the exception
+                stb:Optional[list]=None, # the traceback as the notebook shows it (IPython's structured traceback)
+               )->bool:
+    "Record the failure of a notebook cell as the runner does, once (a run that already ended is left as it is); True when recorded."
+    if not ctx.main or ctx.run.metadata.get('status') != 'running': return False
+    record_failure(ctx.run.path, f"{etype.__name__}: {value}", error_tail(stb or []),
+                   'interrupted' if issubclass(etype, KeyboardInterrupt) else 'failed', peak_gpu_memory_gb(),
+                   seconds=round(time.perf_counter() - ctx.t0, 2))
+    return True
+
+def watch_cells(ctx:Context)->bool:
+    "In an IPython kernel, make a cell that raises record the run's failure (`cell_failed`) and still show its traceback; False elsewhere."
+    try: from IPython import get_ipython
+    except ImportError: return False
+    shell = get_ipython()
+    if shell is None or not ctx.main: return False
+    def handler(shell, etype, value, tb, tb_offset=None):
+        shell.showtraceback((etype, value, tb), tb_offset=tb_offset, running_compiled_code=True)  # the cell's error, as without a handler
+        try: cell_failed(ctx, etype, value, shell.InteractiveTB.structured_traceback(etype, value, tb, tb_offset=tb_offset))
+        except Exception as e: print(f"{ctx.run.path}: the failure could not be recorded ({type(e).__name__}: {e})", file=sys.stderr)
+    shell.set_custom_exc((BaseException,), handler)
+    return True
 
 # %% ../nbs/09a_pipeline.ipynb #5822f8be
 def read_data(ctx:Context)->Splits:
@@ -145,7 +171,10 @@ def finish(ctx:Context, scores:dict, result:dict, splits:Splits)->dict:
         run.update(status='completed', finished=utcnow(), seconds=metrics['seconds'], dev=scores,
                    submission=run.rel(run.file('submission')), peak_gpu_memory_gb=peak_gpu_memory_gb())
         # the run folder's parent (runs/) holds the index, history/ and latest_submission.csv
-        finalize_run(run.path, run.path.parent, splits.test['fname'].tolist(), splits.paths.get('sample_submission'))
+        # checked against every fname of the test file (a split cut by data.max_test_samples is not promoted)
+        cols = Columns() if ctx.cfg.data.demo else ctx.cfg.data.columns
+        finalize_run(run.path, run.path.parent, test_file_fnames(splits.paths['test'], cols), splits.paths.get('sample_submission'),
+                     ctx.cfg.data.max_test_samples)
         md = run.metadata
         print('submission', 'promoted' if md.get('promoted') else f"NOT promoted: {md.get('submission_problems')}")
         if scores: print(f"dev score {scores['score']:.2f} (R1 {scores['rouge1']:.2f} R2 {scores['rouge2']:.2f} "
@@ -155,7 +184,7 @@ def finish(ctx:Context, scores:dict, result:dict, splits:Splits)->dict:
 
 # %% ../nbs/09a_pipeline.ipynb #7d32cf3d
 def run_steps(ctx:Context)->Run:
-    "Every step after `open_run`, in order; a failure is recorded (status, error, index row) and raised."
+    "Every step after `open_run`, in order; a failure is recorded (`record_failure`) and raised."
     try:
         splits = read_data(ctx)
         tok, model = build_model(ctx, splits)
@@ -166,9 +195,9 @@ def run_steps(ctx:Context)->Run:
         finish(ctx, scores, result, splits)
     except BaseException as e:
         if ctx.main:
-            status = 'interrupted' if isinstance(e, KeyboardInterrupt) else 'failed'
-            ctx.run.update(status=status, finished=utcnow(), error=f"{type(e).__name__}: {e}"[:2000])
-            finalize_run(ctx.run.path, ctx.run.path.parent)
+            record_failure(ctx.run.path, f"{type(e).__name__}: {e}", exception_tail(e),
+                           'interrupted' if isinstance(e, KeyboardInterrupt) else 'failed', peak_gpu_memory_gb(),
+                           seconds=round(time.perf_counter() - ctx.t0, 2))
         raise
     return ctx.run
 

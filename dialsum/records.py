@@ -4,21 +4,24 @@
 
 # %% ../nbs/06_records.ipynb #ea041248
 from __future__ import annotations
-import csv, io, json, os, platform, re, subprocess, sys, tempfile, time
+import csv, io, json, os, platform, re, socket, subprocess, sys, tempfile, time
+from importlib import metadata as _dist
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional, Union
 
 import pandas as pd
+import psutil
 from filelock import FileLock
 
 from .config import Config, ConfigError, DialsumError, config_dict, config_hash, resolve_path, save_config
 from .safety import redact, refuse_secrets, write_error
 
 # %% auto #0
-__all__ = ['RUN_FILES', 'atomic_write', 'write_json', 'write_csv', 'safe_name', 'new_run_dir', 'utcnow', 'git_commit',
-           'environment', 'Run', 'start_run']
+__all__ = ['STALE_TEMP_SECONDS', 'RUN_FILES', 'VERSIONED', 'atomic_write', 'write_json', 'write_csv', 'process_alive',
+           'process_record', 'clean_stale_temps', 'safe_name', 'new_run_dir', 'utcnow', 'git_commit', 'environment',
+           'Run', 'start_run']
 
 # %% ../nbs/06_records.ipynb #04475648
 def atomic_write(path:Union[str, Path], # the file to write
@@ -28,7 +31,7 @@ def atomic_write(path:Union[str, Path], # the file to write
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.{os.getpid()}.', suffix='.tmp')  # the writer's pid: see `clean_stale_temps`
     except OSError as e: raise write_error(path, e) from None  # not writable, or a file where the folder should be
     try:
         with os.fdopen(fd, 'wb') as f:
@@ -48,6 +51,40 @@ def write_json(path:Union[str, Path], obj)->Path:
 def write_csv(path:Union[str, Path], df:pd.DataFrame)->Path:
     "Write `df` as UTF-8 CSV without its index, atomically."
     return atomic_write(path, df.to_csv(index=False))
+
+# %% ../nbs/06_records.ipynb #c5a7e1d0
+STALE_TEMP_SECONDS = 24 * 3600  # a temporary file older than this is stale, whoever wrote it (a write takes milliseconds)
+
+def process_alive(pid:int, # a process id on this machine
+                  started:Optional[float]=None, # its recorded start time (`psutil.Process.create_time`); None: not compared
+                 )->bool:
+    "Whether process `pid` exists on this machine, is not a zombie and (when `started` is given) is the process that started then."
+    try:
+        if int(pid) <= 0: return False
+        p = psutil.Process(int(pid))
+        if p.status() == psutil.STATUS_ZOMBIE: return False
+        return started is None or abs(p.create_time() - float(started)) < 1  # a reused id is another process
+    except (psutil.NoSuchProcess, TypeError, ValueError, OverflowError): return False
+    except psutil.AccessDenied: return True
+
+def process_record()->dict:
+    "This process as a run records it: pid, host and start time, so that a reused pid is not taken for it."
+    return dict(pid=os.getpid(), host=socket.gethostname(), started=psutil.Process().create_time())
+
+def clean_stale_temps(folder:Union[str, Path], # the folder of the file being written
+                      name:str='*', # the file whose temporary files are cleaned (a glob; '*': every file of the folder)
+                      max_age:float=STALE_TEMP_SECONDS, # seconds after which a temporary file is stale whoever wrote it
+                     )->list[Path]:
+    "Remove the temporary files of `atomic_write` for `name` in `folder` whose writer is gone or that are older than `max_age`; return them."
+    out, now = [], time.time()
+    for p in Path(folder).glob(f'.{name}.*.tmp'):
+        parts = p.name[1:-len('.tmp')].rsplit('.', 2)  # <name>.<pid>.<random>
+        pid = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+        try: old = now - p.stat().st_mtime > max_age
+        except FileNotFoundError: continue
+        if old or (pid is not None and not process_alive(pid)):
+            p.unlink(missing_ok=True); out.append(p)
+    return out
 
 # %% ../nbs/06_records.ipynb #b07acde4
 RUN_FILES = dict(config='config.yaml', metadata='metadata.json', metrics='metrics.json', dev_predictions='predictions_dev.csv',
@@ -92,12 +129,19 @@ def git_commit(root:Union[str, Path])->Optional[str]:
     except (OSError, subprocess.SubprocessError): return None
     return (sha + ('+dirty' if dirty else '')) if sha else None
 
+VERSIONED = ('peft', 'accelerate', 'tokenizers', 'papermill', 'python-mecab-ko', 'safetensors', 'numpy')  # installed distributions, beside torch and transformers
+
+def _version(dist:str)->Optional[str]:
+    "The installed version of the distribution `dist`, None when it is not installed."
+    try: return _dist.version(dist)
+    except _dist.PackageNotFoundError: return None
+
 def environment()->dict:
     "Versions and device of this process, for the run record."
     import torch, transformers, dialsum
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f'cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)'
     return dict(python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
-                dialsum=dialsum.__version__, device=dev)
+                dialsum=dialsum.__version__, **{d: _version(d) for d in VERSIONED}, device=dev)
 
 # %% ../nbs/06_records.ipynb #e1e2c9b1
 @dataclass
@@ -141,5 +185,5 @@ def start_run(cfg:Config, # the resolved config
                                     max_steps=cfg.training.max_steps, batch_size=cfg.training.per_device_train_batch_size,
                                     max_source_length=cfg.model.max_source_length, max_target_length=cfg.model.max_target_length,
                                     num_beams=cfg.generation.num_beams, seed=cfg.training.seed),
-               environment=environment())
+               environment=environment(), process=process_record())  # the main process; under accelerate launch only it records
     return run

@@ -16,24 +16,14 @@ from papermill.exceptions import PapermillExecutionError
 from .checkpoints import CheckpointError, checkpoint_problems, find_checkpoint, resolve_run
 from .config import Columns, Config, DialsumError, config_dict, config_hash, load_config, project_root, resolve_path
 from .data import clean_split, read_split
-from .records import RUN_FILES, Run, new_run_dir, utcnow, write_csv
-from .safety import refuse_secrets, scrub_file
-from .submissions import finalize_run, read_index, submission_problems
+from .records import RUN_FILES, Run, new_run_dir, process_alive, process_record, safe_name, utcnow, write_csv
+from .safety import refuse_secrets, run_path, scrub_file
+from .submissions import error_tail, finalize_run, read_index, record_failure, submission_problems, test_file_fnames
 
 # %% auto #0
-__all__ = ['SPLIT_FILES', 'error_tail', 'template_path', 'run_experiment', 'process_alive', 'live_status', 'mark_interrupted',
+__all__ = ['SPLIT_FILES', 'template_path', 'run_experiment', 'run_processes', 'live_status', 'mark_interrupted',
            'run_split_paths', 'read_input', 'choose_checkpoint', 'load_for_inference', 'Prediction', 'predict_run',
            'recoverable', 'recover_run']
-
-# %% ../nbs/09_runner.ipynb #e7ebda84
-_ANSI = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
-
-def error_tail(traceback:Sequence[str], # papermill's traceback: chunks with terminal colour codes
-               n:int=12, # lines kept
-              )->list[str]:
-    "The last `n` non-blank lines of a notebook traceback, without terminal colour codes."
-    lines = [l.rstrip() for chunk in traceback or [] for l in _ANSI.sub('', str(chunk)).splitlines()]
-    return [l for l in lines if l.strip()][-n:]
 
 # %% ../nbs/09_runner.ipynb #197ed22d
 def template_path(root:Path)->Path:
@@ -47,10 +37,10 @@ def _rel(p:Path, root:Path)->str:
     try: return str(Path(p).resolve().relative_to(Path(root).resolve()))
     except ValueError: return str(p)
 
-def _end(run:Run, status:str, t0:float, **fields):
-    "Record how the run ended and put its row into the index (a completed run's notebook does this itself)."
-    run.update(status=status, finished=utcnow(), seconds=round(time.monotonic() - t0, 2), **fields)
-    finalize_run(run.path, run.path.parent)
+def _end(run:Run, status:str, t0:float, error:str, tail:Optional[list]=None):
+    "Record a run that ended without completing, unless its kernel already did (a completed run's notebook records itself)."
+    if run.metadata.get('status') != 'running': return  # recorded by the kernel's handler (see `dialsum.pipeline.open_run`)
+    record_failure(run.path, error, tail, status, seconds=round(time.monotonic() - t0, 2))  # GPU memory: the kernel's, unknown here
 
 def run_experiment(config:Union[str, Path], # the experiment YAML
                    overrides:Sequence[str]=(), # dotted overrides
@@ -70,7 +60,7 @@ def run_experiment(config:Union[str, Path], # the experiment YAML
     path.mkdir(parents=True, exist_ok=True)
     run = Run(path.resolve(), cfg)
     run.update(run_id=run.path.name, experiment=cfg.experiment, status='running', started=run.metadata.get('started', utcnow()),
-               config_hash=config_hash(cfg), runner=dict(pid=os.getpid(), host=socket.gethostname()),
+               config_hash=config_hash(cfg), runner=process_record(),
                log=RUN_FILES['log'], notebook=RUN_FILES['notebook'], **(record or {}))
     finalize_run(run.path, run.path.parent)  # in the index from the start: a killed run leaves a row that says so
     params = dict(config=_rel(resolve_path(config, root), root), overrides=list(overrides), run_dir=_rel(run.path, root))
@@ -79,34 +69,27 @@ def run_experiment(config:Union[str, Path], # the experiment YAML
             pm.execute_notebook(template_path(root), run.file('notebook'), parameters=params, cwd=str(root),
                                 stdout_file=log, stderr_file=log, progress_bar=progress, kernel_name='python3')
         except PapermillExecutionError as e:
-            _end(run, 'failed', t0, error=f"{e.ename}: {e.evalue}"[:2000], error_tail=error_tail(e.traceback))
+            _end(run, 'failed', t0, f"{e.ename}: {e.evalue}", error_tail(e.traceback))
         except KeyboardInterrupt:
-            _end(run, 'interrupted', t0, error='interrupted (Ctrl-C or SIGTERM) while the notebook ran'); raise
-        except Exception as e:
-            _end(run, 'failed', t0, error=f"{type(e).__name__}: {e}"[:2000])
+            _end(run, 'interrupted', t0, 'interrupted (Ctrl-C or SIGTERM) while the notebook ran'); raise
+        except Exception as e:  # e.g. the kernel died
+            _end(run, 'failed', t0, f"{type(e).__name__}: {e}")
         finally:  # whatever the kernel printed or papermill recorded, no secret stays in it
             log.flush(); scrub_file(run.file('notebook')); scrub_file(run.file('log'))
-    if run.metadata.get('status') == 'running': _end(run, 'failed', t0, error='the notebook ended without recording completion')
+    _end(run, 'failed', t0, 'the notebook ended without recording completion')
     return run
 
 # %% ../nbs/09_runner.ipynb #12b5ae6a
-def process_alive(pid:int, # a process id on this machine
-                 )->bool:
-    "Whether process `pid` exists on this machine and is not a zombie."
-    try:
-        if int(pid) <= 0: return False
-        os.kill(int(pid), 0)
-    except ProcessLookupError: return False
-    except PermissionError: return True
-    except (TypeError, ValueError, OverflowError): return False
-    try: return Path(f'/proc/{int(pid)}/stat').read_text().rsplit(')', 1)[1].split()[0] != 'Z'
-    except (OSError, IndexError): return True
+def run_processes(md:dict, # a run's metadata.json
+                 )->list[dict]:
+    "The processes a run recorded: the one that runs its steps (`process`) and the runner's (`runner`), where present."
+    return [r for r in (md.get('process'), md.get('runner')) if isinstance(r, dict) and r.get('pid') is not None]
 
 def live_status(md:dict, # a run's metadata.json
                )->str:
-    "The run's status, with a `running` run whose process on this machine is gone read as `interrupted`."
-    s, r = md.get('status') or 'unknown', md.get('runner') if isinstance(md.get('runner'), dict) else {}
-    gone = r.get('host') == socket.gethostname() and r.get('pid') is not None and not process_alive(r['pid'])
+    "The run's status, with a `running` run whose recorded processes on this machine are all gone read as `interrupted`."
+    s, procs, here = md.get('status') or 'unknown', run_processes(md), socket.gethostname()
+    gone = bool(procs) and all(r.get('host') == here and not process_alive(r['pid'], r.get('started')) for r in procs)
     return 'interrupted' if s == 'running' and gone else s
 
 def mark_interrupted(runs_dir:Union[str, Path], # the runs folder with index.csv
@@ -115,12 +98,14 @@ def mark_interrupted(runs_dir:Union[str, Path], # the runs folder with index.csv
     runs_dir, out = Path(runs_dir), []
     ix = read_index(runs_dir)
     for rid in ix.loc[ix.status == 'running', 'run_id']:
-        run = Run((runs_dir/rid).resolve(), None)
-        if not run.file('metadata').is_file() or live_status(md := run.metadata) != 'interrupted': continue
-        r = md['runner']
+        try: run = Run(run_path(runs_dir, safe_name(rid)), None)  # an id from an edited index cannot lead outside runs_dir
+        except DialsumError: continue  # not a run folder of runs_dir: nothing of it is touched
+        if live_status(md := run.metadata) != 'interrupted': continue
+        who = ', '.join(f"pid {r['pid']} on {r['host']}" for r in run_processes(md))
         run.update(status='interrupted', marked_interrupted=utcnow(),
-                   error=f"interrupted: the process that ran it (pid {r['pid']} on {r['host']}) ended without recording an outcome "
+                   error=f"interrupted: the process that ran it ({who}) ended without recording an outcome "
                          f"(killed, or the machine stopped); {RUN_FILES['notebook']} and {RUN_FILES['log']} show how far it got")
+        scrub_file(run.file('notebook')); scrub_file(run.file('log'))  # the runner that would have scrubbed them was killed
         finalize_run(run.path, runs_dir); out.append(rid)
     return out
 
@@ -135,13 +120,17 @@ def run_split_paths(cfg:Config, # the run's resolved config
     if cfg.data.demo: return {s: Path(run_dir)/'data'/f'{s}.csv' for s in SPLIT_FILES}
     return {s: resolve_path(getattr(cfg.data, s), Path(root)) for s in SPLIT_FILES}
 
+def _columns(cfg:Config)->Columns:
+    "The column names of the run's CSV files (the demo data has the competition's)."
+    return Columns() if cfg.data.demo else cfg.data.columns
+
 def read_input(path:Union[str, Path], # a CSV shaped like the competition's
                split:str, # 'dev' or 'test'
                cfg:Config, # the run's config: columns and cleaning
                limit:Optional[int]=None, # rows kept (the config's max_*_samples), None for all
               )->pd.DataFrame:
     "A split read, checked and cleaned as the notebook's `load_splits` does."
-    df = read_split(path, split, Columns() if cfg.data.demo else cfg.data.columns)
+    df = read_split(path, split, _columns(cfg))
     return clean_split(df, cfg.data.newline_literals, cfg.data.collapse_whitespace)[0].iloc[:limit]
 
 def choose_checkpoint(run_dir:Union[str, Path, None], # a run folder
@@ -194,12 +183,13 @@ def predict_run(run:Union[str, Path, None]=None, # a run folder or experiment na
     cfg = load_config(cfg_path, root=root)
     if input is None and run_dir is None: raise DialsumError('no run folder to take the test split from; give --input')
     src = Path(input) if input else run_split_paths(cfg, run_dir, root)['test']
-    df = read_input(src, 'test', cfg, None if input else cfg.data.max_test_samples)
+    cut = None if input else cfg.data.max_test_samples
+    df = read_input(src, 'test', cfg, cut)
     dest = Path(output) if output else run_dir/RUN_FILES['submission']
     from dialsum.inference import predict
     tok, model = load_for_inference(ckpt, cfg)
     write_csv(dest, predict(model, tok, df, cfg, progress))
-    return Prediction(run_dir, ckpt, reason, src, dest, len(df), submission_problems(dest, df['fname'].tolist()))
+    return Prediction(run_dir, ckpt, reason, src, dest, len(df), submission_problems(dest, test_file_fnames(src, _columns(cfg)), max_test_samples=cut))
 
 # %% ../nbs/09_runner.ipynb #0e1d0b5c
 def recoverable(run_dir:Union[str, Path], # a run folder
@@ -234,5 +224,5 @@ def recover_run(run_dir:Union[str, Path], # a trained run folder (see `recoverab
     run.update(status='completed', finished=md.get('finished') or utcnow(), submission=RUN_FILES['submission'],
                best_checkpoint=run.rel(ckpt), error=f"submission recovered by dialsum predict from {run.rel(ckpt)} {why}",
                recovered=dict(at=utcnow(), checkpoint=run.rel(ckpt), reason=reason, status_before=was, error_before=err), **extra)
-    finalize_run(run.path, run.path.parent, test['fname'].tolist(), paths['sample_submission'])
+    finalize_run(run.path, run.path.parent, test_file_fnames(paths['test'], _columns(cfg)), paths['sample_submission'], cfg.data.max_test_samples)
     return run.metadata

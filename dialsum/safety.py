@@ -11,9 +11,10 @@ from typing import Mapping, Optional, Union
 from .config import Config, ConfigError, DialsumError, TrainingConfig
 
 # %% auto #0
-__all__ = ['REDACTED', 'SECRET_ENV', 'OPTIMIZER_STATES', 'WriteError', 'DiskSpaceError', 'write_error', 'is_secret_name',
-           'secret_values', 'redact', 'refuse_secrets', 'scrub_file', 'optimizer_states', 'checkpoint_bytes',
-           'planned_saves', 'checkpoints_on_disk', 'check_disk', 'run_path', 'resume_problems', 'resume_point']
+__all__ = ['REDACTED', 'SECRET_ENV', 'SHORT_SECRET', 'LONG_SECRET', 'OPTIMIZER_STATES', 'WriteError', 'DiskSpaceError',
+           'write_error', 'is_secret_name', 'secret_values', 'redact', 'refuse_secrets', 'scrub_file',
+           'optimizer_states', 'checkpoint_bytes', 'planned_saves', 'checkpoints_on_disk', 'check_disk', 'run_path',
+           'resume_problems', 'resume_point']
 
 # %% ../nbs/12_safety.ipynb #e7d46732
 class WriteError(DialsumError, OSError):
@@ -43,6 +44,9 @@ REDACTED = '[redacted]'
 SECRET_ENV = ('HF_TOKEN', 'HUGGING_FACE_HUB_TOKEN', 'WANDB_API_KEY')  # always secret, whatever the name rules say
 _LAST = {'token', 'secret', 'password', 'passwd', 'apikey', 'credential', 'credentials', 'auth', 'authorization', 'cookie'}
 _ANY = {'secret', 'password', 'passwd', 'apikey', 'credentials'}
+_INSIDE = ('password', 'passwd')  # secret wherever they appear in a name: DBPASSWORD, mypasswd
+_SUFFIX = {'key', 'pat'}  # secret as the last word after '_', '-' or camelCase: S3_KEY, GITHUB_PAT, awsKey
+_SUFFIX_RE = re.compile(r'(?:[_-](?:key|pat)|[a-z0-9](?:Key|Pat|KEY|PAT))$', re.I)
 _TOKENIZER = {'pad', 'bos', 'eos', 'unk', 'mask', 'sep', 'cls', 'special', 'added', 'start', 'end'}
 _KEY_KINDS = {'api', 'secret', 'access', 'private', 'auth', 'wandb', 'openai', 'hub', 'hf', 'ssh', 'client', 'service', 'account',
               'license', 'signing', 'encryption', 'master', 'session'}  # a 'key' is a secret after one of these, not in 'section.key'
@@ -57,23 +61,28 @@ def is_secret_name(name:str, # a key, variable or override name
     if not w: return False
     if w[-1] == 'token' and len(w) > 1 and w[-2] in _TOKENIZER: return False
     if w[-1] == 'key' and len(w) > 1 and w[-2] in _KEY_KINDS: return True
-    return str(name) in SECRET_ENV or w[-1] in _LAST or any(x in _ANY for x in w)
+    if w[-1] in _SUFFIX and _SUFFIX_RE.search(str(name)): return True  # S3_KEY, GITHUB_PAT, myKey (not section.key)
+    return str(name) in SECRET_ENV or w[-1] in _LAST or any(x in _ANY for x in w) or any(p in str(name).lower() for p in _INSIDE)
 
 # %% ../nbs/12_safety.ipynb #a3a3fb88
 _TOKEN_RE = re.compile(r'\bhf_[A-Za-z0-9]{16,}|\bsk-[A-Za-z0-9_-]{20,}|\bgh[pousr]_[A-Za-z0-9]{20,}')
 _ASSIGN_RE = re.compile(r'''(?P<q>["']?)(?P<name>[A-Za-z_][\w.-]*)(?P=q)\s*[=:]\s*["']?(?P<val>(?!\[redacted\])[^\s"',;}\]\\]+)''')
 _EMPTY = {'None', 'null', '~', 'false', 'False', 'true', 'True'}
+SHORT_SECRET, LONG_SECRET = 4, 8  # secret values shorter than SHORT_SECRET are not looked for; shorter than LONG_SECRET, only as whole words
+_FLAGS = {'none', 'null', 'true', 'false', 'yes', 'no', 'on', 'off'}
 
 def secret_values(env:Optional[Mapping]=None, # variables to look in (default: `os.environ`)
                  )->list[str]:
     "The values of the secret-named variables of `env` that are long enough to be secrets, longest first."
     env = os.environ if env is None else env
-    vals = {str(v).strip() for k, v in env.items() if is_secret_name(k) and len(str(v).strip()) >= 8}
-    return sorted(vals, key=len, reverse=True)
+    vals = {str(v).strip() for k, v in env.items() if is_secret_name(k) and len(str(v).strip()) >= SHORT_SECRET}
+    return sorted((v for v in vals if v.lower() not in _FLAGS), key=len, reverse=True)
 
 def _text(s:str, vals:list)->str:
     for v in vals:
-        for form in {v, json.dumps(v)[1:-1], json.dumps(v, ensure_ascii=False)[1:-1]}: s = s.replace(form, REDACTED)
+        for form in {v, json.dumps(v)[1:-1], json.dumps(v, ensure_ascii=False)[1:-1]}:
+            if len(v) >= LONG_SECRET: s = s.replace(form, REDACTED)
+            else: s = re.sub(rf'(?<![\w]){re.escape(form)}(?![\w])', REDACTED, s)  # a short value only where it stands alone
     s = _TOKEN_RE.sub(REDACTED, s)
     keep = lambda m: not is_secret_name(m['name']) or m['val'] in _EMPTY
     return _ASSIGN_RE.sub(lambda m: m[0] if keep(m) else m[0][:m.start('val') - m.start()] + REDACTED, s)
@@ -130,13 +139,15 @@ def optimizer_states(optim:str)->int:
     "Tensors of optimizer state per trainable weight for transformers' optimizer `optim` (2 when unknown)."
     return next((n for k, n in OPTIMIZER_STATES.items() if optim.lower().startswith(k)), 2)
 
-def checkpoint_bytes(n_params:int, # all parameters (the weights saved)
+def checkpoint_bytes(n_params:int, # all parameters (the weights saved by a full fine-tuning)
                      n_trainable:int, # trainable parameters (they have optimizer state)
                      optim:str='adamw_torch', # transformers' optimizer name
-                     bytes_per_param:int=4, # float32
+                     bytes_per_param:int=4, # bytes per saved value: float32 weights and optimizer state
+                     adapters_only:bool=False, # a LoRA (peft) run: only the trainable parameters are saved
                     )->int:
-    "Estimated size of one checkpoint: the weights plus the optimizer state of the trainable ones."
-    return bytes_per_param * (n_params + optimizer_states(optim) * n_trainable)
+    "Estimated size of one checkpoint: the weights it saves plus the optimizer state of the trainable ones."
+    saved = n_trainable if adapters_only else n_params
+    return bytes_per_param * (saved + optimizer_states(optim) * n_trainable)
 
 def planned_saves(t:TrainingConfig, # the config's training section
                   n_train:Optional[int]=None, # rows of the training split, when known
@@ -158,6 +169,13 @@ def checkpoints_on_disk(t:TrainingConfig, n_train:Optional[int]=None)->Optional[
 # %% ../nbs/12_safety.ipynb #92ca29fd
 def _gb(n:int)->str: return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
+def _what(total:int, trainable:int, k:int, b:int, lora:bool)->str:
+    "How one checkpoint's size was counted, in words."
+    if lora: return (f"{trainable:,} trainable LoRA parameters x {b} bytes x (1 + {k} optimizer states); the {total - trainable:,} "
+                     "frozen ones are not saved")
+    if trainable == total: return f"{total:,} parameters x {b} bytes x (1 + {k} optimizer states)"
+    return f"{total:,} parameters x {b} bytes + {trainable:,} trainable x {b} bytes x {k} optimizer states"
+
 def _existing(p:Path)->Path:
     p = Path(p).absolute()
     while not p.exists() and p.parent != p: p = p.parent
@@ -167,17 +185,20 @@ def check_disk(cfg:Config, # the resolved config (training and resources section
                params:dict, # `{'total': n, 'trainable': n}`, as `dialsum.models.param_counts` gives
                where:Union[str, Path], # the checkpoints folder (need not exist yet)
                n_train:Optional[int]=None, # rows of the training split
+               bytes_per_param:int=4, # bytes per saved value (the trainer saves float32 weights and optimizer state)
               )->dict:
     "The estimate and the free space at `where`; a `DiskSpaceError` with the numbers when the checkpoints cannot fit."
-    t = cfg.training
-    per, n = checkpoint_bytes(params['total'], params['trainable'], t.optim), checkpoints_on_disk(t, n_train)
+    t, lora, k = cfg.training, cfg.lora is not None, optimizer_states(cfg.training.optim)
+    total, trainable = params['total'], params['trainable']
+    per = checkpoint_bytes(total, trainable, t.optim, bytes_per_param, adapters_only=lora)
+    n = checkpoints_on_disk(t, n_train)
     n = n if n is not None else (t.save_total_limit or 1) + 1
     free = shutil.disk_usage(_existing(where)).free
     out = dict(checkpoint_bytes=per, checkpoints=n, needed_bytes=per * n, free_bytes=free, checked=cfg.resources.check_disk)
     if cfg.resources.check_disk and per * n > free:
         raise DiskSpaceError(
             f"{where}: not enough disk space for the checkpoints: about {_gb(per * n)} needed ({n:,} checkpoints on disk at once "
-            f"x {_gb(per)} each: {params['total']:,} parameters x 4 bytes x (1 + {optimizer_states(t.optim)} optimizer states)), {_gb(free)} free; "
+            f"x {_gb(per)} each: {_what(total, trainable, k, bytes_per_param, lora)}), {_gb(free)} free; "
             "free disk space, lower training.save_total_limit, set output.runs_dir to a bigger disk, "
             "or set resources.check_disk: false")
     return out
@@ -221,6 +242,12 @@ def resume_problems(p:Path)->list[str]:
     except (OSError, ValueError, UnicodeDecodeError): ok = False
     return probs + ([] if ok else ['missing or unreadable trainer_state.json (the trainer writes it last)'])
 
+def _attempts(run:Path)->int:
+    "How many times the run in folder `run` was started (its record's `attempts`; 0 when unknown)."
+    try: n = json.loads((Path(run)/'metadata.json').read_text(encoding='utf-8')).get('attempts', 0)
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError): return 0
+    return n if isinstance(n, int) else 0
+
 def resume_point(checkpoints:Union[str, Path], # the run's checkpoints folder
                  resume:Union[bool, str, None], # `training.resume_from_checkpoint`: True, a checkpoint path, or off
                 )->Optional[Path]:
@@ -229,7 +256,12 @@ def resume_point(checkpoints:Union[str, Path], # the run's checkpoints folder
     if resume is True:
         ck = Path(checkpoints)
         found = sorted(((int(m[1]), p) for p in (ck.iterdir() if ck.is_dir() else []) if p.is_dir() and (m := _CKPT.match(p.name))), reverse=True)
-        return next((p for _, p in found if not resume_problems(p)), None)
+        p = next((p for _, p in found if not resume_problems(p)), None)
+        if p is None and _attempts(ck.parent) <= 1:
+            raise ConfigError(f"{ck.parent}: training.resume_from_checkpoint is true, but there is nothing to resume in this folder "
+                              "(a new run, no checkpoint); to continue a killed run use `dialsum run CONFIG --resume RUN` (RUN: its "
+                              "folder name in the runs folder), or set training.resume_from_checkpoint: null to start afresh")
+        return p
     if probs := resume_problems(Path(resume)):
         raise DialsumError(f"{resume}: cannot resume from this checkpoint: {'; '.join(probs)}; name another checkpoint or set "
                            "training.resume_from_checkpoint: true for the newest complete one")

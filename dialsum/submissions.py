@@ -4,22 +4,22 @@
 
 # %% ../nbs/08_submissions.ipynb #a3aa6553
 from __future__ import annotations
-import csv, io, json, math
+import csv, io, json, math, re, traceback
 from collections import Counter
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import pandas as pd
 from filelock import FileLock, Timeout
 
-from .config import DialsumError
-from .data import is_missing
-from .records import RUN_FILES, atomic_write, safe_name, write_csv, write_json
+from .config import Columns, DialsumError
+from .data import is_missing, read_split
+from .records import RUN_FILES, Run, atomic_write, clean_stale_temps, safe_name, utcnow, write_csv, write_json
 
 # %% auto #0
 __all__ = ['SUBMISSION_COLUMNS', 'INDEX_COLUMNS', 'ERROR_CHARS', 'INDEX_FILE', 'LOCK_TIMEOUT', 'LATEST_FILE', 'HISTORY_DIR',
-           'SubmissionError', 'submission_problems', 'index_row', 'update_index', 'read_index', 'promote',
-           'finalize_run']
+           'SubmissionError', 'cut_problem', 'submission_problems', 'test_file_fnames', 'index_row', 'update_index',
+           'read_index', 'promote', 'finalize_run', 'error_tail', 'exception_tail', 'record_failure']
 
 # %% ../nbs/08_submissions.ipynb #46aa1014
 class SubmissionError(DialsumError):
@@ -88,9 +88,18 @@ def _sample_problems(got:list, sample:Path)->list[str]:
     if extra := [f for f in dict.fromkeys(got) if f not in want]: out.append(f"{len(extra)} not in it ({_names(extra)})")
     return ['; '.join(out)]
 
-def _problems(raw:bytes, test_fnames:list, sample_submission:Optional[Path]=None)->list[str]:
+def cut_problem(n_test:int, # the rows of the test file
+                max_test_samples:Optional[int], # the config's data.max_test_samples
+               )->list[str]:
+    "Why a run whose test split `data.max_test_samples` cut cannot make a submission (empty when it was not cut)."
+    if max_test_samples is None or max_test_samples >= n_test: return []
+    return [f"test split cut to {max_test_samples} of {n_test} rows by data.max_test_samples; a submission needs every row of "
+            f"test.csv: run without data.max_test_samples (set it to null) to make one"]
+
+def _problems(raw:bytes, test_fnames:list, sample_submission:Optional[Path]=None, max_test_samples:Optional[int]=None)->list[str]:
     "Every problem of the submission bytes `raw` (see `submission_problems`)."
     text, out = _text(raw)
+    out = cut_problem(len(test_fnames), max_test_samples) + out
     header, df, err = _frame(text)
     if err: return out + [err]
     if header != SUBMISSION_COLUMNS:
@@ -111,11 +120,18 @@ def _problems(raw:bytes, test_fnames:list, sample_submission:Optional[Path]=None
 def submission_problems(path:Union[str, Path], # the submission CSV to check
                         test_fnames:list[str], # the fnames of the test.csv it was made for, in its order
                         sample_submission:Union[str, Path, None]=None, # the competition's sample_submission.csv: its fname set must match
+                        max_test_samples:Optional[int]=None, # the run's data.max_test_samples: a split cut by it is refused
                        )->list[str]:
     "Every reason `path` is not a valid submission for `test_fnames`; an empty list means valid."
     path = Path(path)
-    if not path.is_file(): return [f"{path}: submission file not found"]
-    return _problems(path.read_bytes(), list(test_fnames), sample_submission)
+    if not path.is_file(): return cut_problem(len(test_fnames), max_test_samples) + [f"{path}: submission file not found"]
+    return _problems(path.read_bytes(), list(test_fnames), sample_submission, max_test_samples)
+
+def test_file_fnames(path:Union[str, Path], # the test CSV a run read
+                     columns:Optional[Columns]=None, # the config's data.columns (None: the competition's names)
+                    )->list[str]:
+    "Every fname of the test file at `path`, in its order: what a submission must cover, whatever a run kept of it."
+    return read_split(path, 'test', columns or Columns())['fname'].tolist()
 
 # %% ../nbs/08_submissions.ipynb #d5f06849
 INDEX_COLUMNS = ['run_id', 'experiment', 'model', 'status', 'started', 'finished', 'seconds',
@@ -213,6 +229,7 @@ def update_index(runs_dir:Union[str, Path], # the runs folder that holds index.c
     path, lock = runs_dir/INDEX_FILE, runs_dir/(INDEX_FILE + '.lock')
     try:
         with FileLock(lock, timeout=LOCK_TIMEOUT):
+            clean_stale_temps(runs_dir, INDEX_FILE)  # what a killed writer left: no other writer of the index is running now
             rows = _read_raw(path).to_dict('records') if path.exists() else []
             hits = [i for i, r in enumerate(rows) if r['run_id'] == rid]
             if hits: rows = [new if i == hits[0] else r for i, r in enumerate(rows) if i == hits[0] or i not in hits]
@@ -244,12 +261,14 @@ def promote(run_dir:Union[str, Path], # the run folder with submission.csv
             runs_dir:Union[str, Path], # the runs folder with history/ and latest_submission.csv
             test_fnames:list[str], # the fnames of the test.csv the run used, in its order
             sample_submission:Union[str, Path, None]=None, # the competition's sample_submission.csv, checked when given
+            max_test_samples:Optional[int]=None, # the run's data.max_test_samples: a run whose test split it cut is not promoted
            )->dict:
     "Check the run's submission and, when valid, copy it to the history and to `latest_submission.csv`; record the outcome."
     run_dir, runs_dir = Path(run_dir), Path(runs_dir)
     path = run_dir/RUN_FILES['submission']
     raw = path.read_bytes() if path.is_file() else None
-    problems = _problems(raw, list(test_fnames), sample_submission) if raw is not None else [f"{path}: submission file not found"]
+    problems = (_problems(raw, list(test_fnames), sample_submission, max_test_samples) if raw is not None
+                else cut_problem(len(test_fnames), max_test_samples) + [f"{path}: submission file not found"])
     out = dict(submission_valid=not problems, submission_problems=problems, promoted=False, history_path=None)
     if not problems:
         md = _metadata(run_dir)[0]
@@ -258,6 +277,7 @@ def promote(run_dir:Union[str, Path], # the run folder with submission.csv
         runs_dir.mkdir(parents=True, exist_ok=True)
         try:
             with FileLock(runs_dir/(LATEST_FILE + '.lock'), timeout=LOCK_TIMEOUT):
+                clean_stale_temps(runs_dir, LATEST_FILE); clean_stale_temps(runs_dir/HISTORY_DIR)  # left by a killed promotion
                 hist = atomic_write(_history_path(runs_dir/HISTORY_DIR, run_id), raw)
                 atomic_write(runs_dir/LATEST_FILE, raw)
         except Timeout: raise SubmissionError(f"{runs_dir/(LATEST_FILE + '.lock')}: waited {LOCK_TIMEOUT} s for the promotion lock") from None
@@ -270,10 +290,39 @@ def finalize_run(run_dir:Union[str, Path], # the finished (completed or failed) 
                  runs_dir:Union[str, Path], # the runs folder with index.csv, history/ and latest_submission.csv
                  test_fnames:Optional[list[str]]=None, # the fnames of the test.csv the run used; None: do not promote
                  sample_submission:Union[str, Path, None]=None, # the competition's sample_submission.csv, checked when given
+                 max_test_samples:Optional[int]=None, # the run's data.max_test_samples: a run whose test split it cut is not promoted
                 )->dict:
     "Promote a completed run's valid submission, then write the run's row to the index; return the row."
     if _metadata(run_dir)[0].get('status') == 'completed' and test_fnames is not None:
-        promote(run_dir, runs_dir, test_fnames, sample_submission)
+        promote(run_dir, runs_dir, test_fnames, sample_submission, max_test_samples)
     row = index_row(run_dir)
     update_index(runs_dir, row)
     return row
+
+# %% ../nbs/08_submissions.ipynb #5d1e2a05
+_ANSI = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
+
+def error_tail(traceback:Sequence[str], # a traceback as chunks of text (papermill's and IPython's have terminal colour codes)
+               n:int=12, # lines kept
+              )->list[str]:
+    "The last `n` non-blank lines of a traceback, without terminal colour codes."
+    lines = [l.rstrip() for chunk in traceback or [] for l in _ANSI.sub('', str(chunk)).splitlines()]
+    return [l for l in lines if l.strip()][-n:]
+
+def exception_tail(e:BaseException, n:int=12)->list[str]:
+    "The last `n` lines of `e`'s traceback, ending with `Type: message` as a notebook shows it."
+    return error_tail(traceback.format_tb(e.__traceback__) + [f"{type(e).__name__}: {e}"], n)
+
+def record_failure(run_dir:Union[str, Path], # the run folder
+                   error:str, # what happened, as 'Type: message'
+                   error_tail:Optional[Sequence[str]]=None, # the last lines of the traceback
+                   status:str='failed', # 'failed', or 'interrupted' (Ctrl-C, SIGTERM)
+                   peak_gpu_memory_gb:Optional[float]=None, # the most GPU memory the run's process allocated; None without CUDA or unknown
+                   runs_dir:Union[str, Path, None]=None, # the runs folder with index.csv (default: the run folder's parent)
+                   **fields, # more fields for the record (e.g. seconds)
+                  )->dict:
+    "Record how a run ended without completing, in its metadata.json (secrets redacted) and its index row; return the row."
+    run_dir = Path(run_dir)
+    Run(run_dir, None).update(status=status, finished=utcnow(), error=str(error)[:2000], error_tail=list(error_tail or []),
+                              peak_gpu_memory_gb=peak_gpu_memory_gb, **fields)
+    return finalize_run(run_dir, runs_dir or run_dir.parent)

@@ -4,19 +4,22 @@
 
 # %% ../nbs/10_sweep.ipynb #75e0b0a4
 from __future__ import annotations
-import glob, os, time, unicodedata
+import glob, os, re, socket, subprocess, time, unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
-from .config import ConfigError, DialsumError, apply_overrides, config_hash, load_config, project_root, resolve_path
-from .records import RUN_FILES, Run
+from .config import (ConfigError, DialsumError, OutputConfig, apply_overrides, config_dict, config_hash, load_config,
+                            project_root, read_layers, resolve_path)
+from .records import RUN_FILES, Run, new_run_dir, process_record, safe_name, utcnow
 from .runner import live_status, mark_interrupted, recover_run, recoverable, run_experiment
-from .submissions import read_index
+from .safety import refuse_secrets, run_path, scrub_file
+from .submissions import INDEX_FILE, error_tail, finalize_run, read_index, record_failure
 
 # %% auto #0
-__all__ = ['NO_GPU', 'expand_configs', 'GpuWaitError', 'nvml_query', 'wait_for_gpu', 'resume_action', 'SweepEntry', 'one_line',
-           'run_sweep', 'text_table', 'sweep_table', 'sweep_exit_code']
+__all__ = ['NO_GPU', 'expand_configs', 'GpuWaitError', 'nvml_query', 'wait_for_gpu', 'indexed_run', 'resume_action',
+           'record_unstarted', 'accelerate_run', 'SweepEntry', 'one_line', 'run_sweep', 'text_table', 'sweep_table',
+           'sweep_exit_code']
 
 # %% ../nbs/10_sweep.ipynb #874d2a8b
 def expand_configs(items:Sequence[Union[str, Path]], # config paths and glob patterns such as 'configs/experiments/*.yaml'
@@ -84,18 +87,108 @@ def wait_for_gpu(min_free_gb:float, # free memory needed on GPU 0, GB; 0: do not
     return None if info is None else {**info, 'waited_s': round(clock() - t0, 1)}
 
 # %% ../nbs/10_sweep.ipynb #719c46d1
+def indexed_run(runs_dir:Union[str, Path], # the runs folder with index.csv
+                run_id:str, # a run_id read from that index
+               )->Optional[Path]:
+    "The run folder of the index row `run_id` (None when it is gone); a `ConfigError` when the id is not a folder name inside `runs_dir`."
+    runs_dir, s = Path(runs_dir), str(run_id)
+    if s.strip() and '..' not in s and not any(c in s for c in '/\\\x00'):
+        if not (runs_dir/s/RUN_FILES['metadata']).is_file(): return None
+        try: return run_path(runs_dir, s)
+        except ConfigError as e: why = str(e)
+    else: why = 'a run_id is the name of a folder inside the runs folder, never a path'
+    raise ConfigError(f"{runs_dir/INDEX_FILE}: run_id {s!r} is not a run of {runs_dir} ({why}); the index was edited by hand or "
+                      "damaged: correct that run_id or delete its row")
+
+def _promoted_or_unchecked(md:dict)->bool:
+    "Whether a completed run's submission counts: not found invalid and not left unpromoted."
+    return md.get('submission_valid') is not False and md.get('promoted') is not False
+
 def resume_action(runs_dir:Union[str, Path], # the runs folder with index.csv
                   chash:str, # the config hash of the config to run
                  )->tuple[str, Optional[str]]:
     "`('skip', run_id)`, `('recover', run_id)` or `('run', None)`: what `--resume` does with a config."
     runs_dir, ix = Path(runs_dir), read_index(runs_dir)
     ix = ix[ix.config_hash == chash]
-    for rid in reversed(ix.run_id[ix.status == 'completed'].tolist()):
-        if (runs_dir/rid/RUN_FILES['submission']).is_file(): return 'skip', rid
-    for rid in reversed(ix.run_id.tolist()):
-        d = runs_dir/rid
-        if d.is_dir() and recoverable(d) and live_status(Run(d, None).metadata) != 'running': return 'recover', rid
+    rows = [(rid, s, d, Run(d, None).metadata if d else {}) for rid, s in zip(ix.run_id, ix.status) for d in [indexed_run(runs_dir, rid)]]
+    for rid, s, d, md in reversed(rows):
+        if s == 'completed' and d and (d/RUN_FILES['submission']).is_file() and _promoted_or_unchecked(md): return 'skip', rid
+    for rid, s, d, md in reversed(rows):
+        if d and md.get('train') and live_status(md) != 'running' and (recoverable(d) or not _promoted_or_unchecked(md)): return 'recover', rid
     return 'run', None
+
+# %% ../nbs/10_sweep.ipynb #4a9e489a
+def _rel(p:Path, root:Path)->str:
+    "`p` relative to `root` when it is inside it (records stay free of absolute paths)."
+    try: return str(Path(p).resolve().relative_to(Path(root).resolve()))
+    except ValueError: return str(p)
+
+def record_unstarted(config:Union[str, Path], # the config file that failed
+                     overrides:Sequence[str], # the sweep's overrides
+                     root:Union[str, Path], # the project folder
+                     err:BaseException, # what went wrong
+                     started:Optional[str]=None, # when the attempt started (default: now)
+                     seconds:float=0.0, # how long it took
+                    )->Path:
+    "A failed run folder and index row for a config that failed before its run started; return the folder."
+    root, path = Path(root), resolve_path(config, root)
+    try: cfg = load_config(config, list(overrides), root)
+    except DialsumError: cfg = None
+    if cfg is not None: d = config_dict(cfg)
+    else:
+        try: d = apply_overrides(read_layers(path), list(overrides))
+        except DialsumError: d = apply_overrides({}, list(overrides))  # the file cannot be read: the overrides still say where runs go
+    out = d.get('output') if isinstance(d.get('output'), dict) else {}
+    runs_dir = resolve_path(str(out.get('runs_dir') or OutputConfig().runs_dir), root)
+    try: experiment = safe_name(d.get('experiment'))
+    except ConfigError: experiment = ''
+    name = experiment or safe_name(re.sub(r'[^A-Za-z0-9_-]+', '_', path.stem).strip('_-')[:60] or 'config')
+    run = Run(new_run_dir(runs_dir, name).resolve(), cfg)
+    run.update(run_id=run.path.name, experiment=experiment, started=started or utcnow(), config=_rel(path, root),
+               overrides=list(overrides), config_hash=config_hash(cfg) if cfg else '', stage='before the run started')
+    record_failure(run.path, f"{type(err).__name__}: {err}", seconds=round(seconds, 2))  # status, error, index row: the one writer
+    return run.path
+
+# %% ../nbs/10_sweep.ipynb #ddfd3b18
+def accelerate_run(config:Union[str, Path], # the experiment YAML
+                   overrides:Sequence[str]=(), # dotted overrides
+                   root:Union[str, Path, None]=None, # the project folder (default: found from the working directory)
+                   accelerate_config:Union[str, Path, None]=None, # e.g. configs/accelerate/ddp_cpu.yaml
+                   num_processes:Optional[int]=None, # processes; default: the accelerate config's
+                   record:Optional[dict]=None, # extra fields for the run's first record (e.g. the GPU a sweep waited for)
+                  )->Run:
+    "Run `config` under `accelerate launch ... -m dialsum.pipeline` into a new run folder, its output in `run.log`; return the run with its final status recorded."
+    from dialsum.pipeline import accelerate_command  # imports accelerate and transformers: only when asked for
+    root, t0 = Path(root) if root else project_root(), time.monotonic()
+    cfg = load_config(config, list(overrides), root)
+    refuse_secrets(config_dict(cfg), str(config))  # the overrides go on a command line every user of the machine can read
+    run = Run(new_run_dir(resolve_path(cfg.output.runs_dir, root), cfg.experiment).resolve(), cfg)
+    acc = resolve_path(accelerate_config, root) if accelerate_config else None
+    cmd = accelerate_command(resolve_path(config, root), list(overrides), acc, num_processes, run.path)
+    launcher = dict(accelerate_config=_rel(acc, root) if acc else None, num_processes=num_processes)
+    run.update(run_id=run.path.name, experiment=cfg.experiment, status='running', started=utcnow(), config_hash=config_hash(cfg),
+               runner=process_record(), log=RUN_FILES['log'], launcher=launcher, **(record or {}))
+    finalize_run(run.path, run.path.parent)  # in the index from the start, like a papermill run
+    with open(run.file('log'), 'a', encoding='utf-8') as log:
+        p = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT)
+        try: rc = p.wait()
+        except KeyboardInterrupt:
+            p.terminate()
+            try: p.wait(60)
+            except subprocess.TimeoutExpired: p.kill(); p.wait()
+            record_failure(run.path, 'interrupted (Ctrl-C or SIGTERM) while accelerate launch ran', status='interrupted',
+                           seconds=round(time.monotonic() - t0, 2)); raise
+        finally: log.flush(); scrub_file(run.file('log'))
+    md, tail = run.metadata, error_tail(run.file('log').read_text(encoding='utf-8', errors='replace').splitlines()[-400:])
+    launcher['exit_code'] = rc
+    if md.get('status') == 'running':
+        why = f"accelerate launch exited with code {rc} without recording an outcome; the log ends: {tail[-1] if tail else '(empty)'}"
+        record_failure(run.path, why, tail, seconds=round(time.monotonic() - t0, 2), launcher=launcher)
+    else:
+        run.update(launcher=launcher, **({'error_tail': tail} if md.get('status') != 'completed' and not md.get('error_tail') else {}),
+                   **({} if md.get('seconds') is not None else {'seconds': round(time.monotonic() - t0, 2)}))
+        finalize_run(run.path, run.path.parent)
+    return run
 
 # %% ../nbs/10_sweep.ipynb #767a881d
 @dataclass
@@ -113,12 +206,20 @@ def _fill(e:SweepEntry, run_dir:Path, status:Optional[str]=None):
     md = Run(run_dir, None).metadata
     dev = md.get('dev') if isinstance(md.get('dev'), dict) else {}
     e.run_id, e.status, e.dev_score, e.promoted = run_dir.name, status or live_status(md), dev.get('score'), md.get('promoted')
-    e.note, e.log = one_line(md.get('error')), str(run_dir/RUN_FILES['log'])
-    if not e.note and md.get('submission_valid') is False:
-        e.note = one_line('submission not promoted: ' + '; '.join(md.get('submission_problems') or ['invalid']))
+    e.experiment = e.experiment or md.get('experiment') or ''
+    e.log = str(run_dir/RUN_FILES['log'])
+    unpromoted = 'submission not promoted: ' + '; '.join(md.get('submission_problems') or ['invalid']) if md.get('submission_valid') is False else ''
+    e.note = one_line('; '.join(x for x in (md.get('error'), unpromoted) if x))
+
+def _recover(e:SweepEntry, run_dir:Path, root:Path):
+    "Recover a trained run (`recover_run`) into the entry; a recovery that fails leaves the run as it was recorded."
+    try: recover_run(run_dir, root); _fill(e, run_dir, 'recovered')
+    except Exception as err:
+        _fill(e, run_dir); e.note = one_line(f"{e.note}; recovery failed: {type(err).__name__}: {err}")
+        if e.status == 'completed': e.status = 'failed'  # its submission is still not promoted
 
 def _run_one(e:SweepEntry, overrides:list, root:Path, resume:bool, gpu:Optional[dict], query:Callable, say:Callable,
-             progress:bool, reaped:set):
+             progress:bool, reaped:set, accelerate:Optional[tuple]):
     "Load, skip, recover or run one config, filling `e`."
     cfg = load_config(e.config, overrides, root)
     e.experiment, runs_dir = cfg.experiment, resolve_path(cfg.output.runs_dir, root)
@@ -129,35 +230,43 @@ def _run_one(e:SweepEntry, overrides:list, root:Path, resume:bool, gpu:Optional[
     if action == 'skip':
         _fill(e, runs_dir/rid, 'skipped'); e.note = 'already completed (--resume)'; return
     if action == 'recover':
-        say(f"  {rid} trained but has no submission: recovering it with dialsum predict")
-        recover_run(runs_dir/rid, root); return _fill(e, runs_dir/rid, 'recovered')
+        say(f"  {rid} trained but has no promoted submission: recovering it with dialsum predict")
+        return _recover(e, runs_dir/rid, root)
     r = cfg.resources
     info = wait_for_gpu(r.min_free_gpu_memory_gb, r.gpu_wait_seconds, query, say=say) if gpu and not cfg.training.use_cpu else None
-    run = run_experiment(e.config, overrides, root, progress=progress, record=dict(gpu=info))
+    if accelerate: run = accelerate_run(e.config, overrides, root, *accelerate, record=dict(gpu=info))
+    else: run = run_experiment(e.config, overrides, root, progress=progress, record=dict(gpu=info))
     if recoverable(run.path):
         say(f"  {run.path.name} trained but wrote no submission: recovering it with dialsum predict")
-        try: recover_run(run.path, root); return _fill(e, run.path, 'recovered')
-        except Exception as err: _fill(e, run.path); e.note = one_line(f"{e.note}; recovery failed: {type(err).__name__}: {err}"); return
+        return _recover(e, run.path, root)
     _fill(e, run.path)
 
 def run_sweep(configs:Sequence[Union[str, Path]], # config files and quoted glob patterns
               overrides:Sequence[str]=(), # dotted overrides applied to every config
               root:Union[str, Path, None]=None, # the project folder (default: found from the working directory)
-              resume:bool=False, # skip configs already completed, recover trained runs without a submission
+              resume:bool=False, # skip configs already completed, recover trained runs without a promoted submission
               gpu_query:Callable[[], Optional[dict]]=nvml_query, # GPU 0's state (injectable for tests)
               say:Callable=print, # where progress lines go
               progress:bool=False, # papermill's progress bars
+              accelerate_config:Union[str, Path, None]=None, # run each config under `accelerate launch` with this config instead of papermill
+              num_processes:Optional[int]=None, # processes for `accelerate launch` (default: the accelerate config's)
              )->list[SweepEntry]:
     "Run each config in turn, recording every outcome and going on after failures; return one entry per config."
     root = Path(root) if root else project_root()
     overrides = list(overrides); apply_overrides({}, overrides)  # a malformed override fails before anything runs
+    if num_processes is not None and (not accelerate_config or num_processes < 1):
+        raise ConfigError(f"--num-processes {num_processes}: give a positive number of processes, with --accelerate-config "
+                          "(e.g. configs/accelerate/ddp_cpu.yaml)")
+    if accelerate_config and not (acc := resolve_path(accelerate_config, root)).is_file():
+        raise ConfigError(f"{acc}: accelerate config not found; see configs/accelerate/ (relative paths start at the project folder)")
+    accelerate = (accelerate_config, num_processes) if accelerate_config else None
     entries, reaped = [SweepEntry(c) for c in expand_configs(configs, root)], set()
     gpu = gpu_query()
     say(NO_GPU if gpu is None else f"GPU 0: {gpu['name']}, {gpu['free_gb']:.1f} of {gpu['total_gb']:.1f} GB free")
     for i, e in enumerate(entries, 1):
         say(f"[{i}/{len(entries)}] {e.config}")
-        t0 = time.monotonic()
-        try: _run_one(e, overrides, root, resume, gpu, gpu_query, say, progress, reaped)
+        t0, started = time.monotonic(), utcnow()
+        try: _run_one(e, overrides, root, resume, gpu, gpu_query, say, progress, reaped, accelerate)
         except KeyboardInterrupt:
             e.status, e.note = 'interrupted', 'sweep stopped (Ctrl-C or SIGTERM); the run is recorded as interrupted'
             e.seconds = time.monotonic() - t0; break
@@ -166,6 +275,11 @@ def run_sweep(configs:Sequence[Union[str, Path]], # config files and quoted glob
             src = str(resolve_path(e.config, root))  # the entry names the config: its path need not open every line
             msg = str(err).replace(f"{src} with overrides {overrides}: ", '').replace(f"{src}: ", '')
             e.note = one_line(msg if isinstance(err, DialsumError) else f"{type(err).__name__}: {msg}")
+            if not e.run_id:  # it failed before a run folder existed: give it one, and an index row
+                try:
+                    d = record_unstarted(e.config, overrides, root, err, started, time.monotonic() - t0)
+                    e.run_id, e.experiment, e.log = d.name, e.experiment or Run(d, None).metadata.get('experiment', ''), ''
+                except Exception as rec: e.note = one_line(f"{e.note}; not recorded: {type(rec).__name__}: {rec}")
         e.seconds = time.monotonic() - t0
         score = '' if e.dev_score is None else f", dev score {e.dev_score:.2f}"
         sub = {True: ', submission promoted', False: ', submission NOT promoted'}.get(e.promoted, '')
@@ -196,5 +310,5 @@ def sweep_table(entries:list[SweepEntry], # from `run_sweep`
 def sweep_exit_code(entries:list[SweepEntry])->int:
     "130 if the sweep was stopped, 1 if a config failed or a completed run's submission was not promoted, else 0."
     if any(e.status in ('interrupted', 'not run') for e in entries): return 130
-    bad = [e for e in entries if e.status not in ('completed', 'skipped', 'recovered') or (e.status != 'skipped' and e.promoted is False)]
+    bad = [e for e in entries if e.status not in ('completed', 'skipped', 'recovered') or e.promoted is False]
     return 1 if bad else 0

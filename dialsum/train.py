@@ -33,7 +33,7 @@ def resolve_precision(t:TrainingConfig, # the config's training section
     "`fp32`, `fp16` or `bf16`: the config's choice, or for `auto` the best of this device."
     if t.precision != 'auto': return t.precision
     if on_cpu(t): return 'fp32'
-    return 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
+    return 'bf16' if torch.cuda.is_bf16_supported(including_emulation=False) else 'fp16'  # emulated bf16 (pre-Ampere) is slow
 
 # %% ../nbs/04_train.ipynb #13611887
 def peak_gpu_memory_gb()->Optional[float]:

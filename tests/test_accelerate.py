@@ -61,9 +61,10 @@ def test_ddp_two_cpu_processes_one_set_of_records(tmp_path):
 
 
 @pytest.mark.slow
-def test_accelerate_cpu_flag_runs_the_same_records(tmp_path):
-    "`accelerate launch --num_processes 2 --cpu`, as documented by accelerate: it completes with one set of records. "
-    "(accelerate 1.15 starts a single process for --cpu without mpirun; the record says how many ran.)"
+def test_accelerate_cpu_flag_single_process_path(tmp_path):
+    "`accelerate launch --num_processes 2 --cpu`, as accelerate documents it, runs ONE process here (its multi-CPU mode needs mpirun), "
+    "so this checks the single-process path under the launcher, not DDP: one process cannot write records twice. "
+    "The 2-process tests (plain launch and sweep) are the proof that only the main process writes."
     p = launch('--num_processes', 2, '--cpu', '-m', 'dialsum.pipeline', 'configs/experiments/smoke.yaml', f'output.runs_dir={tmp_path}')
     assert p.returncode == 0, p.stderr[-4000:]
     check_one_record(tmp_path, processes=1)
@@ -76,3 +77,22 @@ def test_notebook_runner_refuses_to_run_per_process(tmp_path):
                        capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode == 2 and '-m dialsum.pipeline' in p.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_sweep_through_accelerate_two_processes(tmp_path):
+    "`dialsum sweep smoke.yaml --accelerate-config ddp_cpu.yaml --num-processes 2`: one run folder, one index row, completed, "
+    "a valid promoted submission, the launcher's output in run.log, summarized like a papermill run."
+    env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'TOKENIZERS_PARALLELISM': 'false', 'OMP_NUM_THREADS': '1'}
+    p = subprocess.run([str(BIN/'dialsum'), 'sweep', 'configs/experiments/smoke.yaml', '--accelerate-config', ACCELERATE/'ddp_cpu.yaml',
+                        '--num-processes', '2', '--set', f'output.runs_dir={tmp_path}'], cwd=ROOT, capture_output=True, text=True,
+                       timeout=900, env=env)
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
+    run, md = check_one_record(tmp_path, processes=2)
+    assert md['distributed_type'] == 'MULTI_CPU' and md['submission_valid'] is True and md['promoted'] is True
+    assert md['launcher'] == dict(accelerate_config='configs/accelerate/ddp_cpu.yaml', num_processes=2, exit_code=0)
+    assert (tmp_path/'latest_submission.csv').read_bytes() == (run/'submission.csv').read_bytes()
+    assert [h.name for h in (tmp_path/'history').iterdir()] == [f'{run.name}.csv']
+    assert 'submission promoted' in (run/'run.log').read_text() and not (run/'run.ipynb').exists()
+    row = next(l for l in p.stdout.splitlines() if l.startswith('smoke.yaml'))
+    assert row.split()[:4] == ['smoke.yaml', 'smoke', run.name, 'completed'] and row.split()[6] == 'yes', p.stdout[-2000:]

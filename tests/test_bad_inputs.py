@@ -107,6 +107,14 @@ CSV_REFUSED = [
             ['train.csv: not a valid CSV file', 'must be in double quotes']),
     CsvCase('csv-missing-file', 'data.dev naming a file that is not there', {}, ['dev.csv: dev file not found', 'check data.dev'],
             dict(dev='nope/dev.csv')),
+    CsvCase('csv-dialogue-emptied-by-cleaning', 'train.csv whose row-2 dialogue is a lone <br> (empty once cleaned)',
+            {'train': TRAIN.replace('"#Person1#: 몇 시예요?\n#Person2#: 세 시요."', '<br>')},
+            ["train.csv:\n  dialogue empty after cleaning at row 2 (fname 'train_1', line 4), which holds only '<br>'",
+             'data.newline_literals turns', 'fill it in or remove the row']),
+    CsvCase('csv-summary-emptied-by-cleaning', r'train.csv whose row-3 summary is the two characters \n and spaces',
+            {'train': TRAIN.replace('#Person1#이 길을 묻는다.', r' \n  \n')},
+            ["train.csv:\n  summary empty after cleaning at row 3 (fname 'train_2', line 6)", 'data.newline_literals turns',
+             'fill it in or remove the row']),
 ]
 
 
@@ -189,23 +197,38 @@ def test_csv_accepted(case_id, given, files, check, tmp_path):
     record(case_id, 'CSV files', given, 'accepted', 'accepted', report, tmp_path)
 
 
-def test_csv_error_through_the_cli(tmp_path):
+CLI_CSV = [
+    # id, given, files (split -> text or bytes), the split whose file is named, expected words
+    ('csv-missing-column-cli', 'dialsum run with a train.csv that has no summary column',
+     {'train': 'fname,dialogue\ntrain_0,#Person1#: 네\n'}, 'train', ["missing column(s) 'summary'", 'set data.columns']),
+    ('csv-undecodable-bytes-cli', 'dialsum run with a test.csv holding the bytes 0x80 0x81',
+     {'test': TEST.encode().replace('배고파요'.encode(), b'\x80\x81')}, 'test', ['not UTF-8 text: byte 0x80', '(line 2)', 'save the file as UTF-8']),
+    ('csv-zero-rows-cli', 'dialsum run with a test.csv that has a header and no rows',
+     {'test': 'fname,dialogue\n'}, 'test', ['no data rows, only a header', 'needs at least one row']),
+    ('csv-nan-summary-cli', 'dialsum run with a train.csv whose second summary is NaN',
+     {'train': TRAIN.replace('#Person1#이 #Person2#에게 시간을 묻는다.', 'NaN')}, 'train',
+     ["empty or missing summary at row 2 (fname 'train_1')", 'every train row needs a reference summary']),
+]
+
+
+@pytest.mark.parametrize('case_id,given,files,split,expect', CLI_CSV, ids=[c[0] for c in CLI_CSV])
+def test_csv_error_through_the_cli(case_id, given, files, split, expect, tmp_path):
     "A data error found inside the run: exit 1, the run recorded as failed with the message, indexed, nothing promoted."
     runs = prior_runs(tmp_path/'runs'); before = snapshot(runs)
-    d = write_splits(tmp_path/'data', train='fname,dialogue\ntrain_0,#Person1#: 네\n')
+    d = write_splits(tmp_path/'data', **files)
     p = dialsum('run', SMOKE, f'output.runs_dir={runs}', 'data.demo=null', f'data.train={d/"train.csv"}',
                 f'data.dev={d/"dev.csv"}', f'data.test={d/"test.csv"}')
     assert p.returncode == 1, p.stdout + p.stderr
-    assert 'FAILED' in p.stderr and "missing column(s) 'summary'" in p.stderr
+    assert 'FAILED' in p.stderr and 'Traceback' not in p.stderr and expect[0] in p.stderr, p.stderr
     (run,) = [r for r in run_folders(runs) if r.name != 'old_20260101-000000']
     md = json.loads((run/'metadata.json').read_text())
-    assert md['status'] == 'failed' and f"{d/'train.csv'}: missing column(s) 'summary'" in md['error'], md
+    assert md['status'] == 'failed' and md['error'].startswith('DataError: ') and str(d/f'{split}.csv') in md['error'], md
+    for s in expect: assert s in md['error'], (s, md['error'])
     assert not (run/'checkpoints').exists() and not (run/'submission.csv').exists()
     assert_kept(runs, before)
     from dialsum.submissions import read_index
     assert sorted(read_index(runs).status) == ['completed', 'failed']
-    record('csv-missing-column-cli', 'CSV files', 'dialsum run with a train.csv that has no summary column', 'refused',
-           'exit 1, run recorded as failed', md['error'], tmp_path)
+    record(case_id, 'CSV files', given, 'refused', 'exit 1, run recorded as failed', md['error'], tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------- configs
@@ -228,9 +251,11 @@ CFG_CASES = [
      lambda d: (_yaml(d, 'typo.yaml', f'base: {SMOKE}\nexperiment: typo\ngeneration: {{num_beam: 2}}\n'), []),
      ['typo.yaml', "unknown key 'generation.num_beam'; did you mean 'generation.num_beams'?"]),
     ('cfg-wrong-type', 'override generation.num_beams=four',
-     lambda d: (SMOKE, ['generation.num_beams=four']), ['generation.num_beams: Input should be a valid integer', "(got 'four')"]),
+     lambda d: (SMOKE, ['generation.num_beams=four']),
+     ['generation.num_beams: expected a whole number', "(got 'four')", 'set generation.num_beams to a whole number']),
     ('cfg-negative-learning-rate', 'override training.learning_rate=-1e-5',
-     lambda d: (SMOKE, ['training.learning_rate=-1e-5']), ['training.learning_rate: Input should be greater than 0']),
+     lambda d: (SMOKE, ['training.learning_rate=-1e-5']),
+     ['training.learning_rate: expected a number greater than 0', "(got '-1e-5')", 'set training.learning_rate to a number greater than 0']),
     ('cfg-encoder-above-positions', 'model.max_source_length=1024 for a model with 256 positions',
      lambda d: (SMOKE, ['model.max_source_length=1024']),
      ["max_source_length (1024) is above the model's max_position_embeddings (256)", 'lower model.max_source_length']),
@@ -238,23 +263,35 @@ CFG_CASES = [
      lambda d: (Path(d)/'nope.yaml', []), ['nope.yaml: config file not found', 'check the path']),
     ('cfg-python-object-tag', 'YAML with a !!python/object/apply tag that would create a file',
      lambda d: (_yaml(d, 'evil.yaml', f'experiment: !!python/object/apply:os.system ["touch {Path(d)/"pwned"}"]\n'), []),
-     ['evil.yaml: not valid YAML (tags that build Python objects are refused)']),
+     ['evil.yaml: not valid YAML (tags that build Python objects are refused)', 'remove the !! tag and write a plain value']),
     ('cfg-include-loop', "a.yaml with base: b.yaml and b.yaml with base: a.yaml",
      lambda d: (_loop(d), []),
      ["'base' include loop", 'a.yaml -> ', 'b.yaml -> ', "remove one of these 'base:' lines"]),
     ('cfg-missing-base', 'base: naming a file that is not there',
-     lambda d: (_yaml(d, 'orphan.yaml', 'base: gone.yaml\nexperiment: orphan\n'), []), ['gone.yaml: config file not found']),
+     lambda d: (_yaml(d, 'orphan.yaml', 'base: gone.yaml\nexperiment: orphan\n'), []),
+     ["orphan.yaml: its line 'base: gone.yaml' names", "gone.yaml, which is not there",
+      "'base' is resolved relative to the folder of the file that holds it", 'not the project folder; fix that line']),
     ('cfg-yaml-syntax', 'a YAML file with an unclosed {',
-     lambda d: (_yaml(d, 'broken.yaml', f'base: {SMOKE}\ntraining: {{learning_rate: 1.0e-5\n'), []), ['broken.yaml: not valid YAML', 'line']),
+     lambda d: (_yaml(d, 'broken.yaml', f'base: {SMOKE}\ntraining: {{learning_rate: 1.0e-5\n'), []), ['broken.yaml: not valid YAML', 'line', 'fix the YAML at the line and column shown']),
     ('cfg-top-level-list', 'a YAML file that is a list',
-     lambda d: (_yaml(d, 'list.yaml', '- experiment: x\n'), []), ['list.yaml: the top level must be a mapping of keys, got list']),
+     lambda d: (_yaml(d, 'list.yaml', '- experiment: x\n'), []), ['list.yaml: the top level must be a mapping of keys, got list', 'write one `key: value` per line']),
     ('cfg-not-utf8', 'a config saved as CP949',
      lambda d: (_cp949(d), []),
      ['cp.yaml: not UTF-8', 'save it as UTF-8']),
     ('cfg-override-syntax', "an override written 'training.learning_rate 3e-5'",
      lambda d: (SMOKE, ['training.learning_rate 3e-5']), ['write it as section.key=value']),
     ('cfg-experiment-path', 'override experiment=../../escape',
-     lambda d: (SMOKE, ['experiment=../../escape']), ["experiment: String should match pattern", "(got '../../escape')"]),
+     lambda d: (SMOKE, ['experiment=../../escape']),
+     ["experiment: '../../escape' cannot be an experiment name", "use 1 to 80 letters, digits, '_', '.' or '-'"]),
+    ('cfg-demo-with-files', 'override data.train=my.csv on a config with data.demo (the demo would replace the file)',
+     lambda d: (SMOKE, ['data.train=my.csv']), ['data.demo generates the data, so data.train would be ignored', 'set data.demo: null to use your files']),
+    ('cfg-eval-steps-without-steps', 'overrides training.eval_strategy=epoch and training.eval_steps=50',
+     lambda d: (SMOKE, ['training.eval_strategy=epoch', 'training.eval_steps=50']),
+     ["training.eval_steps (50) acts only with eval_strategy 'steps'", "set training.eval_strategy: steps, or training.eval_steps: null"]),
+    ('cfg-patience-without-eval', 'overrides training.eval_strategy=no (YAML reads it as false) with early_stopping_patience=2',
+     lambda d: (SMOKE, ['training.eval_strategy=no', 'training.eval_steps=null', 'training.early_stopping_patience=2']),
+     ["training.early_stopping_patience (2) acts only when training evaluates, and eval_strategy is 'no'",
+      'set training.early_stopping_patience: null']),
 ]
 
 
@@ -271,6 +308,23 @@ def test_config_refused_by_the_cli(case_id, given, make, expect, tmp_path):
     assert snapshot(runs) == before and sorted(q.name for q in runs.iterdir()) == names
     assert not (d/'pwned').exists() and not (tmp_path.parent/'escape').exists()
     record(case_id, 'Configs', given, 'refused', 'exit 2', p.stderr.removeprefix('error: '), tmp_path)
+
+
+def test_resume_flag_in_a_new_run_cli(tmp_path):
+    "training.resume_from_checkpoint=true in a new run folder would start afresh silently: the run stops and says to use --resume."
+    runs = prior_runs(tmp_path/'runs'); before = snapshot(runs)
+    p = dialsum('run', SMOKE, f'output.runs_dir={runs}', 'training.resume_from_checkpoint=true')
+    assert p.returncode == 1 and 'Traceback' not in p.stderr, p.stdout + p.stderr
+    (run,) = [r for r in run_folders(runs) if r.name != 'old_20260101-000000']
+    md = json.loads((run/'metadata.json').read_text())
+    assert md['status'] == 'failed' and md['error'].startswith('ConfigError: '), md.get('error')
+    for s in [f'{run}: training.resume_from_checkpoint is true, but there is nothing to resume in this folder',
+              'use `dialsum run CONFIG --resume RUN`', 'set training.resume_from_checkpoint: null to start afresh']:
+        assert s in md['error'], (s, md['error'])
+    assert not (run/'checkpoints').exists() and 'train' not in md and not (run/'submission.csv').exists()
+    assert_kept(runs, before)
+    record('cfg-resume-in-a-new-run', 'Configs', 'override training.resume_from_checkpoint=true for a new run (dialsum run, no --resume)',
+           'refused', 'exit 1 before training', md['error'], tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------- models

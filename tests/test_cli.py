@@ -1,5 +1,5 @@
 "`dialsum predict | runs | best | compare` on the runs of one sweep (the `swept` fixture in conftest.py)."
-import importlib.util, json, shutil
+import json, shutil
 from pathlib import Path
 
 import pandas as pd
@@ -48,9 +48,11 @@ def test_runs_best_compare(swept, tmp_path):
     assert p.returncode == 0
     # equal dev scores (the tiny sweep models can tie) list the newer run first
     done = ix[ix.status == 'completed'].sort_values(['dev_score', 'started'], ascending=[False, False])
-    assert [l.split()[0] for l in p.stdout.splitlines()[1:]] == done.run_id.tolist() + ix.run_id[ix.status == 'failed'].tolist()
+    failed = ix[ix.status == 'failed'].sort_values('started', ascending=False, kind='stable')  # no dev score: newest first
+    assert [l.split()[0] for l in p.stdout.splitlines()[1:]] == done.run_id.tolist() + failed.run_id.tolist()
     p = dialsum('runs', '--runs-dir', runs, '--status', 'failed')
-    assert [l.split()[:3] for l in p.stdout.splitlines()[1:]] == [[ix.run_id[ix.status == 'failed'].item(), 'broken', 'failed']]
+    assert [l.split()[:3] for l in p.stdout.splitlines()[1:]] == [[r, e, 'failed'] for r, e in zip(failed.run_id, failed.experiment)]
+    assert sorted(failed.experiment) == ['broken', 'typo']  # the config that did not validate is a run too
     assert dialsum('runs', '--runs-dir', runs, '--experiment', 'sweep_b').stdout.splitlines()[1].split()[1] == 'sweep_b'
 
     p = dialsum('best', '--runs-dir', runs)
@@ -76,12 +78,28 @@ def test_runs_best_compare(swept, tmp_path):
 
 @pytest.mark.slow  # uses the shared sweep of conftest.py (about a minute)
 def test_runs_plot(swept, tmp_path):
-    "--plot draws with dialsum.plots.plot_runs when that module exists, and says clearly that it cannot when it does not."
+    "--plot writes the PNG it names (dialsum.plots.plot_runs), after the table."
     p = dialsum('runs', '--runs-dir', swept[1], '--plot', tmp_path/'runs.png')
-    if importlib.util.find_spec('dialsum.plots'):
-        assert p.returncode == 0 and (tmp_path/'runs.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n', p.stderr
-    else:
-        assert p.returncode == 1 and 'dialsum.plots.plot_runs is not available' in p.stderr
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.splitlines()[-1] == f"plot written to {tmp_path/'runs.png'}"
+    assert (tmp_path/'runs.png').stat().st_size > 1000 and (tmp_path/'runs.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_hand_edited_run_id_is_refused(tmp_path):
+    "An index row whose run_id was edited to ../outside (a better-looking completed run there): runs, best and compare refuse it, exit 2."
+    from dialsum.records import write_json
+    from dialsum.submissions import index_row, update_index
+    runs, outside = tmp_path/'runs', tmp_path/'outside'
+    for d, score in ((runs/'ok_20260101-000000', 20.0), (outside, 99.0)):
+        d.mkdir(parents=True); (d/'submission.csv').write_text('fname,summary\ntest_0,a\n')
+        write_json(d/'metadata.json', dict(run_id=d.name, experiment='ok', status='completed', submission='submission.csv',
+                                           dev=dict(score=score, rouge1=score, rouge2=score, rougeL=score)))
+        update_index(runs, {**index_row(d), 'run_id': d.name if d.parent == runs else '../outside'})
+    for args in (('runs',), ('best',), ('runs', '--status', 'completed')):
+        p = dialsum(*args, '--runs-dir', runs)
+        assert p.returncode == 2 and "index.csv: run_id '../outside' is not a run of" in p.stderr and 'outside' not in p.stdout, (args, p.stderr)
+    p = dialsum('compare', 'ok_20260101-000000', '../outside', '--runs-dir', runs)
+    assert p.returncode == 2 and "run '../outside'" in p.stderr and "no '..'" in p.stderr, p.stderr
 
 
 def test_nothing_starts_on_bad_arguments(tmp_path):

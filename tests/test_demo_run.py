@@ -1,5 +1,5 @@
 "The demo experiment end to end through papermill: every artifact of a run folder, checked."
-import json, subprocess, sys
+import json, os, subprocess, sys
 from pathlib import Path
 
 import pandas as pd
@@ -34,6 +34,15 @@ def check_run_folder(run: Path, n_dev: int, n_test: int, notebook: Path = None):
     assert best.parent == run/'checkpoints' and (best/'model.safetensors').exists() and (best/'tokenizer.json').exists()
     state = json.loads((run/'checkpoints'/'trainer_state.json').read_text())
     assert Path(state['best_model_checkpoint']).name == best.name
+    assert (md['submission_valid'], md['promoted'], md['submission_problems']) == (True, True, [])
+    assert (run.parent/'latest_submission.csv').read_bytes() == (run/'submission.csv').read_bytes()
+    ix = pd.read_csv(run.parent/'index.csv', keep_default_na=False)
+    (row,) = ix[ix.run_id == md['run_id']].to_dict('records')
+    assert row['status'] == 'completed' and row['error'] == '', row
+    assert row['dev_score'] == round(metrics['dev']['score'], 4)
+    for png in ('curves.png', 'scores.png'):
+        data = (run/png).read_bytes()
+        assert data.startswith(b'\x89PNG\r\n\x1a\n') and len(data) > 1000, png
     return md, metrics, dev, sub
 
 
@@ -72,7 +81,10 @@ def test_failing_run_is_recorded_as_failed(tmp_path):
     (run,) = run_folders(tmp_path)
     md = json.loads((run/'metadata.json').read_text())
     assert md['status'] == 'failed' and 'no/such.csv' in md['error']
+    assert md['error_tail'][-1].startswith('DataError:') and 'peak_gpu_memory_gb' in md  # recorded once, by the kernel
     assert (run/'run.ipynb').exists() and not (run/'submission.csv').exists()
+    ix = pd.read_csv(tmp_path/'index.csv', keep_default_na=False)
+    assert ix.run_id.tolist() == [run.name] and ix.status.tolist() == ['failed']
 
 
 @pytest.mark.slow
@@ -94,3 +106,43 @@ def test_demo_learns(tmp_path):
     untrained, _ = score_predictions(dev_df, predict(model, tok, dev_df, cfg, progress=False))
     assert metrics['dev']['score'] > untrained['score'] + 20, (metrics['dev']['score'], untrained['score'])
     assert dev['prediction'].str.contains('#Person').mean() > 0.5  # speaker tags survive into predictions
+
+
+BREAK = ['data.demo=null', 'data.train=no/such.csv']  # the run opens, then the data cell raises
+
+
+def papermill(out, *params, env=None):
+    "Run the template with plain papermill (no dialsum runner); `params` are papermill's own options."
+    return subprocess.run([str(BIN/'papermill'), 'nbs/run_experiment.ipynb', str(out), *map(str, params)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=900, env={**os.environ, **(env or {})})
+
+
+def test_plain_papermill_failure_is_recorded(tmp_path):
+    "A cell that raises under plain papermill: non-zero exit, the traceback in the notebook, the run recorded failed with its index row."
+    runs, out = tmp_path/'runs', tmp_path/'x.ipynb'
+    p = papermill(out, '-p', 'config', 'configs/experiments/smoke.yaml', '-y', json.dumps({'overrides': [f'output.runs_dir={runs}', *BREAK]}))
+    assert p.returncode != 0, p.stdout + p.stderr[-3000:]
+    nb = json.loads(out.read_text())
+    errors = [o for c in nb['cells'] if c['cell_type'] == 'code' for o in c.get('outputs', []) if o['output_type'] == 'error']
+    assert nb['metadata']['papermill']['exception'] is True and len(errors) == 1
+    assert errors[0]['ename'] == 'DataError' and 'no/such.csv' in errors[0]['evalue'] and errors[0]['traceback']
+    (run,) = run_folders(runs)
+    md = json.loads((run/'metadata.json').read_text())
+    assert md['status'] == 'failed' and md['error'].startswith('DataError:') and 'no/such.csv' in md['error'], md
+    assert md['error_tail'][-1].startswith('DataError:') and 'peak_gpu_memory_gb' in md and md['finished']
+    ix = pd.read_csv(runs/'index.csv', keep_default_na=False)
+    assert ix.run_id.tolist() == [run.name] and ix.status.tolist() == ['failed'] and ix.error[0] == md['error'][:len(ix.error[0])]
+
+
+def test_template_under_nbdev_test_stays_out_of_runs(tmp_path):
+    "With IN_TEST=1 (nbdev_test) and no run_dir, the template's run goes to a temporary runs folder, not the project's runs/."
+    def project_runs(): return sorted((p.name, p.stat().st_mtime_ns) for p in (ROOT/'runs').rglob('*')) if (ROOT/'runs').exists() else None
+    before = project_runs()
+    p = papermill(tmp_path/'x.ipynb', '-p', 'config', 'configs/experiments/smoke.yaml', '-y', json.dumps({'overrides': BREAK}),
+                  env={'IN_TEST': '1', 'TMPDIR': str(tmp_path)})
+    assert p.returncode != 0  # the broken data cell: the run folder exists, and nothing trains
+    (runs,) = tmp_path.glob('dialsum-test-runs-*')
+    (run,) = run_folders(runs)
+    assert json.loads((run/'metadata.json').read_text())['status'] == 'failed'
+    assert pd.read_csv(runs/'index.csv').run_id.tolist() == [run.name]
+    assert project_runs() == before

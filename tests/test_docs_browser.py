@@ -1,5 +1,6 @@
-"The docs site in a real browser: every page reachable from the navigation loads, links and pictures work, no console error."
-import functools, importlib, json, re, shutil, subprocess, threading
+"""The docs site: the reliability page is current; the show_doc-only build (what nbdev_docs runs) passes strictly; and,
+in a real browser, every page reachable from the navigation loads, links and pictures work, no console error, no traceback."""
+import functools, importlib, json, re, shutil, subprocess, sys, threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urldefrag, urlparse
@@ -7,8 +8,47 @@ from urllib.parse import unquote, urldefrag, urlparse
 import pytest
 from conftest import BIN, ROOT
 
-pytestmark = pytest.mark.slow  # builds the whole site and drives Chromium: minutes
+sys.path.insert(0, str(ROOT/'tools'))
+import cases_page
+
+slow = pytest.mark.slow  # builds the whole site and drives Chromium, or reruns the reliability tests: minutes
 MODULE_NBS = []
+REGENERATE = '.venv/bin/python tools/cases_page.py'
+
+
+def test_reliability_page_is_current():
+    "nbs/reliability.md was generated from the reliability tests as they are now, and lists every one of them."
+    text = (ROOT/'nbs'/'reliability.md').read_text(encoding='utf-8')
+    stamp, now = cases_page.stamp_of(text), cases_page.fingerprint()
+    changed = sorted(f for f in now if stamp.get(f) != now[f])
+    assert not changed, f"nbs/reliability.md is older than {changed}: regenerate it with `{REGENERATE}`"
+    r = subprocess.run([str(BIN/'python'), '-m', 'pytest', '--collect-only', '-q', '-p', 'no:cacheprovider', *cases_page.FILES],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    n = int(re.search(r'(\d+) tests? collected', r.stdout)[1])
+    assert re.search(rf'Tests run: {n}, passed: {n}\.', text), f"nbs/reliability.md does not say all {n} tests ran and passed: `{REGENERATE}`"
+
+
+@slow
+def test_reliability_page_matches_a_fresh_run(tmp_path):
+    "tools/cases_page.py run now writes nbs/reliability.md as committed, but for the numbers that change from run to run."
+    r = subprocess.run([str(BIN/'python'), 'tools/cases_page.py', '--out', str(tmp_path/'page.md')], cwd=ROOT, capture_output=True,
+                       text=True, timeout=1800)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    digits = lambda s: re.sub(r'\d+', '0', s).splitlines()  # run ids with their time, free disk, kills landing inside a write
+    import difflib
+    diff = list(difflib.unified_diff(digits((ROOT/'nbs'/'reliability.md').read_text(encoding='utf-8')),
+                                     digits((tmp_path/'page.md').read_text(encoding='utf-8')), 'committed', 'now', lineterm='', n=0))
+    assert not diff, f"nbs/reliability.md is not what `{REGENERATE}` writes now:\n" + '\n'.join(diff[:40])
+
+
+def test_show_doc_build_is_strict(tmp_path):
+    "Every page built as nbdev_docs builds it (only the cells show_doc needs: imports, exports, show_doc), failing on any error."
+    r = subprocess.run([str(BIN/'python'), 'tools/docs.py', '--no-execute', '--strict', '--out', str(tmp_path/'site'),
+                        '--build', str(tmp_path/'build')], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, f"tools/docs.py --no-execute --strict failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
+    from docs import sources
+    assert len(list((tmp_path/'site').rglob('*.html'))) - 1 == len(sources(ROOT/'nbs'))  # every page, and 404.html
 FLAGS = ['--headless=new', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
          '--disable-component-update', '--disable-sync', '--window-size=1280,1400']
 
@@ -30,7 +70,7 @@ def site(tmp_path_factory):
     MODULE_NBS[:] = sorted((ROOT/'nbs').glob('[0-9]*.ipynb'))  # the module notebooks this build sees
     # `make docs` runs every notebook's lessons; nbdev_test checks those, so here only the pages with pictures run
     # (the others get what show_doc needs, as nbdev_docs does): the same pipeline in a third of the time
-    r = subprocess.run([str(BIN/'python'), 'tools/docs.py', '--out', str(tmp/'site'), '--build', str(tmp/'build'),
+    r = subprocess.run([str(BIN/'python'), 'tools/docs.py', '--strict', '--out', str(tmp/'site'), '--build', str(tmp/'build'),
                         '--execute', 'eda.ipynb', '13_plots.ipynb', 'tutorials/03_sweep.ipynb'],
                        cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, f"tools/docs.py failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
@@ -70,6 +110,7 @@ JS_PAGE = """return {links: Array.from(document.querySelectorAll('a[href]')).map
   broken_images: Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src.slice(0, 100)),
   images: document.querySelectorAll('article img').length,
   highlighted: document.querySelectorAll('article .highlight-ipynb span, article .highlight span').length,
+  article_links: Array.from(document.querySelectorAll('article a[href]')).map(a => a.href),
   text: document.querySelector('article') ? document.querySelector('article').innerText : ''}"""
 
 
@@ -91,18 +132,33 @@ def crawl(server, driver, tmp_path_factory):
     return pages, errors
 
 
+@slow
 def test_every_page_loads_without_errors(site, server, crawl):
     base, log = server
     pages, errors = crawl
     built = {'/' + str(p.relative_to(site)) for p in site.rglob('*.html') if p.name != '404.html'}
     assert built - set(pages) == set(), 'pages that no link or navigation entry reaches'
-    assert {'/index.html', '/plots.html', '/eda.html', '/tutorials/quick_start.html'} <= set(pages)
+    assert {'/index.html', '/plots.html', '/eda.html', '/tutorials/quick_start.html', '/reliability.html'} <= set(pages)
     failed = [(p, s) for p, s in log if s not in (200, 304)]  # 304: the browser's cached copy is still good
     assert not failed, f"requests (pages, styles, scripts, pictures) that failed: {failed}"
     assert all(s == 200 for p, s in log if p in pages)
     assert not errors, 'console errors:\n' + '\n'.join(map(str, errors))
+    shown = [p for p, i in pages.items() if 'Traceback (most recent call last)' in i['text'] or re.search(r'^\w*Error\s+Traceback', i['text'], re.M)]
+    assert not shown, f"pages that show a Python traceback: {shown}"
 
 
+@slow
+def test_reliability_page(server, crawl):
+    "The cases page is linked from the home page's text, has its tables, and shows the shortened paths as text (not as HTML tags)."
+    base, _ = server
+    pages, _ = crawl
+    assert base + '/reliability.html' in pages['/index.html']['article_links']
+    text = pages['/reliability.html']['text']
+    assert text.startswith('Reliability: bad inputs, faults and untrusted files')
+    assert re.search(r'Tests run: (\d+), passed: \1\.', text) and '<tmp>/data/train.csv' in text
+
+
+@slow
 def test_no_broken_internal_link(server, crawl):
     base, _ = server
     pages, _ = crawl
@@ -123,6 +179,7 @@ def test_no_broken_internal_link(server, crawl):
     assert not broken, 'broken links:\n' + '\n'.join(map(str, broken))
 
 
+@slow
 def test_pictures_code_and_api(crawl):
     pages, _ = crawl
     assert [(p, i['broken_images']) for p, i in pages.items() if i['broken_images']] == []
@@ -148,6 +205,7 @@ def test_pictures_code_and_api(crawl):
     assert checked > 30
 
 
+@slow
 def test_screenshots(server, driver, crawl, tmp_path):
     base, _ = server
     for name, path in [('home', '/index.html'), ('api', '/plots.html')]:

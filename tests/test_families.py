@@ -12,7 +12,7 @@ from dialsum.config import ConfigError, load_config
 from dialsum.data import model_inputs, read_split
 from dialsum.inference import predict
 from dialsum.lora import load_checkpoint
-from dialsum.models import ModelError
+from dialsum.models import ModelError, is_4bit
 from dialsum.pipeline import run_pipeline
 from dialsum.submissions import submission_problems
 
@@ -21,7 +21,8 @@ FAMILIES = {  # config: (family, lora)
     'tiny_t5': ('seq2seq', False), 'tiny_t5_lora': ('seq2seq', True),
     'tiny_causal': ('causal', False), 'tiny_causal_lora': ('causal', True),
 }
-THROUGH_NOTEBOOK = {'tiny_t5', 'tiny_causal'}  # these go through `dialsum run` (papermill); the rest through the script path
+THROUGH_NOTEBOOK = {'tiny_t5', 'tiny_causal', 'tiny_bart_lora'}  # these go through `dialsum run` (papermill); the rest through the script path
+PREDICT_AGAIN = {'tiny_bart_lora', 'tiny_causal'}  # a LoRA run and a decoder-only run: `dialsum predict --run` rewrites the submission
 
 
 def _run(name, runs_dir):
@@ -73,6 +74,12 @@ def test_family_trains_scores_submits_reloads(name, tmp_path):
     tok, model = load_checkpoint(choice.path, cfg)
     again = predict(model, tok, read_split(run/'data'/'dev.csv', 'dev'), cfg, progress=False)
     assert again['summary'].tolist() == dev['prediction'].tolist()
+    # `dialsum predict --run RUN` (a fresh process, the run's best checkpoint and config) writes the same submission, byte for byte
+    if name in PREDICT_AGAIN:
+        out = tmp_path/'predicted_again.csv'
+        p = dialsum('predict', '--run', run, '--output', out)
+        assert p.returncode == 0, p.stderr[-3000:] + p.stdout[-3000:]
+        assert out.read_bytes() == (run/'submission.csv').read_bytes()
 
 
 def test_t5_decoder_inputs_are_labels_shifted_right(tmp_path):
@@ -134,6 +141,26 @@ def test_qlora_on_cpu_fails_at_validation(tmp_path):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ConfigError, match='solar_qlora.yaml: model.quantization: 4bit'):
         load_config('configs/experiments/solar_qlora.yaml', root=ROOT)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='QLoRA needs a CUDA GPU; this machine has none')
+def test_qlora_run_is_4bit_and_reloads(tmp_path):
+    "tiny_qlora.yaml trains on 4-bit weights (bitsandbytes layers, never a silent full-precision run); a reload predicts the same."
+    pytest.importorskip('bitsandbytes', reason='QLoRA needs the bitsandbytes package')
+    run = run_pipeline('configs/experiments/tiny_qlora.yaml', [f'output.runs_dir={tmp_path}'], root=ROOT).path
+    md = json.loads((run/'metadata.json').read_text())
+    assert md['status'] == 'completed', md.get('error')
+    assert md['device']['quantization'] == '4bit'
+    cfg = load_config(run/'config.yaml', root=ROOT)
+    choice = find_checkpoint(run)
+    dev = read_split(run/'data'/'dev.csv', 'dev')
+    (tok, model), (tok2, model2) = load_checkpoint(choice.path, cfg), load_checkpoint(choice.path, cfg)
+    assert is_4bit(model) and is_4bit(model2)
+    recorded = pd.read_csv(run/'predictions_dev.csv', keep_default_na=False)
+    assert predict(model, tok, dev, cfg, progress=False)['summary'].tolist() == recorded['prediction'].tolist()
+    x = tok(model_inputs(dev[:2]), return_tensors='pt', padding=True).to(model.device)
+    with torch.no_grad(): assert torch.equal(model(**x).logits, model2(**x).logits)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has CUDA')

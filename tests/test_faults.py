@@ -135,6 +135,7 @@ def test_kill_during_submission_and_index_writes(tmp_path):
     n = len(read_index(runs))
     update_index(runs, dict(run_id='next_20260101-000000', experiment='next', status='completed'))  # the next run proceeds
     assert len(read_index(runs)) == n + 1 and read_index(runs).run_id.iat[-1] == 'next_20260101-000000'
+    assert not list(runs.glob('.index.csv.*.tmp')), 'the next index write (holding the lock) removes what killed writers left'
     record('fault-kill-during-writes', 'Faults', 'kill -9 of a process rewriting latest_submission.csv, metadata.json and index.csv in a loop',
            'no torn file', 'whole files',
            f"{rounds} kills, {hits} inside a write (a hidden .tmp left, the target whole); every file parsed; the next index write worked")
@@ -171,3 +172,62 @@ def test_same_name_same_second_two_processes(tmp_path):
     assert 'same_20260101-120000' in names and 'same_20260101-120000-40' in names
     record('fault-same-name-same-second', 'Faults', 'two processes starting 20 runs each of one experiment in the same second',
            'distinct folders', 'distinct folders', f'40 folders, same_20260101-120000 to same_20260101-120000-40')
+
+
+PROMOTER = r"""
+import os, sys, time
+from pathlib import Path
+from dialsum.submissions import promote
+runs, run, stall, n = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+real_replace = os.replace
+def replace(src, dst):  # stop just before the rename into `stall` (history/ or latest_submission.csv) and wait for the kill
+    if stall in (Path(dst).name, Path(dst).parent.name):
+        (runs/'inside').touch(); time.sleep(3600)
+    return real_replace(src, dst)
+os.replace = replace
+promote(run, runs, [f'test_{i}' for i in range(n)])
+"""
+
+
+def test_kill_inside_promote(tmp_path):
+    "SIGKILL inside each write of `promote`: latest and history stay whole (old or new); the next promotion works and removes the killed writes' temporary files."
+    from dialsum.records import STALE_TEMP_SECONDS, write_json
+    from dialsum.submissions import promote
+    runs, n = tmp_path/'runs', 2000
+    fnames = [f'test_{i}' for i in range(n)]
+    def make(name):
+        r = runs/name; r.mkdir(parents=True)
+        write_json(r/'metadata.json', dict(run_id=name, experiment='p', status='completed'))
+        (r/'submission.csv').write_text('fname,summary\n' + ''.join(f'{f},{name} #Person1#이 요약한다.\n' for f in fnames), encoding='utf-8')
+        return r
+    a, b, c = make('a_20260101-000000'), make('b_20260101-000000'), make('c_20260101-000000')
+    subs = {r.name: (r/'submission.csv').read_bytes() for r in (a, b, c)}
+    assert promote(a, runs, fnames)['promoted']
+    killed = set()
+    for stall, history in (('history', ['a_20260101-000000.csv']), ('latest_submission.csv', ['a_20260101-000000.csv', 'b_20260101-000000.csv'])):
+        (runs/'inside').unlink(missing_ok=True)
+        proc = subprocess.Popen([sys.executable, '-c', PROMOTER, str(runs), str(b), stall, str(n)], stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while not (runs/'inside').exists():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.time() < deadline, f'the promotion did not reach its {stall} write in 120 s'
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL); proc.wait(timeout=30)
+        left = {p for p in runs.rglob(f'.*.{proc.pid}.*.tmp')}
+        assert left, f'no temporary file of the killed promotion inside its {stall} write'
+        killed |= left
+        assert (runs/'latest_submission.csv').read_bytes() == subs['a_20260101-000000']  # the old one, whole
+        assert sorted(p.name for p in (runs/'history').glob('*.csv')) == history
+        for p in (runs/'history').glob('*.csv'): assert p.read_bytes() == subs[p.stem]  # each whole, never torn
+    # a temporary file of a live writer stays; one older than the stale age goes, whoever wrote it
+    live, old = runs/f'.latest_submission.csv.{os.getpid()}.live0000.tmp', runs/f'.latest_submission.csv.{os.getpid()}.old00000.tmp'
+    for p in (live, old): p.write_text('half')
+    os.utime(old, (time.time() - 2 * STALE_TEMP_SECONDS,) * 2)
+    out = promote(c, runs, fnames)  # the next run proceeds
+    assert out['promoted'] and (runs/'latest_submission.csv').read_bytes() == subs['c_20260101-000000']
+    assert (runs/'history'/'c_20260101-000000.csv').read_bytes() == subs['c_20260101-000000']
+    assert not [p for p in killed | {old} if p.exists()], 'stale temporary files left after the next promotion'
+    assert {p for p in runs.rglob('*.tmp')} == {live}
+    record('fault-kill-inside-promote', 'Faults', 'kill -9 of a promotion inside its history write, then inside its latest_submission.csv write',
+           'no torn file', 'whole files',
+           f"latest_submission.csv stayed the old one, history files whole; the next promotion worked and removed {len(killed) + 1} stale temporary files")

@@ -1,4 +1,4 @@
-"A smoke run on the real Korean competition data (../shared/data/ko), skipped with a reason when it is absent."
+"A smoke run and the EDA notebook on the real Korean competition data (../shared/data/ko), skipped with a reason when it is absent."
 import json
 
 import pandas as pd
@@ -27,3 +27,20 @@ def test_real_data_smoke(real_ko, tmp_path):
     test = pd.read_csv(real_ko/'test.csv')
     assert sub['fname'].tolist() == test['fname'].tolist()
     assert metrics['data']['train']['rows_kept'] == 400
+
+
+def test_eda_on_real_data(real_ko, tmp_path):
+    "nbs/eda.ipynb with papermill on the real data: every split there counted, each picture drawn, no demo data."
+    import papermill as pm
+    from conftest import ROOT
+    out = tmp_path/'eda.ipynb'
+    pm.execute_notebook(ROOT/'nbs'/'eda.ipynb', out, parameters={'data_dir': str(real_ko)}, cwd=str(ROOT/'nbs'),
+                        kernel_name='python3', progress_bar=False)
+    nb = json.loads(out.read_text(encoding='utf-8'))
+    text = '\n'.join(''.join(o.get('text', '')) for c in nb['cells'] for o in c.get('outputs', []))
+    rows = {s: len(pd.read_csv(real_ko/f'{s}.csv')) for s in ('train', 'dev', 'test') if (real_ko/f'{s}.csv').exists()}
+    assert f"{real_ko}: " + ', '.join(f"{s} {n} rows" for s, n in rows.items()) in text, text[:2000]
+    assert 'demo' not in text
+    pngs = [o for c in nb['cells'] for o in c.get('outputs', []) if 'image/png' in o.get('data', {})]
+    assert len(pngs) >= 5  # lengths, truncation, topics, speakers and turns, mask tags
+    assert 'no topic column' not in text  # the real dev split has topics

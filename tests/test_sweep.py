@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import BIN, ROOT, dialsum, run_folders
+from conftest import BIN, ROOT, SMOKE, dialsum, run_folders
 from dialsum.submissions import INDEX_COLUMNS, read_index, submission_problems
 
 
@@ -36,19 +36,24 @@ def copy_runs(runs, tmp_path):
 
 @pytest.mark.slow  # shares one 4-config sweep (about a minute) with test_cli.py
 def test_sweep_records_every_outcome(swept):
-    "Two configs complete, one fails inside its notebook, one does not validate: all recorded, the sweep goes on, exit 1."
+    "Two configs complete, one fails inside its notebook, one does not validate: all recorded (each with a run folder and an index row), the sweep goes on, exit 1."
     p, runs = swept
     assert p.returncode == 1, p.stdout[-3000:] + p.stderr[-3000:]
     s = summary(p.stdout)
     assert [(c, r['experiment'], r['status'], r['promoted']) for c, r in s.items()] == [
         ('a', 'sweep_a', 'completed', 'yes'), ('b', 'sweep_b', 'completed', 'yes'), ('broken', 'broken', 'failed', '-'),
-        ('typo', '-', 'failed', '-')]
-    assert "did you mean 'training.learning_rate'" in s['typo']['note'] and s['typo']['run_id'] == '-'
+        ('typo', 'typo', 'failed', '-')]
+    assert "did you mean 'training.learning_rate'" in s['typo']['note']
     assert 'no GPU (NVML unavailable): running on CPU' in p.stdout.splitlines()[0]
 
     ix = read_index(runs)
     assert ix.columns.tolist() == INDEX_COLUMNS
-    assert sorted(zip(ix.experiment, ix.status)) == [('broken', 'failed'), ('sweep_a', 'completed'), ('sweep_b', 'completed')]
+    assert sorted(zip(ix.experiment, ix.status)) == [('broken', 'failed'), ('sweep_a', 'completed'), ('sweep_b', 'completed'), ('typo', 'failed')]
+    (typo,) = runs_of(runs, 'typo')  # failed before its notebook: a run folder and an index row all the same
+    assert s['typo']['run_id'] == typo.name and ix.set_index('run_id').error[typo.name].startswith('ConfigError: ')
+    md = metadata(typo)
+    assert (md['status'], Path(md['config']).name, md['stage']) == ('failed', 'typo.yaml', 'before the run started')
+    assert "did you mean 'training.learning_rate'" in md['error'] and not (typo/'run.ipynb').exists()
     broken = ix.set_index('experiment').loc['broken']
     assert 'no/such/train.csv' in broken.error and broken.config_hash
     (bad,) = runs_of(runs, 'broken')
@@ -81,7 +86,7 @@ def test_resume_runs_nothing_completed(swept, sweep_configs, tmp_path):
     assert [metadata(runs/n)['experiment'] for n in new] == ['broken']
     assert s['a']['run_id'] in before and s['b']['run_id'] in before
     ix = read_index(runs)
-    assert sorted(ix.status) == ['completed', 'completed', 'failed', 'failed']
+    assert sorted(ix.status) == ['completed', 'completed', 'failed', 'failed', 'failed']  # a, b, typo, broken twice
 
 
 @pytest.mark.slow  # shares one 4-config sweep (about a minute) with test_cli.py
@@ -99,7 +104,7 @@ def test_lost_submission_is_recovered(swept, sweep_configs, tmp_path):
     assert md['status'] == 'completed' and md['promoted'] is True and md['recovered']['checkpoint'] == md['best_checkpoint']
     assert {h.name for h in (runs/'history').iterdir() if h.name.startswith('sweep_a')} == {f'{run.name}.csv', f'{run.name}-2.csv'}
     assert read_index(runs).set_index('run_id').error[run.name].startswith('submission recovered by dialsum predict')
-    assert len(run_folders(runs)) == 3  # nothing was trained again
+    assert len(run_folders(runs)) == 4  # a, b, broken, typo: nothing was trained again
 
 
 def start_sweep(runs, *configs):
@@ -160,3 +165,89 @@ def test_sigterm_records_interrupted(sweep_configs, tmp_path):
     assert (s['a']['status'], s['b']['status']) == ('interrupted', 'not run'), out[-3000:]
     assert metadata(a)['status'] == 'interrupted'
     assert read_index(runs).status.tolist() == ['interrupted']
+
+
+@pytest.mark.slow
+def test_sweep_recovers_a_run_that_failed_at_its_submission(sweep_configs, tmp_path):
+    "A real run trains, then fails at its submission step (promotion cannot write: a file stands where runs/history/ goes); "
+    "the sweep itself, without --resume, predicts again with the run's best checkpoint, and that submission is valid and promoted."
+    from dialsum.sweep import run_sweep, sweep_exit_code
+    runs = tmp_path/'runs'; runs.mkdir()
+    (runs/'history').write_text('a file where the folder of promoted submissions should be\n')
+    said = []
+    def say(line):  # the fault clears (as a disk that was full gets room) when the sweep announces the recovery
+        said.append(line)
+        if 'recovering it with dialsum predict' in line and (runs/'history').is_file(): (runs/'history').unlink()
+    (e,) = run_sweep([sweep_configs/'a.yaml'], [f'output.runs_dir={runs}'], ROOT, gpu_query=lambda: None, say=say)
+    assert (e.status, e.promoted, sweep_exit_code([e])) == ('recovered', True, 0), said
+    (run,) = run_folders(runs)
+    md = metadata(run)
+    assert md['train'] and md['status'] == 'completed' and md['promoted'] is True and md['submission_valid'] is True
+    before = md['recovered']
+    assert before['status_before'] == 'failed' and before['error_before'].startswith('WriteError') and 'history' in before['error_before']
+    assert before['checkpoint'] == md['best_checkpoint']
+    test_fnames = pd.read_csv(run/'data'/'test.csv', dtype=str)['fname'].tolist()
+    assert submission_problems(run/'submission.csv', test_fnames, run/'data'/'sample_submission.csv') == []
+    assert [h.name for h in (runs/'history').iterdir()] == [f'{run.name}.csv']
+    assert (runs/'history'/f'{run.name}.csv').read_bytes() == (run/'submission.csv').read_bytes() == (runs/'latest_submission.csv').read_bytes()
+    ix = read_index(runs)
+    assert ix.run_id.tolist() == [run.name] and ix.status.tolist() == ['completed']
+    assert ix.error[0].startswith('submission recovered by dialsum predict')
+
+
+def mismatched_data(d, sample_fnames):
+    "Demo CSVs in `d` with a sample_submission.csv of `sample_fnames`, and a config that trains on them."
+    from dialsum.data import make_demo_data
+    paths = make_demo_data(d, n_train=48, n_dev=8, n_test=8)
+    pd.DataFrame(dict(fname=sample_fnames, summary='-')).to_csv(paths['sample_submission'], index=False)
+    cfg = d/'mismatch.yaml'
+    cfg.write_text(f"base: {SMOKE}\nexperiment: mismatch\ndata: {{demo: null, train: {paths['train']}, dev: {paths['dev']}, "
+                   f"test: {paths['test']}, sample_submission: {paths['sample_submission']}}}\n")
+    return cfg, paths
+
+
+@pytest.mark.slow
+def test_unpromoted_submission_is_not_done(tmp_path):
+    "`dialsum run` of a config whose sample_submission.csv does not match test.csv: it completes, says NOT promoted and exits 1; "
+    "--resume does not skip it but predicts again (still not promoted: exit 1), and promotes it once the sample file is right."
+    cfg, paths = mismatched_data(tmp_path, [f'other_{i}' for i in range(8)])
+    runs = tmp_path/'runs'
+    p = dialsum('run', cfg, f'output.runs_dir={runs}')
+    assert p.returncode == 1, p.stdout[-3000:] + p.stderr[-3000:]
+    assert 'NOT promoted' in p.stderr and 'the fnames differ from sample_submission.csv' in p.stderr, p.stderr
+    (run,) = run_folders(runs)
+    assert (metadata(run)['status'], metadata(run)['promoted']) == ('completed', False)
+
+    again = dialsum('sweep', cfg, '--resume', '--set', f'output.runs_dir={runs}')
+    assert again.returncode == 1, again.stdout[-3000:] + again.stderr[-3000:]
+    s = summary(again.stdout)['mismatch']
+    assert (s['run_id'], s['status'], s['promoted']) == (run.name, 'recovered', 'no') and 'submission NOT promoted' in again.stdout, s
+
+    pd.read_csv(paths['test'], dtype=str)[['fname']].assign(summary='-').to_csv(paths['sample_submission'], index=False)
+    fixed = dialsum('sweep', cfg, '--resume', '--set', f'output.runs_dir={runs}')
+    assert fixed.returncode == 0, fixed.stdout[-3000:] + fixed.stderr[-3000:]
+    s = summary(fixed.stdout)['mismatch']
+    assert (s['run_id'], s['status'], s['promoted']) == (run.name, 'recovered', 'yes'), s
+    assert run_folders(runs) == [run] and metadata(run)['promoted'] is True  # predicted again, never trained again
+    skipped = dialsum('sweep', cfg, '--resume', '--set', f'output.runs_dir={runs}')
+    assert skipped.returncode == 0 and summary(skipped.stdout)['mismatch']['status'] == 'skipped', skipped.stdout[-3000:]
+
+
+def test_resume_refuses_an_index_id_outside_runs(tmp_path):
+    "An index row of the config whose run_id was edited to ../outside (a completed run there): --resume neither skips nor touches it."
+    from dialsum.config import config_hash, load_config
+    from dialsum.records import write_json
+    from dialsum.submissions import index_row, update_index
+    runs, outside = tmp_path/'runs', tmp_path/'outside'
+    chash = config_hash(load_config(SMOKE, [f'output.runs_dir={runs}'], ROOT))
+    outside.mkdir(); (outside/'submission.csv').write_text('fname,summary\n')
+    write_json(outside/'metadata.json', dict(run_id='outside', experiment='smoke', status='completed', config_hash=chash, train={'global_step': 8}))
+    update_index(runs, {**index_row(outside), 'run_id': '../outside'})
+    before = (outside/'metadata.json').read_bytes()
+    p = dialsum('sweep', SMOKE, '--resume', '--set', f'output.runs_dir={runs}')
+    assert p.returncode == 1, p.stdout[-3000:] + p.stderr[-3000:]
+    s = summary(p.stdout)['smoke']
+    assert s['status'] == 'failed' and "run_id '../outside' is not a run of" in p.stdout, p.stdout[-3000:]
+    assert (outside/'metadata.json').read_bytes() == before and sorted(outside.iterdir()) == [outside/'metadata.json', outside/'submission.csv']
+    (rec,) = run_folders(runs)  # the refusal itself is recorded, nothing trained
+    assert metadata(rec)['status'] == 'failed' and 'index.csv' in metadata(rec)['error'] and not (rec/'checkpoints').exists()

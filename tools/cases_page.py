@@ -4,8 +4,10 @@
     .venv/bin/python tools/cases_page.py --fast   # leaves out the tests marked slow (their rows say 'not run')
 
 Each test logs its case (tests/casebook.py `record`) to a JSON-lines file; pytest's JUnit XML says which
-tests passed. A case whose test failed is listed as FAILED, so the page never claims what the tests did not show."""
-import argparse, json, os, subprocess, sys, tempfile
+tests passed. A case whose test failed is listed as FAILED, so the page never claims what the tests did not show.
+The page ends with a comment holding a hash of each file it is generated from (`SOURCES`): tests/test_docs_browser.py
+fails when one of them has changed since (a case added or changed) and the page was not regenerated."""
+import argparse, hashlib, html, json, os, re, subprocess, sys, tempfile
 import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
@@ -13,12 +15,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FILES = ['tests/test_bad_inputs.py', 'tests/test_faults.py', 'tests/test_security.py']
 ORDER = ['CSV files', 'Configs', 'Models', 'Output', 'Faults', 'Security']
+SOURCES = FILES + ['tests/casebook.py', 'tools/cases_page.py']  # what the page is generated from
+_STAMP = re.compile(r'<!-- generated from: (.*?) -->')
+
+
+def fingerprint() -> dict:
+    "`{file: sha256 (16 hex digits)}` of each of `SOURCES` as it is now."
+    return {f: hashlib.sha256((ROOT/f).read_bytes()).hexdigest()[:16] for f in SOURCES}
+
+
+def stamp_of(text: str) -> dict:
+    "The `fingerprint` a page was generated with (empty when it has none)."
+    m = _STAMP.search(text)
+    return dict(kv.split('=', 1) for kv in m[1].split()) if m else {}
 
 
 def cell(s, n=400):
     s = ' '.join(str(s).split())
     s = s if len(s) <= n else s[:n - 1] + '…'
-    return s.replace('|', '\\|')
+    return html.escape(s, quote=False).replace('|', '\\|')  # `<tmp>` is text, not an HTML tag
 
 
 def run_tests(fast: bool, out: Path, xml: Path) -> int:
@@ -62,6 +77,7 @@ def page(rows: list, tests: dict) -> str:
     logged = {r['test'] for r in rows}
     missing = sorted(t for t, s in tests.items() if t not in logged and s != 'passed')
     if missing: lines += ['## Tests that logged no case', ''] + [f"- `{t}`: {tests[t]}" for t in missing] + ['']
+    lines += ['<!-- generated from: ' + ' '.join(f'{f}={h}' for f, h in fingerprint().items()) + ' -->', '']
     return '\n'.join(lines)
 
 
