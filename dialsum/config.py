@@ -106,7 +106,7 @@ class ModelConfig(_Section):
     max_source_length: int = Field(512, ge=8)  # seq2seq: encoder tokens kept; causal: prompt tokens kept (dialogue cut to fit)
     max_target_length: int = Field(100, ge=4)  # summary tokens kept (with the end-of-sequence token)
     prompt_template: str = DEFAULT_PROMPT  # causal only: the prompt, with {dialogue} where the model input goes
-    chat_template: bool = False  # causal only: wrap the prompt in the tokenizer's chat template (an error if it has none)
+    chat_template: Optional[bool] = None  # causal only: None uses the tokenizer's chat template when it has one; true requires it; false uses model.prompt_template as plain text
     quantization: Optional[Literal['4bit']] = None  # 4bit: QLoRA (nf4, double quantization, bf16 compute; needs CUDA and a lora section)
     trust_remote_code: bool = False  # run code shipped with a hub model (off unless you trust it)
     allow_pickle: bool = False  # accept pickle-only weights (unsafe; safetensors otherwise)

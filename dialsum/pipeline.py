@@ -107,7 +107,7 @@ def build_model(ctx:Context, splits:Splits)->tuple:
     cfg = ctx.cfg
     texts = model_inputs(splits.train, cfg.data.prefix, cfg.data.topic_prefix) + list(splits.train['summary'])
     with ctx.state.main_process_first():  # a scratch model is built once, by the main process
-        tok, model, source = load_model(cfg.model, texts, ctx.run.path, ctx.root)
+        tok, model, source = load_model(cfg.model, texts, ctx.run.path, ctx.root, seed=cfg.training.seed)
     set_seed(cfg.training.seed)  # the adapters' initial weights
     if cfg.lora: model = apply_lora(model, tok, cfg)
     report = device_report(model, cfg)
@@ -168,13 +168,13 @@ def finish(ctx:Context, scores:dict, result:dict, splits:Splits)->dict:
     run = ctx.run
     if ctx.main:
         write_json(run.file('metrics'), metrics)
-        run.update(status='completed', finished=utcnow(), seconds=metrics['seconds'], dev=scores,
+        run.update(finished=utcnow(), seconds=metrics['seconds'], dev=scores,
                    submission=run.rel(run.file('submission')), peak_gpu_memory_gb=peak_gpu_memory_gb())
         # the run folder's parent (runs/) holds the index, history/ and latest_submission.csv
         # checked against every fname of the test file (a split cut by data.max_test_samples is not promoted)
         cols = Columns() if ctx.cfg.data.demo else ctx.cfg.data.columns
         finalize_run(run.path, run.path.parent, test_file_fnames(splits.paths['test'], cols), splits.paths.get('sample_submission'),
-                     ctx.cfg.data.max_test_samples)
+                     ctx.cfg.data.max_test_samples, complete=True)  # completed once promoted and indexed
         md = run.metadata
         print('submission', 'promoted' if md.get('promoted') else f"NOT promoted: {md.get('submission_problems')}")
         if scores: print(f"dev score {scores['score']:.2f} (R1 {scores['rouge1']:.2f} R2 {scores['rouge2']:.2f} "

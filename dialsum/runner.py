@@ -221,8 +221,8 @@ def recover_run(run_dir:Union[str, Path], # a trained run folder (see `recoverab
     write_csv(run.file('submission'), predict(model, tok, test, cfg, progress))
     was, err = md.get('status'), md.get('error')
     why = f"after the run ended {was}: {err}" if was != 'completed' else f"({RUN_FILES['submission']} was missing)"
-    run.update(status='completed', finished=md.get('finished') or utcnow(), submission=RUN_FILES['submission'],
+    run.update(finished=md.get('finished') or utcnow(), submission=RUN_FILES['submission'],
                best_checkpoint=run.rel(ckpt), error=f"submission recovered by dialsum predict from {run.rel(ckpt)} {why}",
                recovered=dict(at=utcnow(), checkpoint=run.rel(ckpt), reason=reason, status_before=was, error_before=err), **extra)
-    finalize_run(run.path, run.path.parent, test_file_fnames(paths['test'], _columns(cfg)), paths['sample_submission'], cfg.data.max_test_samples)
+    finalize_run(run.path, run.path.parent, test_file_fnames(paths['test'], _columns(cfg)), paths['sample_submission'], cfg.data.max_test_samples, complete=True)
     return run.metadata

@@ -291,10 +291,12 @@ def finalize_run(run_dir:Union[str, Path], # the finished (completed or failed) 
                  test_fnames:Optional[list[str]]=None, # the fnames of the test.csv the run used; None: do not promote
                  sample_submission:Union[str, Path, None]=None, # the competition's sample_submission.csv, checked when given
                  max_test_samples:Optional[int]=None, # the run's data.max_test_samples: a run whose test split it cut is not promoted
+                 complete:bool=False, # the run's steps all succeeded: promote, and only then mark it completed
                 )->dict:
     "Promote a completed run's valid submission, then write the run's row to the index; return the row."
-    if _metadata(run_dir)[0].get('status') == 'completed' and test_fnames is not None:
+    if (complete or _metadata(run_dir)[0].get('status') == 'completed') and test_fnames is not None:
         promote(run_dir, runs_dir, test_fnames, sample_submission, max_test_samples)
+    if complete: Run(run_dir, None).update(status='completed')
     row = index_row(run_dir)
     update_index(runs_dir, row)
     return row

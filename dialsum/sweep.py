@@ -236,8 +236,10 @@ def _run_one(e:SweepEntry, overrides:list, root:Path, resume:bool, gpu:Optional[
     info = wait_for_gpu(r.min_free_gpu_memory_gb, r.gpu_wait_seconds, query, say=say) if gpu and not cfg.training.use_cpu else None
     if accelerate: run = accelerate_run(e.config, overrides, root, *accelerate, record=dict(gpu=info))
     else: run = run_experiment(e.config, overrides, root, progress=progress, record=dict(gpu=info))
-    if recoverable(run.path):
-        say(f"  {run.path.name} trained but wrote no submission: recovering it with dialsum predict")
+    md = run.metadata
+    if recoverable(run.path) or (md.get('train') and md.get('status') == 'completed' and md.get('promoted') is None):
+        why = 'its submission was never checked and promoted' if run.file('submission').is_file() else 'wrote no submission'
+        say(f"  {run.path.name} trained but {why}: recovering it with dialsum predict")
         return _recover(e, run.path, root)
     _fill(e, run.path)
 
@@ -310,5 +312,6 @@ def sweep_table(entries:list[SweepEntry], # from `run_sweep`
 def sweep_exit_code(entries:list[SweepEntry])->int:
     "130 if the sweep was stopped, 1 if a config failed or a completed run's submission was not promoted, else 0."
     if any(e.status in ('interrupted', 'not run') for e in entries): return 130
-    bad = [e for e in entries if e.status not in ('completed', 'skipped', 'recovered') or e.promoted is False]
+    bad = [e for e in entries if e.status not in ('completed', 'skipped', 'recovered') or e.promoted is False
+           or (e.status != 'skipped' and e.promoted is not True)]  # a skipped run recorded before promotions existed has none
     return 1 if bad else 0

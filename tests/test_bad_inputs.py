@@ -321,7 +321,7 @@ def test_resume_flag_in_a_new_run_cli(tmp_path):
     for s in [f'{run}: training.resume_from_checkpoint is true, but there is nothing to resume in this folder',
               'use `dialsum run CONFIG --resume RUN`', 'set training.resume_from_checkpoint: null to start afresh']:
         assert s in md['error'], (s, md['error'])
-    assert not (run/'checkpoints').exists() and 'train' not in md and not (run/'submission.csv').exists()
+    assert not list(run.glob('checkpoints/checkpoint-*')) and 'train' not in md and not (run/'submission.csv').exists()
     assert_kept(runs, before)
     record('cfg-resume-in-a-new-run', 'Configs', 'override training.resume_from_checkpoint=true for a new run (dialsum run, no --resume)',
            'refused', 'exit 1 before training', md['error'], tmp_path)
@@ -409,7 +409,7 @@ def test_model_refused(case_id, given, make, expect, tiny, tmp_path):
 def test_no_complete_checkpoint(tiny, tmp_path):
     from dialsum.checkpoints import CheckpointError, find_checkpoint
     run = _torn_run(tiny, tmp_path/'run')
-    refused(lambda: find_checkpoint(run), CheckpointError, ['checkpoints: no complete checkpoint: checkpoint-10: corrupt model.safetensors'],
+    refused(lambda: find_checkpoint(run), CheckpointError, ['checkpoints: no complete checkpoint: checkpoint-10: corrupt model.safetensors', '--checkpoint'],
             tmp_path, 'model-no-complete-checkpoint', 'Models', 'a run whose only checkpoint was torn by a kill while saving')
 
 

@@ -237,3 +237,26 @@ def test_a_secret_echoed_by_an_error_is_scrubbed(tmp_path):
     assert _leaks(runs, p.stdout, p.stderr) == []
     record('sec-secret-echoed-by-an-error', 'Security', 'a train.csv whose fname is the HF_TOKEN value (echoed by the DataError)',
            'scrubbed', 'exit 1, not found', md['error'], tmp_path)
+
+
+SECRET_NAMES = ['S3_KEY', 'MY_KEY', 'GITHUB_PAT', 'DEPLOY_SECRET', 'SLACK_TOKEN', 'DB_PASSWORD', 'SMTPPASSWD', 'awsKey']
+NOT_SECRET_NAMES = ['KEYBOARD', 'MONKEY', 'KEY_PATH', 'PATH', 'PATTERN', 'section.key', 'sort_keys', 'pad_token', 'max_new_tokens']
+
+
+def test_secret_names_and_short_values_are_scrubbed(tmp_path):
+    "Any *_KEY, *_PAT, *_SECRET, *_TOKEN or *PASSWORD* variable is a secret, and its value is scrubbed from a log even when short."
+    from dialsum.safety import REDACTED, is_secret_name, redact, scrub_file
+    assert [n for n in SECRET_NAMES if not is_secret_name(n)] == []
+    assert [n for n in NOT_SECRET_NAMES if is_secret_name(n)] == []
+    env = {'S3_KEY': 'k3y-42', 'GITHUB_PAT': 'pat9x', 'MY_TOKEN': 'abc', 'SOME_KEY': 'true', 'KEYBOARD': 'qwerty12'}
+    log = tmp_path/'run.log'
+    log.write_text('uploading with k3y-42\n{"pat": "pat9x", "steps": 42}\nabc is too short to look for; qwerty12 is no secret\n')
+    assert scrub_file(log, env)
+    text = log.read_text()
+    assert 'k3y-42' not in text and 'pat9x' not in text and text.count(REDACTED) == 2, text
+    assert json.loads(text.splitlines()[1]) == {'pat': REDACTED, 'steps': 42}  # JSON stays JSON
+    assert 'abc is too short' in text and 'qwerty12' in text
+    assert redact('the value k3y-42x is another word', env) == 'the value k3y-42x is another word'
+    record('sec-short-secret-values', 'Security', 'S3_KEY and GITHUB_PAT with 5- and 6-character values, echoed into a log',
+           'scrubbed', 'not found', 'names ending in _KEY, _PAT, _SECRET, _TOKEN or holding PASSWORD/PASSWD are secrets; '
+           'their values of 4 characters or more are removed where they stand alone', tmp_path)

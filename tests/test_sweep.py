@@ -183,9 +183,12 @@ def test_sweep_recovers_a_run_that_failed_at_its_submission(sweep_configs, tmp_p
     (run,) = run_folders(runs)
     md = metadata(run)
     assert md['train'] and md['status'] == 'completed' and md['promoted'] is True and md['submission_valid'] is True
-    before = md['recovered']
-    assert before['status_before'] == 'failed' and before['error_before'].startswith('WriteError') and 'history' in before['error_before']
-    assert before['checkpoint'] == md['best_checkpoint']
+    assert 'trained but its submission was never checked and promoted: recovering it' in ' '.join(said)
+    nb = json.loads((run/'run.ipynb').read_text())  # the notebook failed at its last step, the promotion, on the blocked history/
+    assert nb['metadata']['papermill']['exception'] is True and 'WriteError' in json.dumps(nb['cells'][-1]) and 'history' in json.dumps(nb['cells'][-1])
+    assert md['recovered']['checkpoint'] == md['best_checkpoint']
+    # before the recovery the run was recorded as failed at its promotion, never as completed
+    assert md['recovered']['status_before'] == 'failed' and 'WriteError' in md['recovered']['error_before'], md['recovered']
     test_fnames = pd.read_csv(run/'data'/'test.csv', dtype=str)['fname'].tolist()
     assert submission_problems(run/'submission.csv', test_fnames, run/'data'/'sample_submission.csv') == []
     assert [h.name for h in (runs/'history').iterdir()] == [f'{run.name}.csv']
