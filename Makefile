@@ -55,15 +55,14 @@ check-sync: $(STAMP)
 	@git diff --exit-code --stat -- dialsum nbs README.md || { echo "nbdev_export/nbdev_clean changed tracked files: run 'make export' and commit"; exit 1; }
 	@test -z "$$(git status --porcelain --untracked-files=all -- dialsum)" || { git status --porcelain -- dialsum; echo "nbdev_export made untracked files in dialsum/"; exit 1; }
 
-# JupyterLab is installed into the venv the first time; its python3 kernel is the venv's, so dialsum imports.
+# JupyterLab is a dev requirement; its python3 kernel is the venv's, so dialsum imports (tests/test_lab.py).
 lab: $(STAMP)
-	$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/pip install -q jupyterlab
 	$(BIN)/jupyter lab --no-browser --notebook-dir=. $(if $(filter 0,$(shell id -u)),--allow-root)
 
 # nbdev_docs needs quarto; without it tools/docs.py runs nbdev's processors and builds the site with mkdocs.
 docs: $(STAMP)
 	$(BIN)/nbdev_export
-	@if command -v quarto >/dev/null; then $(BIN)/nbdev_docs; else $(BIN)/python tools/docs.py; fi
+	@if command -v quarto >/dev/null; then $(BIN)/nbdev_docs; else $(BIN)/python tools/docs.py --strict; fi
 
 # Debian's Chromium and ChromeDriver for tests/test_docs_browser.py, which runs this when they are missing.
 browser:

@@ -42,18 +42,6 @@ def test_reliability_page_matches_a_fresh_run(tmp_path):
     assert not diff, f"nbs/reliability.md is not what `{REGENERATE}` writes now:\n" + '\n'.join(diff[:40])
 
 
-# Notebooks whose show_doc-only build (what nbdev_docs runs) still raises, each for the reason given: a cell that holds an
-# import and test code is run by nbdev's exec_show_docs, and it uses a name made by a cell that is not run. The fix, in the
-# notebook: move the import into the notebook's import cell (or give the cell `#| eval: false`), as nbs/13_plots.ipynb did.
-# Remove an entry once its notebook is fixed (test_show_doc_build_is_strict says so).
-NOT_YET_FIXED = {
-    '00_config.ipynb': "the cell `from unittest import mock` + machine_problems(_t5, {**_gpu, ...}) uses _gpu",
-    '03a_features.ipynb': "the cell `import huggingface_hub` + the generation-mode checks uses tmp",
-    '09_runner.ipynb': "the cell `import yaml` + cfg_file = ok.file('config') uses ok",
-    '09a_pipeline.ipynb': "the cell `from IPython import get_ipython` + test_eq(get_ipython().custom_exceptions, ...) needs open_run's kernel",
-}
-
-
 def test_show_doc_build_is_strict(tmp_path, monkeypatch):
     "Every notebook processed as nbdev_docs processes it (running only the cells show_doc needs: imports, exports, show_doc), in one process as nbdev does: none raises."
     from docs import _page_names, build_page, notebooks
@@ -63,10 +51,9 @@ def test_show_doc_build_is_strict(tmp_path, monkeypatch):
     for nb in notebooks(nbs):
         try: build_page(nb, tmp_path, pages, execute=False, strict=True)
         except Exception as e: failed[str(nb.relative_to(nbs))] = str(e).splitlines()[0]
-    new = {k: v for k, v in failed.items() if k not in NOT_YET_FIXED}
-    assert not new, "notebooks whose show_doc cells raise (nbdev_docs would fail):\n" + '\n'.join(f"{k}: {v}" for k, v in new.items())
-    fixed = sorted(set(NOT_YET_FIXED) - set(failed))
-    assert not fixed, f"these notebooks build now: remove them from NOT_YET_FIXED in {Path(__file__).name}: {fixed}"
+    # a cell holding an import and test code is run by nbdev's exec_show_docs: a name it uses from a cell that is not run
+    # breaks the build (the fix: the import goes into the notebook's import cell, or the cell gets `#| eval: false`)
+    assert not failed, "notebooks whose show_doc cells raise (nbdev_docs would fail):\n" + '\n'.join(f"{k}: {v}" for k, v in failed.items())
     assert len(list(tmp_path.rglob('*.ipynb'))) == len(pages) - len(failed)
 FLAGS = ['--headless=new', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
          '--disable-component-update', '--disable-sync', '--window-size=1280,1400']
@@ -93,9 +80,9 @@ def site(tmp_path_factory):
                         '--execute', 'eda.ipynb', '13_plots.ipynb', 'tutorials/03_sweep.ipynb'],
                        cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, f"tools/docs.py failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
-    # --strict, but for the notebooks known to fail (NOT_YET_FIXED): a cell that raised is a warning naming its notebook
+    # a cell that raised is a warning naming its notebook: none may
     raised = {m[1] for m in re.finditer(r'^warning: .*?/nbs/(\S+?\.ipynb): cell \d+ raised', r.stderr, re.M)}
-    assert raised <= set(NOT_YET_FIXED), f"cells raised while building the site:\n{r.stderr[-4000:]}"
+    assert not raised, f"cells raised while building the site:\n{r.stderr[-4000:]}"
     return tmp/'site'
 
 
@@ -165,10 +152,8 @@ def test_every_page_loads_without_errors(site, server, crawl):
     assert not failed, f"requests (pages, styles, scripts, pictures) that failed: {failed}"
     assert all(s == 200 for p, s in log if p in pages)
     assert not errors, 'console errors:\n' + '\n'.join(map(str, errors))
-    from nbdev.frontmatter import _nbpath2html
-    known = {'/' + _nbpath2html(ROOT/'nbs'/n).name for n in NOT_YET_FIXED}
     shown = [p for p, i in pages.items() if 'Traceback (most recent call last)' in i['text'] or re.search(r'^\w*Error\s+Traceback', i['text'], re.M)]
-    assert set(shown) <= known, f"pages that show a Python traceback: {sorted(set(shown) - known)}"
+    assert not shown, f"pages that show a Python traceback: {sorted(shown)}"
 
 
 @slow
