@@ -272,6 +272,15 @@ class Config(_Section):
             raise ValueError('model.quantization: 4bit freezes the model in 4 bits, so only adapters can train: add a lora section')
         return self
 
+    @model_validator(mode='after')
+    def _data_to_run(self):
+        "A run trains on data.train and writes its submission for data.test: without the demo, both must be files."
+        missing = [f'data.{s}' for s in ('train', 'test') if self.data.demo is None and getattr(self.data, s) is None]
+        if missing:
+            raise ValueError(f"{' and '.join(missing)} not set and data.demo is null: a run trains on data.train and writes its "
+                             f"submission for data.test; set {' and '.join(missing)} to your CSV files, or data.demo to generate the demo data")
+        return self
+
 # %% ../nbs/00_config.ipynb #48a057e8
 def read_yaml(path:Path, # a YAML file whose top level is a mapping
              )->dict:
