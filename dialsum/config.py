@@ -518,7 +518,6 @@ def config_hash(cfg:Config)->str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 def save_config(cfg:Config, path:Union[str, Path])->Path:
-    "Write the resolved config as YAML to `path`."
-    path = Path(path)
-    path.write_text(yaml.safe_dump(config_dict(cfg), sort_keys=False, allow_unicode=True), encoding='utf-8')
-    return path
+    "Write the resolved config as YAML to `path`, atomically (a killed run never leaves half a config to resume from)."
+    from dialsum.records import atomic_write  # records builds on this module
+    return atomic_write(path, yaml.safe_dump(config_dict(cfg), sort_keys=False, allow_unicode=True))

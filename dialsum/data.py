@@ -244,9 +244,9 @@ def _demo_row(rng:random.Random, t:dict)->tuple[str, str, str]:
     return '\n'.join(lines), k.format(t['summary'], **slots), t['topic']
 
 def _write_csv(df:pd.DataFrame, path:Path)->Path:
-    "`df` as UTF-8 CSV with LF line ends, the same bytes on every platform."
-    path.write_bytes(df.to_csv(index=False, lineterminator='\n').encode('utf-8'))
-    return path
+    "`df` as UTF-8 CSV with LF line ends, the same bytes on every platform, written atomically."
+    from dialsum.records import atomic_write  # records builds on this module
+    return atomic_write(path, df.to_csv(index=False, lineterminator='\n').encode('utf-8'))
 
 # %% ../nbs/01_data.ipynb #8cab4297
 def make_demo_data(out_dir:Union[str, Path], # folder to write the CSV files into (made if needed)

@@ -24,6 +24,13 @@ __all__ = ['STALE_TEMP_SECONDS', 'RUN_FILES', 'VERSIONED', 'atomic_write', 'writ
            'Run', 'start_run']
 
 # %% ../nbs/06_records.ipynb #04475648
+def _file_mode(path:Path)->int:
+    "The mode `path` has, or the one a new file gets under this process's umask."
+    try: return path.stat().st_mode & 0o777
+    except OSError: pass
+    umask = os.umask(0); os.umask(umask)
+    return 0o666 & ~umask
+
 def atomic_write(path:Union[str, Path], # the file to write
                  data:Union[str, bytes], # its whole content
                 )->Path:
@@ -34,6 +41,7 @@ def atomic_write(path:Union[str, Path], # the file to write
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.{os.getpid()}.', suffix='.tmp')  # the writer's pid: see `clean_stale_temps`
     except OSError as e: raise write_error(path, e) from None  # not writable, or a file where the folder should be
     try:
+        os.fchmod(fd, _file_mode(path))  # mkstemp makes 0600 files: a record or submission keeps the mode a plain write gives
         with os.fdopen(fd, 'wb') as f:
             f.write(data.encode('utf-8') if isinstance(data, str) else data)
             f.flush(); os.fsync(f.fileno())
