@@ -75,6 +75,9 @@ def wait_for_gpu(min_free_gb:float, # free memory needed on GPU 0, GB; 0: do not
                 )->Optional[dict]:
     "GPU 0's state with `waited_s` once it has `min_free_gb` free; None without a GPU; `GpuWaitError` when the wait runs out."
     t0, info, said = clock(), query(), False
+    if info is not None and info.get('total_gb') is not None and info['total_gb'] < min_free_gb:  # no wait can free that much
+        raise GpuWaitError(f"GPU 0 ({info['name']}) has {info['total_gb']:.1f} GB in all; the config asks for {min_free_gb:g} GB free "
+                           "(resources.min_free_gpu_memory_gb): lower that setting, or run the config on a larger GPU")
     while info is not None and info['free_gb'] < min_free_gb:
         waited = clock() - t0
         if waited >= timeout_s:

@@ -47,7 +47,7 @@ def sweep_configs(tmp_path_factory):
     d = tmp_path_factory.mktemp('configs')
     (d/'a.yaml').write_text(f"base: {SMOKE}\nexperiment: sweep_a\n")
     (d/'b.yaml').write_text(f"base: {SMOKE}\nexperiment: sweep_b\ntraining: {{learning_rate: 5.0e-3}}\n")
-    (d/'broken.yaml').write_text(f"base: {SMOKE}\nexperiment: broken\ndata: {{demo: null, train: no/such/train.csv}}\n")
+    (d/'broken.yaml').write_text(f"base: {SMOKE}\nexperiment: broken\ndata: {{demo: null, train: no/such/train.csv, test: no/such/test.csv}}\n")
     (d/'typo.yaml').write_text(f"base: {SMOKE}\nexperiment: typo\ntraining: {{lerning_rate: 0.1}}\n")
     return d
 

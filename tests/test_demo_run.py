@@ -76,7 +76,7 @@ def test_typo_fails_before_anything_is_made(tmp_path):
 
 def test_failing_run_is_recorded_as_failed(tmp_path):
     "A run that raises inside the notebook exits 1 and its record says failed, with the error."
-    p = dialsum('run', 'configs/experiments/smoke.yaml', f'output.runs_dir={tmp_path}', 'data.demo=null', 'data.train=no/such.csv')
+    p = dialsum('run', 'configs/experiments/smoke.yaml', f'output.runs_dir={tmp_path}', 'data.demo=null', 'data.train=no/such.csv', 'data.test=no/such/test.csv')
     assert p.returncode == 1
     (run,) = run_folders(tmp_path)
     md = json.loads((run/'metadata.json').read_text())
@@ -108,7 +108,7 @@ def test_demo_learns(tmp_path):
     assert dev['prediction'].str.contains('#Person').mean() > 0.5  # speaker tags survive into predictions
 
 
-BREAK = ['data.demo=null', 'data.train=no/such.csv']  # the run opens, then the data cell raises
+BREAK = ['data.demo=null', 'data.train=no/such.csv', 'data.test=no/such/test.csv']  # the run opens, then the data cell raises
 
 
 def papermill(out, *params, env=None):
