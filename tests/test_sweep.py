@@ -3,6 +3,7 @@ import json, os, shutil, signal, subprocess, time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 
 from conftest import BIN, ROOT, SMOKE, dialsum, run_folders
@@ -127,12 +128,19 @@ def wait_for_kernel(p, runs, experiment, timeout=300):
 
 @pytest.mark.slow
 def test_kill_9_mid_run(sweep_configs, tmp_path):
-    "kill -9 of a sweep while its second run trains: the index parses, history is intact, the run reads as interrupted, --resume completes."
+    "kill -9 of a sweep and its kernel while its second run is under way (before it trained): the index parses, history is "
+    "intact, the run reads as interrupted, --resume runs it again to completion."
     runs = tmp_path/'runs'
     p = start_sweep(runs, sweep_configs/'a.yaml', sweep_configs/'b.yaml')
     b = wait_for_kernel(p, runs, 'sweep_b')
-    os.killpg(p.pid, signal.SIGKILL); p.wait(60)
-    time.sleep(3)  # the orphaned kernel notices its parent is gone and exits
+    kernel = metadata(b)['process']['pid']  # recorded by the template's start_run, in the kernel
+    os.killpg(p.pid, signal.SIGKILL)  # the sweep's process group ...
+    try: os.kill(kernel, signal.SIGKILL)  # ... and its kernel (its own session): the whole run dies at once, as on a lost node
+    except ProcessLookupError: pass
+    p.wait(60)
+    deadline = time.time() + 30
+    while psutil.pid_exists(kernel) and time.time() < deadline: time.sleep(0.1)
+    assert not metadata(b).get('train'), 'the kill came after training: the test must kill a run that has not trained yet'
     ix = read_index(runs)
     assert ix.columns.tolist() == INDEX_COLUMNS
     assert dict(zip(ix.experiment, ix.status)) == {'sweep_a': 'completed', 'sweep_b': 'running'}
