@@ -239,8 +239,7 @@ def _run_one(e:SweepEntry, overrides:list, root:Path, resume:bool, gpu:Optional[
     info = wait_for_gpu(r.min_free_gpu_memory_gb, r.gpu_wait_seconds, query, say=say) if gpu and not cfg.training.use_cpu else None
     if accelerate: run = accelerate_run(e.config, overrides, root, *accelerate, record=dict(gpu=info))
     else: run = run_experiment(e.config, overrides, root, progress=progress, record=dict(gpu=info))
-    md = run.metadata
-    if recoverable(run.path) or (md.get('train') and md.get('status') == 'completed' and md.get('promoted') is None):
+    if recoverable(run.path):  # trained, but not completed (a run is completed only once promoted and indexed) or no submission
         why = 'its submission was never checked and promoted' if run.file('submission').is_file() else 'wrote no submission'
         say(f"  {run.path.name} trained but {why}: recovering it with dialsum predict")
         return _recover(e, run.path, root)
