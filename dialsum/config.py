@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_config.ipynb #95ca9259
 from __future__ import annotations
-import difflib, hashlib, json, os, re
+import datetime, difflib, hashlib, json, os, re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -12,11 +12,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # %% auto #0
-__all__ = ['DEMO_REPLACES', 'DEFAULT_PROMPT', 'HUB_GENERATE', 'RENAMED', 'DialsumError', 'ConfigError', 'Columns', 'DemoData',
-           'DataConfig', 'ScratchModel', 'ModelConfig', 'LoraConfig', 'TrainingConfig', 'GenerationConfig',
-           'OutputConfig', 'ResourcesConfig', 'Config', 'read_yaml', 'deep_merge', 'read_layers', 'apply_overrides',
-           'machine', 'machine_problems', 'suggest_key', 'validate', 'project_root', 'resolve_path', 'load_config',
-           'config_dict', 'config_hash', 'save_config']
+__all__ = ['DEMO_REPLACES', 'DEFAULT_PROMPT', 'HUB_GENERATE', 'YAML_MAX_VALUES', 'RENAMED', 'HASH_EXCLUDED', 'DialsumError',
+           'ConfigError', 'Columns', 'DemoData', 'DataConfig', 'ScratchModel', 'ModelConfig', 'LoraConfig',
+           'TrainingConfig', 'GenerationConfig', 'OutputConfig', 'ResourcesConfig', 'Config', 'YamlProblem',
+           'ConfigLoader', 'load_yaml', 'read_yaml', 'deep_merge', 'read_layers', 'apply_overrides', 'machine',
+           'machine_problems', 'suggest_key', 'validate', 'project_root', 'resolve_path', 'load_config', 'config_dict',
+           'config_hash', 'save_config']
 
 # %% ../nbs/00_config.ipynb #4f9a8811
 class DialsumError(Exception):
@@ -28,6 +29,16 @@ class ConfigError(DialsumError):
 # %% ../nbs/00_config.ipynb #e7b43926
 class _Section(BaseModel):
     model_config = ConfigDict(extra='forbid', validate_assignment=True)
+
+    @field_validator('*', mode='before')
+    @classmethod
+    def _bool_is_no_number(cls, v, info):
+        "YAML reads `true`, `yes`, `on` as True; pydantic would take it as 1 for a number key (`seed: true` = seed 1)."
+        kinds = set(getattr(ann := cls.model_fields[info.field_name].annotation, '__args__', (ann,)))
+        if isinstance(v, bool) and bool not in kinds and kinds & {int, float}:
+            raise ValueError(f"{str(v).lower()} is true or false, not a number (YAML reads true, false, yes, no, on and off so); "
+                             "write a number")
+        return v
 
 class Columns(_Section):
     "Column names in the CSV files, mapped to dialsum's names."
@@ -173,6 +184,13 @@ class TrainingConfig(_Section):
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more time
     auto_find_batch_size: bool = False  # halve the batch size after a CUDA out-of-memory error and retry
 
+    @field_validator('max_steps')
+    @classmethod
+    def _some_steps(cls, v):
+        "transformers reads max_steps 0 as 'not set' only when negative: 0 trains one step and scores an untrained model."
+        if v == 0: raise ValueError("0 trains no step: set training.max_steps to -1 (train for num_train_epochs) or to a number of steps")
+        return v
+
     @field_validator('eval_strategy', mode='before')
     @classmethod
     def _false_is_no(cls, v):
@@ -282,18 +300,63 @@ class Config(_Section):
         return self
 
 # %% ../nbs/00_config.ipynb #48a057e8
+YAML_MAX_VALUES = 10_000  # a config holds a few hundred values; aliases that expand to more are refused
+
+class YamlProblem(yaml.YAMLError):
+    "A YAML file that parses but cannot be a config as it is (duplicate keys, runaway aliases); the message says what to do."
+
+def _values(node, seen:dict)->int:
+    "How many values `node` stands for once every alias is expanded (each node counted once: linear time)."
+    if id(node) not in seen:
+        seen[id(node)] = 1  # a node that holds itself counts once
+        kids = [x for kv in node.value for x in kv] if isinstance(node, yaml.MappingNode) else \
+               node.value if isinstance(node, yaml.SequenceNode) else []
+        seen[id(node)] = 1 + sum(_values(k, seen) for k in kids)
+    return seen[id(node)]
+
+class ConfigLoader(yaml.SafeLoader):
+    "`yaml.SafeLoader` that refuses a key given twice in one mapping and aliases that expand past `YAML_MAX_VALUES`."
+    def compose_document(self):
+        node = super().compose_document()
+        if (n := _values(node, {})) > YAML_MAX_VALUES:
+            raise YamlProblem(f"its aliases (*name) expand to {n:,} values, more than the {YAML_MAX_VALUES:,} a config may hold; "
+                              "write the values out instead of nesting aliases")
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        first = {}
+        for k, _ in (node.value if isinstance(node, yaml.MappingNode) else []):
+            if k.tag == 'tag:yaml.org,2002:merge': continue  # `<<: *base` merges; keys written after it win, as YAML says
+            key = self.construct_object(k, deep=True)
+            if not isinstance(key, (str, int, float, bool, type(None))): continue  # the base class refuses unhashable keys
+            if key in first:
+                raise YamlProblem(f"the key {key!r} is given twice in one mapping, at lines {first[key]} and {k.start_mark.line + 1}; "
+                                  "YAML would keep only the second and drop the first without a word: merge them into one")
+            first[key] = k.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+def load_yaml(text:str)->Any:
+    "One YAML document read by `ConfigLoader`: plain data only, each key once, aliases bounded."
+    return yaml.load(text, Loader=ConfigLoader)
+
+# %% ../nbs/00_config.ipynb #c44eb7d0
 def read_yaml(path:Path, # a YAML file whose top level is a mapping
              )->dict:
-    "Read one YAML mapping with `yaml.safe_load`, with errors that name the file."
+    "Read one YAML mapping with `load_yaml` (safe, duplicate keys and alias bombs refused), with errors that name the file."
     path = Path(path)
+    if path.is_dir(): raise ConfigError(f"{path}: is a folder, not a config file; give the YAML file (e.g. {path/'experiment.yaml'})")
     if not path.is_file(): raise ConfigError(f"{path}: config file not found; check the path (relative paths start at the project folder)")
-    try: d = yaml.safe_load(path.read_text(encoding='utf-8'))
+    try: d = load_yaml(path.read_text(encoding='utf-8'))
     except UnicodeDecodeError as e: raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
+    except YamlProblem as e: raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         todo = ("remove the !! tag and write a plain value: a config holds data, never Python objects" if 'python/' in str(e)
                 else "fix the YAML at the line and column shown (close every bracket and quote; quote values that hold ': ' or ' #')")
-        raise ConfigError(f"{path}: not valid YAML (tags that build Python objects are refused): {e}; {todo}") from None
-    if d is None: d = {}
+        raise ConfigError(f"{path}: not valid YAML (tags that build Python objects are refused): {str(e)[:2000]}; {todo}") from None
+    except RecursionError: raise ConfigError(f"{path}: nested too deeply to be a config; a config is a few levels of key: value") from None
+    if d is None:
+        raise ConfigError(f"{path}: the file is empty (or holds only comments); write the experiment in it: experiment: NAME, "
+                          "model: ..., or base: FILE to extend another config")
     if not isinstance(d, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(d).__name__}; write one `key: value` per line "
                           "(experiment: NAME, model: ..., training: ...), without a leading '- '")
@@ -347,7 +410,8 @@ def _split_override(o:str):
     if not isinstance(o, str) or '=' not in o or not re.match(r'^[A-Za-z_][\w.]*=', o):
         raise ConfigError(f"override {o!r}: write it as section.key=value, e.g. training.learning_rate=3e-5")
     k,v = o.split('=', 1)
-    try: return k, yaml.safe_load(v) if v.strip() else ''
+    try: return k, load_yaml(v) if v.strip() else ''
+    except YamlProblem as e: raise ConfigError(f"override {o!r}: {e}") from None
     except yaml.YAMLError: return k, v
 
 # %% ../nbs/00_config.ipynb #18b99846
@@ -431,6 +495,10 @@ def _fmt_error(err:dict, source:str)->str:
     if loc == ('experiment',) and err['type'] == 'string_pattern_mismatch':
         return (f"{source}: experiment: {err['input']!r} cannot be an experiment name (it becomes part of the run folder's name); "
                 "use 1 to 80 letters, digits, '_', '.' or '-', starting with a letter or digit")
+    if err['type'] == 'string_type' and isinstance(v := err.get('input'), (bool, int, float, datetime.date)):
+        key, text = '.'.join(_field_loc(loc)), v.isoformat() if isinstance(v, datetime.date) else str(v).lower() if isinstance(v, bool) else str(v)
+        kind = 'a date' if isinstance(v, datetime.date) else 'true or false' if isinstance(v, bool) else 'a number'
+        return f"{source}: {key}: YAML reads {text} as {kind}, not a text; put it in quotes: {loc[-1]}: '{text}'"
     if want := _expected(err):
         key = '.'.join(_field_loc(loc))  # without pydantic's tags of Union members ('bool', 'str')
         return f"{source}: {key}: expected {want}{got}; set {key} to {want}{_default_note(_field_loc(loc))}"
@@ -512,9 +580,30 @@ def config_dict(cfg:Config)->dict:
     "The resolved config as plain data, the form saved in run folders."
     return cfg.model_dump(mode='json')
 
+HASH_EXCLUDED = {  # keys that do not change a run's result, and why; `config_hash` leaves them out
+    'output': 'where run folders are written',
+    'resources': 'what a run waits for and checks before it starts (free GPU memory, disk space)',
+    'training.resume_from_checkpoint': 'resuming continues the same training from its checkpoint (weights, optimizer, scheduler, '
+                                       'random state); `dialsum run --resume` sets it',
+    'training.report_to': 'where the logs are sent',
+    'training.logging_steps': 'how often the training loss is logged',
+    'training.dataloader_num_workers': 'how many processes collate the batches; the batches and their order are the same',
+    'training.per_device_eval_batch_size': "batches of the dev loss, which is only logged: checkpoints are chosen by the dev score "
+                                           "of generated summaries",
+    'generation.batch_size': 'greedy and beam search give the same summaries at any batch size (padding is masked); it counts '
+                             'when sampling (generation.do_sample), which seeds each batch',
+    'model.allow_pickle': 'permission to load pickle weights: the weights are the same',
+}
+
 def config_hash(cfg:Config)->str:
-    "A short, stable hash of everything that decides a run's result (not where it is written or what it waits for)."
-    d = config_dict(cfg); d.pop('output', None); d.pop('resources', None)
+    "A short, stable hash of the keys that decide a run's result: all but `HASH_EXCLUDED`."
+    d = config_dict(cfg)
+    for key in HASH_EXCLUDED:
+        *parents, last = key.split('.')
+        if key == 'generation.batch_size' and cfg.generation.do_sample: continue
+        node = d
+        for p in parents: node = node.get(p) or {}
+        node.pop(last, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 def save_config(cfg:Config, path:Union[str, Path])->Path:
