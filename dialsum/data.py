@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #f8d09327
 from __future__ import annotations
-import csv, io, random, re, string
+import csv, io, random, re, string, unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +15,9 @@ import pandas as pd
 from .config import Columns, DataConfig, DialsumError, resolve_path
 
 # %% auto #0
-__all__ = ['SPEAKER_TAGS', 'MASK_TAGS', 'TAGS', 'SPLITS', 'DataError', 'is_missing', 'read_split', 'clean_text', 'clean_split',
-           'model_inputs', 'references', 'make_demo_data', 'Splits', 'load_splits']
+__all__ = ['SPEAKER_TAGS', 'MASK_TAGS', 'TAGS', 'NORMALIZE_STEPS', 'SPLITS', 'DataError', 'normalize_text', 'is_missing',
+           'read_split', 'clean_text', 'clean_split', 'model_inputs', 'references', 'make_demo_data', 'Splits',
+           'load_splits']
 
 # %% ../nbs/01_data.ipynb #2c97b31a
 SPEAKER_TAGS = [f'#Person{i}#' for i in range(1, 8)]
@@ -27,13 +28,30 @@ TAGS = SPEAKER_TAGS + MASK_TAGS
 class DataError(DialsumError):
     "A data file or frame that cannot be used as it is: the message names the file, row or column."
 
+# %% ../nbs/01_data.ipynb #fe893f66
+_LINE_ENDS = re.compile('\r\n?|[\x85\u2028\u2029]')  # CR, NEL, line and paragraph separators: a newline
+_CONTROL = re.compile('[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]')  # C0 and C1 controls but tab and newline (NUL included)
+_INVISIBLE = re.compile('[\u00ad\u034f\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\u3164\ufeff\uffa0'
+                        '\U000e0000-\U000e007f]')  # zero-width, joiners, direction marks, soft hyphen, Hangul fillers, tags
+NORMALIZE_STEPS = {  # in order; `clean_split` counts the rows each one changed
+    'control_characters': lambda t: _CONTROL.sub('', _LINE_ENDS.sub('\n', t)),
+    'zero_width': lambda t: _INVISIBLE.sub('', t),
+    'unicode_nfc': lambda t: t if unicodedata.is_normalized('NFC', t) else unicodedata.normalize('NFC', t),
+}
+
+def normalize_text(text:str, # any text
+                  )->str:
+    "`text` in NFC, without control characters (newline and tab kept) or zero-width and other invisible characters."
+    for step in NORMALIZE_STEPS.values(): text = step(text)
+    return text
+
 # %% ../nbs/01_data.ipynb #55df5635
 _NA = {'', 'nan', 'NaN', 'NAN', 'None', 'null', 'NULL', 'NA', '<NA>', 'N/A'}
 
 def is_missing(v, # a cell value
               )->bool:
-    "True for None, NaN, and strings that are empty, whitespace or a spelled-out NaN."
-    if isinstance(v, str): return v.strip() in _NA
+    "True for None, NaN, and strings that are empty, whitespace or invisible characters, or a spelled-out NaN."
+    if isinstance(v, str): return normalize_text(v).strip() in _NA
     return v is None or bool(pd.isna(v))
 
 # %% ../nbs/01_data.ipynb #3c6daa1c
@@ -87,6 +105,21 @@ def _row_problems(df:pd.DataFrame, split:str)->list[str]:
         out.append(f"empty or missing summary at {_rows(df, m)}; every {split} row needs a reference summary")
     return out
 
+def _check_header(path:Path, text:str):
+    "A `DataError` when the header names a column twice: pandas would rename the second `NAME.1` and read on."
+    try: head = [c.strip() for c in next(csv.reader(io.StringIO(text)), [])]
+    except csv.Error: return  # pandas reports what the csv module cannot read
+    twice = {c: [j + 1 for j, h in enumerate(head) if h == c] for c, n in Counter(head).items() if n > 1}
+    if twice:
+        which = '; '.join(f"{c!r} in columns {', '.join(map(str, js))}" for c, js in twice.items())
+        raise DataError(f"{path}: the header (line 1) names a column more than once: {which}; rename or remove the extra column")
+
+def _header_again(df:pd.DataFrame, found:list[str])->list[bool]:
+    "Per row, whether every field equals the header's column name (the header line repeated as data)."
+    same = pd.Series(True, index=df.index)
+    for j, name in enumerate(found): same &= df.iloc[:, j].fillna('').str.strip() == name
+    return same.tolist()
+
 # %% ../nbs/01_data.ipynb #ba0f192a
 def read_split(path:Union[str, Path], # a CSV file shaped like the competition's
                split:str, # 'train', 'dev' or 'test': test needs no summary
@@ -95,11 +128,15 @@ def read_split(path:Union[str, Path], # a CSV file shaped like the competition's
     "Read one split as strings with dialsum's column names, checking every row; raise `DataError` on any problem."
     path = Path(path)
     if split not in SPLITS: raise DataError(f"{path}: unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    if path.is_dir():
+        inside = ', '.join(sorted(p.name for p in path.glob('*.csv'))[:5]) or 'no CSV file'
+        raise DataError(f"{path}: is a folder, not a CSV file (it holds {inside}); set data.{split} to the {split} CSV file")
     if not path.is_file(): raise DataError(f"{path}: {split} file not found; check data.{split} in the config (relative paths start at the project folder)")
     text = _decode(path, path.read_bytes())
     n, wide = _wide_rows(text)
     if wide: raise DataError(f"{path}: more fields than the header's {n} at {', '.join(wide[:5])}{' and more' if len(wide) > 5 else ''}; "
                              "a field that holds a comma must be in double quotes")
+    _check_header(path, text)
     try: df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError: raise DataError(f"{path}: the file is empty; it needs a header row and data rows") from None
     except pd.errors.ParserError as e: raise DataError(f"{path}: not a valid CSV file ({e}); fields with commas, quotes or newlines must be in double quotes") from None
@@ -110,6 +147,9 @@ def read_split(path:Union[str, Path], # a CSV file shaped like the competition's
         raise DataError(f"{path}: missing column(s) {', '.join(miss)}; columns found: {', '.join(map(repr, found))} "
                         f"(set data.columns.<name> if the file names them differently)")
     if not len(df): raise DataError(f"{path}: no data rows, only a header; the {split} split needs at least one row")
+    if any(again := _header_again(df, found)):
+        raise DataError(f"{path}: {_rows(df, again)} repeat the header line ({','.join(found)}), as when files are joined with "
+                        "their headers; remove that line")
     if problems := _row_problems(df, split): raise DataError(f"{path}:\n" + '\n'.join(f"  {p}" for p in problems))
     df = df.fillna('')  # short rows: pandas fills the missing trailing fields with NaN
     df.attrs['notes'] = [f"{path.name} has a summary column: it is kept, but the test split is never scored"] if split == 'test' and 'summary' in df else []
@@ -139,17 +179,20 @@ def clean_split(df:pd.DataFrame, # a split from `read_split`
                 newline_literals:bool=True, # see `clean_text`
                 collapse_whitespace:bool=True, # see `clean_text`
                )->tuple[pd.DataFrame, dict]:
-    "A cleaned copy of `df`, and a report: rows each rule changed per column, and tags not in `TAGS`."
-    out, changed, unknown = df.copy(), {}, Counter()
+    "A cleaned copy of `df` (`normalize_text` first), and a report: rows each step changed per column, and tags not in `TAGS`."
+    out, changed, normalized, unknown = df.copy(), {}, {}, Counter()
     rules = {'newline_literals': newline_literals, 'collapse_whitespace': collapse_whitespace}
-    for col in _text_cols(out):
-        vals, changed[col] = list(out[col]), {}
-        for rule in (r for r, on in rules.items() if on):
-            new = [clean_text(v, **{r: r == rule for r in rules}) if isinstance(v, str) else v for v in vals]
-            changed[col][rule], vals = sum(a != b for a, b in zip(vals, new)), new
+    cleaning = {r: (lambda v, r=r: clean_text(v, **{k: k == r for k in rules})) for r, on in rules.items() if on}
+    for col in _text_cols(out) + (['topic'] if 'topic' in out else []):
+        vals, normalized[col] = list(out[col]), {}
+        for report, steps in ((normalized, NORMALIZE_STEPS), (changed, {} if col == 'topic' else cleaning)):
+            if col != 'topic': report.setdefault(col, {})
+            for name, step in steps.items():
+                new = [step(v) if isinstance(v, str) else v for v in vals]
+                report[col][name], vals = sum(a != b for a, b in zip(vals, new)), new
         out[col] = vals
-        unknown.update(t for v in vals if isinstance(v, str) for t in _TAG.findall(v) if t not in TAGS)
-    return out, {'changed': changed, 'unknown_tags': dict(unknown.most_common())}
+        if col != 'topic': unknown.update(t for v in vals if isinstance(v, str) for t in _TAG.findall(v) if t not in TAGS)
+    return out, {'changed': changed, 'normalized': normalized, 'unknown_tags': dict(unknown.most_common())}
 
 # %% ../nbs/01_data.ipynb #7243bfad
 def model_inputs(df:pd.DataFrame, # a cleaned split
@@ -309,6 +352,12 @@ def _emptied(path:Path, raw:pd.DataFrame, clean:pd.DataFrame, split:str, data:Da
         if len(idx) > 5: out.append(f"{col} empty after cleaning at {len(idx) - 5} more rows")
     return out
 
+def _copies(df:pd.DataFrame, train:pd.DataFrame)->dict:
+    "Rows of `df` whose cleaned dialogue is also a dialogue of `train`: how many, and the first fnames with the train fname."
+    seen = dict(zip(train.dialogue, train.fname))
+    hits = [(f, seen[t]) for f, t in zip(df.fname, df.dialogue) if t in seen]
+    return dict(rows=len(hits), first=[f"{f} = {g}" for f, g in hits[:5]])
+
 def load_splits(data:DataConfig, # the config's data section
                 root:Path, # project folder: relative paths start here
                 out_dir:Optional[Path]=None, # run folder; the demo data is written to `out_dir/'data'`
@@ -318,7 +367,7 @@ def load_splits(data:DataConfig, # the config's data section
         if out_dir is None: raise DataError("data.demo is set but no out_dir was given to write the demo data into; pass the run folder")
         paths, columns = make_demo_data(Path(out_dir)/'data', **data.demo.model_dump()), Columns()
     else: paths, columns = {s: resolve_path(getattr(data, s), Path(root)) for s in (*SPLITS, 'sample_submission')}, data.columns
-    res = Splits(paths=paths)
+    res, train = Splits(paths=paths), None
     for s in SPLITS:
         if paths[s] is None: res.report[s] = None; continue
         raw = read_split(paths[s], s, columns)
@@ -327,5 +376,12 @@ def load_splits(data:DataConfig, # the config's data section
         if problems := _emptied(paths[s], raw, df, s, data): raise DataError(f"{paths[s]}:\n" + '\n'.join(f"  {p}" for p in problems))
         setattr(res, s, df.iloc[:limit])
         res.report[s] = dict(file=str(paths[s]), rows_read=len(df), rows_kept=len(df.iloc[:limit]), max_samples=limit,
-                             cleaning=cr['changed'], unknown_tags=cr['unknown_tags'], notes=notes)
+                             cleaning=cr['changed'], normalized=cr['normalized'], unknown_tags=cr['unknown_tags'], notes=notes)
+        if s == 'train': train = df
+        elif train is not None:
+            res.report[s]['copies_of_train'] = c = _copies(df, train)
+            if c['rows']:
+                why = 'their dev score measures recall of train, not summarization' if s == 'dev' else 'the model has seen their summaries'
+                notes.append(f"{c['rows']} of {len(df)} {s} rows have the dialogue of a train row after cleaning "
+                             f"({', '.join(c['first'])}{', ...' if c['rows'] > 5 else ''}): {why}")
     return res
