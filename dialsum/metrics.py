@@ -25,10 +25,12 @@ def _analyzer()->MeCab:
 
 def morphs(text:str, # any text; whitespace only separates morphemes
           )->list[str]:
-    "Mecab-ko morphemes of `text`, exactly as `MeCab().morphs(text)` gives them."
+    "Mecab-ko morphemes of `text` made NFC without control or zero-width characters, as `MeCab().morphs` gives them."
     if not isinstance(text, str):
         raise DialsumError(f'expected a text, got {text!r} ({type(text).__name__}); an empty summary read from a CSV '
                            'comes back as NaN unless the file is read with keep_default_na=False')
+    from dialsum.data import normalize_text  # NFC, no NUL or zero-width characters: the score never depends on how a text is stored
+    text = normalize_text(text)
     lattice, tagger = create_lattice(text), _analyzer()._tagger
     if not tagger.parse(lattice): raise DialsumError(f'Mecab-ko could not analyse {text[:80]!r}: {tagger.what()}')
     return [line.partition('\t')[0] for line in lattice.to_string().split('\n')[:-2]]  # `surface\tfeature` lines, then 'EOS'
