@@ -148,7 +148,7 @@ def read_split(path:Union[str, Path], # a CSV file shaped like the competition's
                         f"(set data.columns.<name> if the file names them differently)")
     if not len(df): raise DataError(f"{path}: no data rows, only a header; the {split} split needs at least one row")
     if any(again := _header_again(df, found)):
-        raise DataError(f"{path}: {_rows(df, again)} repeat the header line ({','.join(found)}), as when files are joined with "
+        raise DataError(f"{path}: {_rows(df, again)} {'repeats' if sum(again) == 1 else 'repeat'} the header line ({','.join(found)}), as when files are joined with "
                         "their headers; remove that line")
     if problems := _row_problems(df, split): raise DataError(f"{path}:\n" + '\n'.join(f"  {p}" for p in problems))
     df = df.fillna('')  # short rows: pandas fills the missing trailing fields with NaN

@@ -5,7 +5,7 @@ Every case is made here, in a temporary folder (no real data is copied). A refus
 names the file, row, key or value and says what to do, and must leave everything that existed before as
 it was, with nothing promoted. A case accepted by design asserts what is accepted and what is reported.
 `tools/cases_page.py` runs this file and turns the logged cases into `nbs/reliability.md`."""
-import contextlib, errno, json, os, shutil
+import contextlib, errno, json, os, shutil, unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -115,6 +115,21 @@ CSV_REFUSED = [
             {'train': TRAIN.replace('#Person1#이 길을 묻는다.', r' \n  \n')},
             ["train.csv:\n  summary empty after cleaning at row 3 (fname 'train_2', line 6)", 'data.newline_literals turns',
              'fill it in or remove the row']),
+    CsvCase('csv-duplicate-header', "test.csv whose header is fname,dialogue,dialogue (pandas would read the second as dialogue.1)",
+            {'test': 'fname,dialogue,dialogue\ntest_0,#Person1#: 네,#Person1#: 아니요\n'},
+            ["test.csv: the header (line 1) names a column more than once: 'dialogue' in columns 2, 3", 'rename or remove the extra column']),
+    CsvCase('csv-header-repeated-as-row', 'test.csv of two files joined with their headers (the header line again as row 2)',
+            {'test': TEST.replace('test_1,', 'fname,dialogue\ntest_1,')},
+            ["test.csv: row 2 (fname 'fname') repeats the header line (fname,dialogue)", 'remove that line']),
+    CsvCase('csv-zero-width-dialogue', 'train.csv whose row-2 dialogue is only zero-width characters (U+200B, U+200D, U+FEFF)',
+            {'train': TRAIN.replace('"#Person1#: 몇 시예요?\n#Person2#: 세 시요."', '\u200b\u200d\ufeff')},
+            ["empty or missing dialogue at row 2 (fname 'train_1')", 'fill it in or remove the row']),
+    CsvCase('csv-nul-summary', 'dev.csv whose row-3 summary is a NUL and a space',
+            {'dev': DEV.replace('#Person1#이 길을 묻는다.', '\x00 ')},
+            ["dev.csv", "empty or missing summary at row 3 (fname 'dev_2')", 'every dev row needs a reference summary']),
+    CsvCase('csv-data-path-is-a-folder', 'data.train naming the folder that holds the CSV files', {},
+            ['data: is a folder, not a CSV file (it holds dev.csv, test.csv, train.csv)', 'set data.train to the train CSV file'],
+            dict(train='.')),
 ]
 
 
@@ -163,6 +178,25 @@ def _accepted_extra_column(sp):
     assert sp.train.speaker_count.tolist() == ['2', '2', '2']
     return 'the column is kept as text; dialsum uses only its own columns'
 
+def _accepted_nfd(sp):
+    assert sp.dev.dialogue.tolist() == sp.train.dialogue.str.replace('train_', 'dev_').tolist()  # the same text as the NFC train.csv
+    assert all(unicodedata.is_normalized('NFC', t) for t in sp.dev.dialogue.tolist() + sp.dev.summary.tolist())
+    n = sp.report['dev']['normalized']
+    assert n['dialogue']['unicode_nfc'] == n['summary']['unicode_nfc'] == n['topic']['unicode_nfc'] == 3
+    return f"read as NFC (the form train.csv has) and counted: normalized {dict(dialogue=n['dialogue'], summary=n['summary'])}"
+
+def _accepted_nul(sp):
+    assert sp.train.dialogue[0] == '#Person1#: 안녕하세요.\n#Person2#: 네, 안녕하세요.'
+    assert sp.train.summary[0] == '#Person1#과 #Person2#가 인사한다.'
+    n = sp.report['train']['normalized']
+    assert (n['dialogue']['control_characters'], n['dialogue']['zero_width'], n['summary']['control_characters']) == (1, 1, 1)
+    return f"removed and counted: normalized {dict(dialogue=n['dialogue'], summary=n['summary'])}"
+
+def _accepted_copies(sp):
+    assert sp.report['test']['copies_of_train'] == {'rows': 1, 'first': ['test_0 = train_2']}
+    assert sp.report['dev']['copies_of_train']['rows'] == 3 and len(sp.test) == 2  # this corpus's dev.csv copies train.csv
+    return sp.report['test']['notes'][0]
+
 def _accepted_literal_newlines(sp):
     assert sp.train.dialogue[0] == '#Person1#: 안녕하세요.\n#Person2#: 네, 안녕하세요.'
     assert sp.report['train']['cleaning']['dialogue']['newline_literals'] == 1
@@ -185,6 +219,14 @@ CSV_ACCEPTED = [
      _accepted_extra_column),
     ('csv-literal-newlines', r'a dialogue with the two characters \n instead of newlines',
      {'train': TRAIN.replace('"#Person1#: 안녕하세요.\n#Person2#', '"#Person1#: 안녕하세요.\\n#Person2#')}, _accepted_literal_newlines),
+    ('csv-nfd', 'dev.csv in NFD (decomposed Hangul, as macOS writes it)',
+     {'dev': unicodedata.normalize('NFD', DEV)}, _accepted_nfd),
+    ('csv-nul-and-zero-width', 'a dialogue with a NUL at its start and a zero-width space inside, and a summary with an escape character',
+     {'train': TRAIN.replace('"#Person1#: 안녕하세요.', '"\x00#Person1#: 안녕\u200b하세요.').replace('인사한다.', '인사\x1b한다.')},
+     _accepted_nul),
+    ('csv-test-copies-train', 'test.csv whose first row has the dialogue of train_2 (one space more)',
+     {'test': TEST.replace('"#Person1#: 배고파요.\n#Person2#: 밥 먹으러 가요."', '"#Person1#:  우체국이 어디예요?\n#Person2#: 저기 있어요."')},
+     _accepted_copies),
 ]
 
 
@@ -243,6 +285,9 @@ def _loop(d):
 def _cp949(d):
     p = Path(d)/'cp.yaml'; p.write_bytes(f'base: {SMOKE}\nexperiment: 한국어\n'.encode('cp949')); return p
 
+BOMB = ('a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n'
+        + ''.join(f'{n}: &{n} [{", ".join([f"*{p}"] * 9)}]\n' for p, n in zip('abcdefg', 'bcdefgh'))[:-1] + '\nexperiment: bomb\n')
+
 CFG_CASES = [
     # id, given, how to make (tmp -> (config, overrides)), expected words
     ('cfg-unknown-key', 'override training.lerning_rate=3e-5 (a typo)',
@@ -292,6 +337,31 @@ CFG_CASES = [
      lambda d: (SMOKE, ['training.eval_strategy=no', 'training.eval_steps=null', 'training.early_stopping_patience=2']),
      ["training.early_stopping_patience (2) acts only when training evaluates, and eval_strategy is 'no'",
       'set training.early_stopping_patience: null']),
+    ('cfg-duplicate-section', 'a config file with two training: blocks (YAML keeps the second, the first was dropped)',
+     lambda d: (_yaml(d, 'twice.yaml', f'base: {SMOKE}\nexperiment: twice\ntraining:\n  seed: 3\ngeneration: {{num_beams: 2}}\n'
+                                       'training:\n  learning_rate: 1.0e-3\n'), []),
+     ["twice.yaml: the key 'training' is given twice in one mapping, at lines 3 and 6", 'merge them into one']),
+    ('cfg-duplicate-key', 'a config file with training.max_steps given twice',
+     lambda d: (_yaml(d, 'steps.yaml', f'base: {SMOKE}\nexperiment: steps\ntraining:\n  max_steps: 4\n  seed: 3\n  max_steps: 8\n'), []),
+     ["steps.yaml: the key 'max_steps' is given twice in one mapping, at lines 4 and 6", 'YAML would keep only the second']),
+    ('cfg-alias-bomb', f'a {len(BOMB)}-byte YAML file of 7 levels of nested aliases (billion laughs)',
+     lambda d: (_yaml(d, 'bomb.yaml', BOMB), []),
+     ['bomb.yaml: its aliases (*name) expand to 4,', 'more than the 10,000 a config may hold', 'write the values out']),
+    ('cfg-empty-file', 'an empty config file',
+     lambda d: (_yaml(d, 'empty.yaml', ''), []), ['empty.yaml: the file is empty (or holds only comments)', 'experiment: NAME']),
+    ('cfg-config-is-a-folder', 'a folder given as the config',
+     lambda d: (Path(d), []), ['cfg: is a folder, not a config file', 'give the YAML file']),
+    ('cfg-seed-true', 'override training.seed=true (pydantic would make it seed 1)',
+     lambda d: (SMOKE, ['training.seed=true']), ['training.seed: true is true or false, not a number', 'write a number']),
+    ('cfg-learning-rate-yes', 'a config file with learning_rate: yes',
+     lambda d: (_yaml(d, 'yes.yaml', f'base: {SMOKE}\nexperiment: yes_lr\ntraining: {{learning_rate: yes}}\n'), []),
+     ['yes.yaml: training.learning_rate: true is true or false, not a number', 'YAML reads true, false, yes, no, on and off so']),
+    ('cfg-date-as-name', 'override experiment=2024-01-01 (YAML reads an unquoted date)',
+     lambda d: (SMOKE, ['experiment=2024-01-01']),
+     ["experiment: YAML reads 2024-01-01 as a date, not a text; put it in quotes: experiment: '2024-01-01'"]),
+    ('cfg-max-steps-zero', 'override training.max_steps=0 (transformers trains one step and the run scored an untrained model)',
+     lambda d: (SMOKE, ['training.max_steps=0']),
+     ['training.max_steps: 0 trains no step', 'set training.max_steps to -1 (train for num_train_epochs) or to a number of steps']),
 ]
 
 
@@ -305,6 +375,7 @@ def test_config_refused_by_the_cli(case_id, given, make, expect, tmp_path):
     assert p.returncode == 2, p.stdout + p.stderr
     assert p.stderr.startswith('error: ') and 'Traceback' not in p.stderr, p.stderr
     for s in expect: assert s in p.stderr, f"{s!r} not in {p.stderr!r}"
+    assert len(p.stderr) < 2000, f'a {len(p.stderr):,}-character message'
     assert snapshot(runs) == before and sorted(q.name for q in runs.iterdir()) == names
     assert not (d/'pwned').exists() and not (tmp_path.parent/'escape').exists()
     record(case_id, 'Configs', given, 'refused', 'exit 2', p.stderr.removeprefix('error: '), tmp_path)
@@ -540,3 +611,65 @@ def test_index_with_a_foreign_schema(tmp_path):
     refused(lambda: update_index(runs, dict(run_id='x_20260101-000000', status='completed')), SubmissionError,
             ['index.csv: its header is not the run index schema', 'Move it aside'], runs,
             'out-index-foreign-schema', 'Output', "runs/index.csv written by the old pipeline (another header)")
+
+
+# ---------------------------------------------------------------------------------------------- normal forms and hashes
+
+REF = '#Person1#은 #Person2#에게 내일 7시에 4명 자리를 예약해 달라고 한다.'
+
+
+@pytest.mark.parametrize('case_id,given,ref', [
+    ('metric-nfd-reference', 'a reference stored in NFD (decomposed Hangul), the prediction in NFC', unicodedata.normalize('NFD', REF)),
+    ('metric-nul-at-start', 'a reference that starts with a NUL', '\x00' + REF),
+    ('metric-nul-inside', 'a reference with a NUL in the middle (Mecab, a C library, stopped there)', REF[:12] + '\x00' + REF[12:]),
+    ('metric-zero-width', 'a reference with zero-width spaces and a BOM between its words', REF.replace(' ', ' \u200b').replace('내일', '\ufeff내일')),
+], ids=lambda v: v if isinstance(v, str) and v.startswith('metric-') else '')
+def test_metric_ignores_the_stored_form(case_id, given, ref):
+    "Accepted by design: a text scores as the text it looks like, whatever its normal form or invisible characters."
+    from dialsum.metrics import competition_score, morphs
+    same = competition_score([REF], [[REF]])['score']
+    got = competition_score([REF], [[ref]])
+    assert same > 99.99 and got['score'] == same, got
+    assert morphs(ref) == morphs(REF)
+    record(case_id, 'Metric', given, 'accepted', 'accepted', f"competition_score of the identical NFC prediction: {got['score']:.2f} "
+           f"(rouge1 {got['rouge1']:.2f}, rouge2 {got['rouge2']:.2f}, rougeL {got['rougeL']:.2f}), as for the clean reference")
+
+
+def test_config_hash_covers_what_changes_results():
+    "Keys that do not change a run's result keep its hash (sweep --resume finds the run); every other key changes it."
+    from dialsum.config import HASH_EXCLUDED, config_hash, load_config
+    h = lambda *o: config_hash(load_config(SMOKE, list(o), check_machine=False))
+    neutral = ['training.resume_from_checkpoint=true', 'generation.batch_size=3', "training.report_to=['tensorboard']",
+               'training.dataloader_num_workers=2', 'training.logging_steps=1', 'training.per_device_eval_batch_size=1',
+               'model.allow_pickle=true', 'output.runs_dir=elsewhere', 'resources.check_disk=false', 'resources.gpu_wait_seconds=5']
+    assert {k.split('=')[0].rsplit('.', 1)[0] if k.startswith(('output', 'resources')) else k.split('=')[0] for k in neutral} == set(HASH_EXCLUDED)
+    changed = ['training.seed=7', 'training.learning_rate=1e-3', 'training.max_steps=3', 'generation.num_beams=2',
+               'generation.max_new_tokens=20', 'model.max_source_length=128', 'data.prefix=x', 'data.collapse_whitespace=false',
+               'training.per_device_train_batch_size=2', 'training.gradient_accumulation_steps=2']
+    base = h()
+    assert [o for o in neutral if h(o) != base] == []
+    assert [o for o in changed if h(o) == base] == []
+    assert h('generation.do_sample=true', 'generation.batch_size=3') != h('generation.do_sample=true'), 'sampling seeds each batch'
+    why = '; '.join(f'{k}: {v}' for k, v in HASH_EXCLUDED.items())
+    record('cfg-hash-neutral-keys', 'Configs', 'the same config with ' + ', '.join(neutral), 'accepted', 'accepted',
+           f"the same config_hash ({base}), so sweep --resume finds the run; left out of the hash: {why}. Any of "
+           f"{', '.join(changed)} gives another hash")
+
+
+def test_generation_batch_size_is_results_neutral(tiny):
+    "What excluding generation.batch_size from the hash rests on: greedy and beam search give the same summaries at any batch size."
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    from dialsum.config import GenerationConfig
+    from dialsum.features import generate_summaries
+    import torch
+    tok, model = AutoTokenizer.from_pretrained(tiny), AutoModelForSeq2SeqLM.from_pretrained(tiny)
+    torch.manual_seed(0)
+    with torch.no_grad():  # large random weights: an untrained model whose output depends on its input
+        for n, w in model.named_parameters():
+            if 'norm' not in n: w.normal_(0, 1.0)
+    sources = [t for text in (TRAIN, DEV, TEST) for t in text.split('\n')[1:] if t][:9]  # different lengths: padded batches
+    for beams in (1, 3):
+        outs = {bs: generate_summaries(model, tok, sources, GenerationConfig(num_beams=beams, max_new_tokens=12, batch_size=bs),
+                                       max_source_length=64, progress=False) for bs in (1, 4, 9)}
+        assert outs[1] == outs[4] == outs[9], (beams, outs)
+        assert len(set(outs[1])) > 1  # the model says different things to different inputs
