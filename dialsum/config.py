@@ -337,7 +337,9 @@ class ConfigLoader(yaml.SafeLoader):
 
 def load_yaml(text:str)->Any:
     "One YAML document read by `ConfigLoader`: plain data only, each key once, aliases bounded."
-    return yaml.load(text, Loader=ConfigLoader)
+    loader = ConfigLoader(text)  # what yaml.safe_load does, with this loader
+    try: return loader.get_single_data()
+    finally: loader.dispose()
 
 # %% ../nbs/00_config.ipynb #c44eb7d0
 def read_yaml(path:Path, # a YAML file whose top level is a mapping
