@@ -61,14 +61,17 @@ def test_package_uses_only_safe_loaders():
     assert [l for l in _calls(r'\btorch\.load\(') if 'weights_only=True' not in l] == []
     assert _calls(r'trust_remote_code\s*=\s*True|allow_pickle\s*=\s*True') == []
     assert _calls(r'(?<![.\w])(eval|exec)\(') == []
-    assert len(_calls(r'yaml\.safe_load\(')) >= 2  # the grep looks at the real modules
+    assert len(_calls(r'\bload_yaml\(')) >= 3  # the grep looks at the real modules: configs and overrides are read by load_yaml,
+    import yaml                                   # which drives ConfigLoader, a yaml.SafeLoader
+    from dialsum.config import ConfigLoader
+    assert issubclass(ConfigLoader, yaml.SafeLoader) and _calls(r'ConfigLoader\(text\)')
     from dialsum.models import load_pretrained
     assert inspect.signature(load_pretrained).parameters['trust_remote_code'].default is False
     assert inspect.signature(load_pretrained).parameters['allow_pickle'].default is False
     m = ModelConfig(name_or_path='x')
     assert (m.trust_remote_code, m.allow_pickle) == (False, False)
     record('sec-safe-loaders', 'Security', 'grep of dialsum/*.py', 'only safe loaders', 'passed',
-           'yaml.safe_load only; no pickle.load; torch.load only with weights_only=True; trust_remote_code and allow_pickle default False')
+           'YAML read only by a yaml.SafeLoader (dialsum.config.ConfigLoader); no pickle.load; torch.load only with weights_only=True; trust_remote_code and allow_pickle default False')
 
 
 # ---------------------------------------------------------------------------------------------- weights and remote code
