@@ -673,3 +673,30 @@ def test_generation_batch_size_is_results_neutral(tiny):
                                        max_source_length=64, progress=False) for bs in (1, 4, 9)}
         assert outs[1] == outs[4] == outs[9], (beams, outs)
         assert len(set(outs[1])) > 1  # the model says different things to different inputs
+
+
+@pytest.mark.slow
+def test_nfd_files_train_and_score_as_nfc_cli(tmp_path):
+    "Accepted by design: the demo files saved in NFD (as macOS writes them) give the run the NFC files give: same dev score, same summaries."
+    from dialsum.data import make_demo_data
+    nfc = make_demo_data(tmp_path/'nfc', n_train=48, n_dev=8, n_test=8, seed=0)
+    (tmp_path/'nfd').mkdir()
+    for p in nfc.values(): (tmp_path/'nfd'/p.name).write_text(unicodedata.normalize('NFD', p.read_text(encoding='utf-8')), encoding='utf-8')
+    assert (tmp_path/'nfd'/'dev.csv').read_bytes() != nfc['dev'].read_bytes()
+    runs = prior_runs(tmp_path/'runs'); before = snapshot(runs/OLD), (runs/'history'/f'{OLD}.csv').read_bytes()
+    got = {}
+    for form in ('nfc', 'nfd'):
+        d = tmp_path/form
+        p = dialsum('run', SMOKE, f'output.runs_dir={runs}', 'data.demo=null', f'experiment=smoke_{form}',
+                    *(f'data.{s}={d/f"{s}.csv"}' for s in ('train', 'dev', 'test', 'sample_submission')))
+        assert p.returncode == 0, p.stdout + p.stderr
+        (run,) = [r for r in run_folders(runs) if r.name.startswith(f'smoke_{form}_')]
+        md = json.loads((run/'metadata.json').read_text())
+        assert md['status'] == 'completed' and md['promoted'], md
+        got[form] = (md['dev']['score'], (run/'predictions_dev.csv').read_text(encoding='utf-8'), (run/'submission.csv').read_text(encoding='utf-8'))
+    assert got['nfd'] == got['nfc']
+    assert unicodedata.is_normalized('NFC', got['nfd'][2])
+    assert (snapshot(runs/OLD), (runs/'history'/f'{OLD}.csv').read_bytes()) == before  # the teammate's run is untouched
+    record('csv-nfd-files-cli', 'CSV files', 'dialsum run on train, dev and test files saved in NFD (the demo data, decomposed)',
+           'accepted', 'accepted', f"the same run as on the NFC files: dev score {got['nfd'][0]:.2f} both times, identical dev predictions "
+           "and submission (before: an NFD dev.csv scored 0.00)")
