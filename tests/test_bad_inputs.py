@@ -250,6 +250,12 @@ CLI_CSV = [
     ('csv-nan-summary-cli', 'dialsum run with a train.csv whose second summary is NaN',
      {'train': TRAIN.replace('#Person1#이 #Person2#에게 시간을 묻는다.', 'NaN')}, 'train',
      ["empty or missing summary at row 2 (fname 'train_1')", 'every train row needs a reference summary']),
+    ('csv-duplicate-header-cli', 'dialsum run with a test.csv whose header is fname,dialogue,dialogue',
+     {'test': 'fname,dialogue,dialogue\ntest_0,#Person1#: 네,#Person1#: 아니요\n'}, 'test',
+     ["the header (line 1) names a column more than once: 'dialogue' in columns 2, 3", 'rename or remove the extra column']),
+    ('csv-zero-width-summary-cli', 'dialsum run with a train.csv whose second summary is a zero-width space',
+     {'train': TRAIN.replace('#Person1#이 #Person2#에게 시간을 묻는다.', '\u200b')}, 'train',
+     ["empty or missing summary at row 2 (fname 'train_1')", 'every train row needs a reference summary']),
 ]
 
 
