@@ -22,8 +22,8 @@ from .submissions import error_tail, finalize_run, read_index, record_failure, s
 
 # %% auto #0
 __all__ = ['SPLIT_FILES', 'template_path', 'run_experiment', 'run_processes', 'live_status', 'mark_interrupted',
-           'run_split_paths', 'read_input', 'choose_checkpoint', 'load_for_inference', 'Prediction', 'predict_run',
-           'recoverable', 'recover_run']
+           'run_split_paths', 'read_input', 'choose_checkpoint', 'load_for_inference', 'refuse_output', 'Prediction',
+           'predict_run', 'recoverable', 'recover_run']
 
 # %% ../nbs/09_runner.ipynb #197ed22d
 def template_path(root:Path)->Path:
@@ -153,6 +153,37 @@ def load_for_inference(checkpoint:Path, cfg:Config)->tuple:
     if cfg.model.quantization: return tok, model  # 4-bit weights are placed on their GPU when loaded
     return tok, (model.to('cuda') if torch.cuda.is_available() and not cfg.training.use_cpu else model)
 
+# %% ../nbs/09_runner.ipynb #60e827aa
+_RECORDS = ('index.csv', 'latest_submission.csv')
+
+def _records_of(runs:Path)->bool: return (runs/'index.csv').is_file() or (runs/'history').is_dir()
+
+def refuse_output(output:Union[str, Path], # the file `predict` is asked to write
+                  input:Union[str, Path], # the CSV it reads
+                  run_dir:Optional[Path]=None, # the run it predicts with
+                  runs_dir:Union[str, Path, None]=None, # the runs folder named on the command line
+                  root:Union[str, Path, None]=None, # the project folder (its runs/ is protected too)
+                  force:bool=False, # an existing file that is none of dialsum's records may be replaced
+                 )->Path:
+    "`output` when `predict` may write it; a `DialsumError` saying why not when it is the input or one of dialsum's records."
+    dest = Path(output).expanduser().absolute()
+    real, runs = dest.resolve(), {Path(p).resolve() for p in (runs_dir, run_dir and Path(run_dir).parent,
+                                                              root and resolve_path('runs', Path(root))) if p}
+    no = f"{output}: dialsum predict does not write here: it is"
+    if real.is_dir(): raise DialsumError(f"{output}: is a folder; give a file name for --output, e.g. {Path(output)/'predictions.csv'}")
+    if real == Path(input).resolve(): raise DialsumError(f"{no} the input it reads (--input); choose another --output file")
+    for a in real.parents:
+        if (a/RUN_FILES['metadata']).is_file() or (a/RUN_FILES['config']).is_file() and (a/RUN_FILES['checkpoints']).is_dir():
+            raise DialsumError(f"{no} inside the run folder {a}, whose files are that run's record (compare, best and recovery read "
+                               "them); write outside run folders, e.g. --output predictions.csv")
+        if a.name == 'history' and (a.parent in runs or _records_of(a.parent)):
+            raise DialsumError(f"{no} in {a}, the promoted submissions, which are never overwritten; choose another --output file")
+    if real.name in _RECORDS and (real.parent in runs or _records_of(real.parent)):
+        raise DialsumError(f"{no} {real.name} of the runs folder {real.parent}, written by runs only; choose another --output file")
+    if real.exists() and not force: raise DialsumError(f"{output}: already exists; give --force to replace it, or another --output file")
+    return dest
+
+
 # %% ../nbs/09_runner.ipynb #45a6f9af
 @dataclass
 class Prediction:
@@ -173,6 +204,7 @@ def predict_run(run:Union[str, Path, None]=None, # a run folder or experiment na
                 runs_dir:Union[str, Path, None]=None, # where experiment names are looked up (default: runs/)
                 root:Union[str, Path, None]=None, # the project folder (default: found from the working directory)
                 progress:bool=False, # show a progress bar
+                force:bool=False, # replace an existing `output` (never one of dialsum's records, nor the input)
                )->Prediction:
     "Summarize `input` with a run's best (or the given) checkpoint, write `output` atomically and check it."
     root = Path(root) if root else project_root()
@@ -185,7 +217,7 @@ def predict_run(run:Union[str, Path, None]=None, # a run folder or experiment na
     src = Path(input) if input else run_split_paths(cfg, run_dir, root)['test']
     cut = None if input else cfg.data.max_test_samples
     df = read_input(src, 'test', cfg, cut)
-    dest = Path(output) if output else run_dir/RUN_FILES['submission']
+    dest = refuse_output(output, src, run_dir, runs_dir, root, force) if output else run_dir/RUN_FILES['submission']
     from dialsum.inference import predict
     tok, model = load_for_inference(ckpt, cfg)
     write_csv(dest, predict(model, tok, df, cfg, progress))
