@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_cli.ipynb #c0f2fd9e
 from __future__ import annotations
-import argparse, json, math, signal, sys
+import argparse, json, math, os, signal, sys
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -219,7 +219,10 @@ def parser()->argparse.ArgumentParser:
 def main(argv:Optional[Sequence[str]]=None)->int:
     "Entry point of the `dialsum` command."
     a = parser().parse_args(argv)
-    try: code = a.func(a)
+    try: code = a.func(a); sys.stdout.flush()
+    except BrokenPipeError:  # `dialsum runs | head -1`: the reader has what it wanted and closed the pipe
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to say, no traceback at exit
+        code = 141  # 128 + SIGPIPE, as other commands end in a pipe
     except DialsumError as e:
         print(f"error: {redact(str(e))}", file=sys.stderr); code = 2  # never a secret, even one typed as an override
     except KeyboardInterrupt:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09a_pipeline.ipynb #3d9f3e89
 from __future__ import annotations
-import argparse, shlex, sys, time
+import argparse, shlex, shutil, sys, tempfile, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -14,8 +14,8 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 from transformers import set_seed
 
-from .config import Config, DialsumError, load_config, project_root
-from .data import Columns, Splits, load_splits, model_inputs, references
+from .config import Config, DialsumError, load_config, project_root, resolve_path
+from .data import SPLITS, Columns, Splits, load_splits, model_inputs, read_split, references
 from .features import features
 from .inference import predict, score_predictions
 from .lora import apply_lora, merge_for_inference
@@ -23,12 +23,66 @@ from .metrics import bootstrap_ci
 from .models import load_model, param_counts
 from .records import Run, start_run, utcnow, write_csv, write_json
 from .safety import check_disk, resume_point
-from .submissions import error_tail, exception_tail, finalize_run, record_failure, test_file_fnames
+from .submissions import (_sample_problems, error_tail, exception_tail, finalize_run, read_index, record_failure,
+                                 test_file_fnames)
 from .train import device_report, make_trainer, on_cpu, peak_gpu_memory_gb, train
 
 # %% auto #0
-__all__ = ['Context', 'open_run', 'cell_failed', 'watch_cells', 'read_data', 'build_model', 'fit', 'score_dev',
-           'write_submission', 'pictures', 'finish', 'run_steps', 'run_pipeline', 'main', 'accelerate_command']
+__all__ = ['PREFLIGHT_FREE_BYTES', 'PreflightError', 'preflight', 'Context', 'open_run', 'cell_failed', 'watch_cells',
+           'read_data', 'build_model', 'fit', 'score_dev', 'write_submission', 'pictures', 'finish', 'run_steps',
+           'run_pipeline', 'main', 'accelerate_command']
+
+# %% ../nbs/09a_pipeline.ipynb #9d5bf19d
+class PreflightError(DialsumError):
+    "An input the run needs is missing or invalid; found before training."
+
+PREFLIGHT_FREE_BYTES = 50 * 2**20  # less free disk than this at the run folder cannot hold a run's records and checkpoints
+
+def _short(e:BaseException, n:int=400)->str:
+    s = ' '.join(str(e).split()); return s if len(s) <= n else s[:n - 1] + '…'
+
+def preflight(cfg:Config, # the resolved config
+              root:Union[str, Path], # the project folder (relative data paths start here)
+              run_dir:Union[str, Path], # the run folder (exists)
+             )->list[str]:
+    "Every problem with the inputs and outputs of the run of `cfg`, found before any model is loaded; empty when none."
+    data, root, run_dir, out = cfg.data, Path(root), Path(run_dir), []
+    t = cfg.training
+    if t.eval_strategy != 'no' and not data.demo and data.dev is None:
+        out.append(f"training.eval_strategy is {t.eval_strategy!r} but data.dev is null: checkpoints are scored and chosen on the "
+                   "dev split; set data.dev to a dev CSV, or training.eval_strategy: no (and training.early_stopping_patience: null)")
+    if not data.demo:
+        test = None
+        for s in SPLITS:
+            p = resolve_path(getattr(data, s), root)
+            if p is None: continue
+            if p.is_dir(): out.append(f"data.{s}: {p} is a folder; give the CSV file inside it"); continue
+            try: df = read_split(p, s, data.columns)
+            except DialsumError as e: out.append(f"data.{s}: {_short(e)}"); continue
+            if s == 'test': test = df['fname'].tolist()
+        if data.sample_submission is not None:
+            sample = resolve_path(data.sample_submission, root)
+            probs = _sample_problems(test, sample) if test is not None else \
+                    [] if sample.is_file() else [f"{sample}: sample submission not found; check data.sample_submission in the config"]
+            out += [f"data.sample_submission: {p}" for p in probs]
+    name = cfg.model.name_or_path
+    if name and not cfg.model.scratch:
+        try:
+            from transformers import AutoTokenizer
+            AutoTokenizer.from_pretrained(str(resolve_path(name, root)) if resolve_path(name, root).is_dir() else name,
+                                          trust_remote_code=cfg.model.trust_remote_code)
+        except Exception as e: out.append(f"model.name_or_path {name!r}: its tokenizer cannot be loaded ({type(e).__name__}: {_short(e)})")
+    try:
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix='.preflight-'): pass
+    except OSError as e: out.append(f"{run_dir}: the run folder is not writable ({e.strerror or e}); set output.runs_dir to a writable folder")
+    try: read_index(run_dir.parent)
+    except DialsumError as e: out.append(_short(e))
+    free = shutil.disk_usage(run_dir).free
+    if cfg.resources.check_disk and free < PREFLIGHT_FREE_BYTES:
+        out.append(f"{run_dir}: {free / 2**20:.1f} MB free on its disk, under the {PREFLIGHT_FREE_BYTES / 2**20:.0f} MB a run needs; "
+                   "free disk space or set output.runs_dir to a bigger disk (resources.check_disk: false skips this check)")
+    return out
+
 
 # %% ../nbs/09a_pipeline.ipynb #257910e8
 @dataclass
@@ -64,6 +118,11 @@ def open_run(config:Union[str, Path], # the experiment YAML, relative to the pro
     ctx = Context(cfg, Run(Path(path[0]), cfg), root, state)
     ctx.record(processes=state.num_processes, distributed_type=str(state.distributed_type).rsplit('.', 1)[-1])
     watch_cells(ctx)  # in a notebook (papermill, Jupyter): a failing cell records the failure
+    if ctx.main and (problems := preflight(cfg, root, ctx.run.path)):  # every input checked before any model is loaded
+        err = PreflightError(f"{len(problems)} problem(s) found before training, nothing trained:\n" + '\n'.join(f"  - {p}" for p in problems))
+        record_failure(ctx.run.path, f"PreflightError: {err}", [f"PreflightError: {p}" for p in problems], stage='preflight',
+                       seconds=round(time.perf_counter() - ctx.t0, 2))
+        raise err
     return ctx
 
 def cell_failed(ctx:Context, # the run the notebook opened
@@ -218,6 +277,7 @@ def main(argv:Optional[Sequence[str]]=None)->int:
     a = p.parse_args(argv)
     try:
         try: ctx = open_run(a.config, a.overrides, a.run_dir)
+        except PreflightError as e: print(f"FAILED before training\n  {e}", file=sys.stderr); return 1  # recorded as a failed run
         except DialsumError as e: print(f"error: {e}", file=sys.stderr); return 2
         try: run = run_steps(ctx)
         except Exception as e:

@@ -56,7 +56,9 @@ def run_experiment(config:Union[str, Path], # the experiment YAML
     root, t0 = Path(root) if root else project_root(), time.monotonic()
     cfg = load_config(config, list(overrides), root)
     refuse_secrets(config_dict(cfg), str(config))  # papermill writes its parameters into the notebook: no secret may be among them
-    path = Path(run_dir) if run_dir else new_run_dir(resolve_path(cfg.output.runs_dir, root), cfg.experiment)
+    runs_dir = Path(run_dir).parent if run_dir else resolve_path(cfg.output.runs_dir, root)
+    read_index(runs_dir)  # an index this run could not be added to is said now, before a run folder is left `running` without a row
+    path = Path(run_dir) if run_dir else new_run_dir(runs_dir, cfg.experiment)
     path.mkdir(parents=True, exist_ok=True)
     run = Run(path.resolve(), cfg)
     run.update(run_id=run.path.name, experiment=cfg.experiment, status='running', started=run.metadata.get('started', utcnow()),

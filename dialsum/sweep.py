@@ -146,6 +146,7 @@ def record_unstarted(config:Union[str, Path], # the config file that failed
     try: experiment = safe_name(d.get('experiment'))
     except ConfigError: experiment = ''
     name = experiment or safe_name(re.sub(r'[^A-Za-z0-9_-]+', '_', path.stem).strip('_-')[:60] or 'config')
+    read_index(runs_dir)  # an index that cannot take the row: no folder is left behind without one
     run = Run(new_run_dir(runs_dir, name).resolve(), cfg)
     run.update(run_id=run.path.name, experiment=experiment, started=started or utcnow(), config=_rel(path, root),
                overrides=list(overrides), config_hash=config_hash(cfg) if cfg else '', stage='before the run started')
@@ -165,7 +166,8 @@ def accelerate_run(config:Union[str, Path], # the experiment YAML
     root, t0 = Path(root) if root else project_root(), time.monotonic()
     cfg = load_config(config, list(overrides), root)
     refuse_secrets(config_dict(cfg), str(config))  # the overrides go on a command line every user of the machine can read
-    run = Run(new_run_dir(resolve_path(cfg.output.runs_dir, root), cfg.experiment).resolve(), cfg)
+    read_index(runs_dir := resolve_path(cfg.output.runs_dir, root))  # an index it cannot join: said before a run folder exists
+    run = Run(new_run_dir(runs_dir, cfg.experiment).resolve(), cfg)
     acc = resolve_path(accelerate_config, root) if accelerate_config else None
     cmd = accelerate_command(resolve_path(config, root), list(overrides), acc, num_processes, run.path)
     launcher = dict(accelerate_config=_rel(acc, root) if acc else None, num_processes=num_processes)
