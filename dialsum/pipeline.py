@@ -22,7 +22,7 @@ from .lora import apply_lora, merge_for_inference
 from .metrics import bootstrap_ci
 from .models import load_model, param_counts
 from .records import Run, start_run, utcnow, write_csv, write_json
-from .safety import check_disk, resume_point
+from .safety import WriteError, check_disk, remove_torn, resume_point, write_failure
 from .submissions import (_sample_problems, error_tail, exception_tail, finalize_run, read_index, record_failure,
                                  test_file_fnames)
 from .train import device_report, make_trainer, on_cpu, peak_gpu_memory_gb, train
@@ -187,7 +187,17 @@ def fit(ctx:Context, tok, model, splits:Splits)->tuple:
                                None if dev is None else references(dev), ctx.run.file('checkpoints'))
     resume = resume_point(ctx.run.file('checkpoints'), cfg.training.resume_from_checkpoint)  # the newest complete checkpoint
     ctx.record(resumed_from=ctx.run.rel(resume))
-    result = train(ctx.trainer, str(resume) if resume else None)
+    try: result = train(ctx.trainer, str(resume) if resume else None)
+    except Exception as e:
+        if (why := write_failure(e)) is None: raise
+        ck = ctx.run.file('checkpoints')
+        torn = remove_torn(ck) if ctx.main else []  # a resume skips them anyway; removed, they give back room to record the failure
+        done = sorted((p for p in ck.glob('checkpoint-*') if p.is_dir()), key=lambda p: int(p.name.split('-')[1]))
+        free = shutil.disk_usage(ck if ck.exists() else ctx.run.path).free
+        raise WriteError(f"writing to {ck} failed while training: the disk is full or failing ({why}; {free / 2**20:.1f} MB free now)"
+                         + (f"; the torn {', '.join(torn)} was removed" if torn else '')
+                         + (f"; {done[-1].name} is complete: free disk space, then `dialsum run CONFIG --resume {ctx.run.path.name}` "
+                            "continues from it" if done else '; free disk space (or set output.runs_dir to a bigger disk) and run it again')) from e
     result['best_checkpoint'] = ctx.run.rel(result['best_checkpoint'])
     ctx.record(best_checkpoint=result['best_checkpoint'], train=result)
     return merge_for_inference(ctx.trainer.model, cfg), result

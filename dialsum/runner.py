@@ -12,18 +12,28 @@ from typing import Optional, Sequence, Union
 import pandas as pd
 import papermill as pm
 from papermill.exceptions import PapermillExecutionError
+from papermill.iorw import LocalHandler, papermill_io
 
 from .checkpoints import CheckpointError, checkpoint_problems, find_checkpoint, resolve_run
 from .config import Columns, Config, DialsumError, config_dict, config_hash, load_config, project_root, resolve_path
 from .data import clean_split, read_split
-from .records import RUN_FILES, Run, new_run_dir, process_alive, process_record, safe_name, utcnow, write_csv
+from .records import (RUN_FILES, Run, atomic_write, new_run_dir, process_alive, process_record, safe_name, utcnow,
+                             write_csv)
 from .safety import refuse_secrets, run_path, scrub_file
 from .submissions import error_tail, finalize_run, read_index, record_failure, submission_problems, test_file_fnames
 
 # %% auto #0
-__all__ = ['SPLIT_FILES', 'template_path', 'run_experiment', 'run_processes', 'live_status', 'mark_interrupted',
-           'run_split_paths', 'read_input', 'choose_checkpoint', 'load_for_inference', 'refuse_output', 'Prediction',
-           'predict_run', 'recoverable', 'recover_run']
+__all__ = ['SPLIT_FILES', 'AtomicLocalFiles', 'template_path', 'run_experiment', 'run_processes', 'live_status',
+           'mark_interrupted', 'run_split_paths', 'read_input', 'choose_checkpoint', 'load_for_inference',
+           'refuse_output', 'Prediction', 'predict_run', 'recoverable', 'recover_run']
+
+# %% ../nbs/09_runner.ipynb #ab523342
+class AtomicLocalFiles(LocalHandler):
+    "papermill's handler of local files, each save an atomic replace (`atomic_write`): a failed save leaves the last whole notebook."
+    def write(self, buf, path): atomic_write(path, buf)
+
+papermill_io.register(os.sep, AtomicLocalFiles())  # absolute paths: the runner gives papermill absolute ones
+
 
 # %% ../nbs/09_runner.ipynb #197ed22d
 def template_path(root:Path)->Path:
@@ -40,7 +50,8 @@ def _rel(p:Path, root:Path)->str:
 def _end(run:Run, status:str, t0:float, error:str, tail:Optional[list]=None):
     "Record a run that ended without completing, unless its kernel already did (a completed run's notebook records itself)."
     if run.metadata.get('status') != 'running': return  # recorded by the kernel's handler (see `dialsum.pipeline.open_run`)
-    record_failure(run.path, error, tail, status, seconds=round(time.monotonic() - t0, 2))  # GPU memory: the kernel's, unknown here
+    try: record_failure(run.path, error, tail, status, seconds=round(time.monotonic() - t0, 2))  # GPU memory: the kernel's, unknown here
+    except DialsumError as e: print(f"{run.path}: the failure could not be recorded ({e}); it was: {error}", file=sys.stderr)
 
 def run_experiment(config:Union[str, Path], # the experiment YAML
                    overrides:Sequence[str]=(), # dotted overrides
@@ -66,20 +77,26 @@ def run_experiment(config:Union[str, Path], # the experiment YAML
                log=RUN_FILES['log'], notebook=RUN_FILES['notebook'], **(record or {}))
     finalize_run(run.path, run.path.parent)  # in the index from the start: a killed run leaves a row that says so
     params = dict(config=_rel(resolve_path(config, root), root), overrides=list(overrides), run_dir=_rel(run.path, root))
-    with open(run.file('log'), 'a', encoding='utf-8') as log:
-        try:
-            pm.execute_notebook(template_path(root), run.file('notebook'), parameters=params, cwd=str(root),
-                                stdout_file=log, stderr_file=log, progress_bar=progress, kernel_name='python3')
-        except PapermillExecutionError as e:
-            _end(run, 'failed', t0, f"{e.ename}: {e.evalue}", error_tail(e.traceback))
-        except KeyboardInterrupt:
-            _end(run, 'interrupted', t0, 'interrupted (Ctrl-C or SIGTERM) while the notebook ran'); raise
-        except Exception as e:  # e.g. the kernel died
-            _end(run, 'failed', t0, f"{type(e).__name__}: {e}")
-        finally:  # whatever the kernel printed or papermill recorded, no secret stays in it
-            log.flush(); scrub_file(run.file('notebook')); scrub_file(run.file('log'))
+    log = open(run.file('log'), 'a', encoding='utf-8')
+    try:
+        pm.execute_notebook(template_path(root), run.file('notebook'), parameters=params, cwd=str(root),
+                            stdout_file=log, stderr_file=log, progress_bar=progress, kernel_name='python3')
+    except PapermillExecutionError as e:
+        _end(run, 'failed', t0, f"{e.ename}: {e.evalue}", error_tail(e.traceback))
+    except KeyboardInterrupt:
+        _end(run, 'interrupted', t0, 'interrupted (Ctrl-C or SIGTERM) while the notebook ran'); raise
+    except Exception as e:  # e.g. the kernel died, or the notebook could not be saved (a full disk)
+        _end(run, 'failed', t0, f"{type(e).__name__}: {e}")
+    finally:  # whatever the kernel printed or papermill recorded, no secret stays in it
+        _tidy(run, log)
     _end(run, 'failed', t0, 'the notebook ended without recording completion')
     return run
+
+def _tidy(run:Run, log):
+    "Close the log and scrub the notebook and the log; on a full disk say what could not be done instead of failing the command."
+    for step in (log.close, lambda: scrub_file(run.file('notebook')), lambda: scrub_file(run.file('log'))):
+        try: step()
+        except (OSError, DialsumError) as e: print(f"{run.path}: {e}", file=sys.stderr)
 
 # %% ../nbs/09_runner.ipynb #12b5ae6a
 def run_processes(md:dict, # a run's metadata.json

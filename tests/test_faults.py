@@ -296,3 +296,44 @@ def test_unpromoted_run_is_failed(tmp_path):
     assert_kept(runs, before)
     record('status-unpromoted-failed', 'Records', 'a run that trained but whose submission was not promoted (data.max_test_samples=4)',
            'failed with the reason, recoverable', 'exit 1, status failed, latest unchanged', md['error'], tmp_path)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    "A 1.5 MB tmpfs mounted for the test (room for a smoke run's records and a checkpoint or two), or a skip that says why."
+    d = tmp_path/'small'; d.mkdir()
+    p = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1500k', 'tmpfs', str(d)], capture_output=True, text=True)
+    if p.returncode: pytest.skip(f'cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {p.stderr.strip()}')
+    yield d
+    subprocess.run(['umount', '-l', str(d)], check=False)
+
+
+@pytest.mark.slow
+def test_disk_full_while_training(small_disk, tmp_path):
+    "The disk fills during a checkpoint save: failed with the reason, exit 1, run.ipynb whole, the torn checkpoint gone; resume completes."
+    from dialsum.safety import resume_problems
+    runs = prior_runs(small_disk/'runs'); before = snapshot(runs)
+    over = [f'output.runs_dir={runs}', 'resources.check_disk=false', 'training.max_steps=40', 'training.eval_steps=4',
+            'training.save_total_limit=null', 'training.early_stopping_patience=null']  # every checkpoint kept: the disk must fill
+    p = dialsum('run', SMOKE, *over)
+    assert p.returncode == 1, p.stdout[-2000:] + p.stderr[-3000:]
+    (run,) = [r for r in run_folders(runs) if r.name != OLD_RUN]
+    md = json.loads((run/'metadata.json').read_text())
+    assert md['status'] == 'failed' and md['error'].startswith('WriteError: writing to') and 'the disk is full or failing' in md['error'], md
+    assert 'WriteError' in p.stderr and 'Traceback' not in p.stderr
+    nb = json.loads((run/'run.ipynb').read_text())  # whole JSON: papermill's saves are atomic
+    assert any('WriteError' in str(o) for c in nb['cells'] for o in c.get('outputs', [])), 'the notebook does not show the failure'
+    ckpts = sorted((run/'checkpoints').glob('checkpoint-*'))
+    assert ckpts and not [c.name for c in ckpts if resume_problems(c)], 'a torn checkpoint was left'
+    assert 'the torn checkpoint-' in md['error'] and f'--resume {run.name}' in md['error']
+    ix = pd.read_csv(runs/'index.csv', dtype=str, keep_default_na=False).set_index('run_id')
+    assert ix.status[run.name] == 'failed' and ix.error[run.name].startswith('WriteError')
+    assert_kept(runs, before)
+    subprocess.run(['mount', '-o', 'remount,size=64m', str(small_disk)], check=True)  # space freed: the run goes on where it stopped
+    q = dialsum('run', SMOKE, *over, '--resume', run.name)
+    assert q.returncode in (0, 1), q.stderr[-3000:]  # 1 only when the tiny model's submission is not valid
+    md2 = json.loads((run/'metadata.json').read_text())
+    assert md2['resumed_from'] == f'checkpoints/{ckpts[-1].name}' and md2['train']['global_step'] == 40, md2.get('error')
+    record('fault-disk-full', 'Faults', 'the disk (a 1.5 MB tmpfs) fills while the trainer saves a checkpoint; then space is freed and '
+           'the run resumed', 'failed with the reason, exit 1, an intact run.ipynb, no torn checkpoint; the resume continues',
+           f"exit 1; {len(ckpts)} complete checkpoints kept; resumed from {ckpts[-1].name} to step 40", md['error'], small_disk, tmp_path)
