@@ -14,6 +14,7 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 from transformers import set_seed
 
+from .checkpoints import CheckpointError
 from .config import Config, DialsumError, load_config, project_root, resolve_path
 from .data import SPLITS, Columns, Splits, load_splits, model_inputs, read_split, references
 from .features import features
@@ -22,7 +23,7 @@ from .lora import apply_lora, merge_for_inference
 from .metrics import bootstrap_ci
 from .models import load_model, param_counts
 from .records import Run, start_run, utcnow, write_csv, write_json
-from .safety import WriteError, check_disk, remove_torn, resume_point, write_failure
+from .safety import WriteError, check_disk, remove_torn, resume_point, unsafe_pickle, write_failure
 from .submissions import (_sample_problems, error_tail, exception_tail, finalize_run, read_index, record_failure,
                                  test_file_fnames)
 from .train import device_report, make_trainer, on_cpu, peak_gpu_memory_gb, train
@@ -189,6 +190,10 @@ def fit(ctx:Context, tok, model, splits:Splits)->tuple:
     ctx.record(resumed_from=ctx.run.rel(resume))
     try: result = train(ctx.trainer, str(resume) if resume else None)
     except Exception as e:
+        if resume and 'weights_only' in str(e) and (bad := unsafe_pickle(resume)):  # torch's message names no file
+            raise CheckpointError(f"{bad}: refused: this pickle holds Python objects other than tensors, so training did not write "
+                                  "it as it is (tampered with, or copied from elsewhere); nothing in it ran. Delete "
+                                  f"{resume.name} to resume from the checkpoint before it, or start a new run") from None
         if (why := write_failure(e)) is None: raise
         ck = ctx.run.file('checkpoints')
         torn = remove_torn(ck) if ctx.main else []  # a resume skips them anyway; removed, they give back room to record the failure

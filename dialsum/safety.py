@@ -14,7 +14,7 @@ from .config import Config, ConfigError, DialsumError, TrainingConfig
 __all__ = ['REDACTED', 'SECRET_ENV', 'SHORT_SECRET', 'LONG_SECRET', 'OPTIMIZER_STATES', 'WriteError', 'DiskSpaceError',
            'write_error', 'is_secret_name', 'secret_values', 'redact', 'refuse_secrets', 'scrub_file',
            'optimizer_states', 'checkpoint_bytes', 'planned_saves', 'checkpoints_on_disk', 'check_disk', 'run_path',
-           'resume_problems', 'resume_point', 'write_failure', 'remove_torn']
+           'resume_problems', 'resume_point', 'write_failure', 'remove_torn', 'unsafe_pickle']
 
 # %% ../nbs/12_safety.ipynb #e7d46732
 class WriteError(DialsumError, OSError):
@@ -291,4 +291,16 @@ def remove_torn(checkpoints:Union[str, Path], # a run's checkpoints folder
         if p.is_dir() and _CKPT.match(p.name) and resume_problems(p):
             shutil.rmtree(p, ignore_errors=True); out.append(p.name)
     return out
+
+
+# %% ../nbs/12_safety.ipynb #783109de
+def unsafe_pickle(checkpoint:Union[str, Path], # a checkpoint folder the trainer refused to resume from
+                 )->Optional[Path]:
+    "The first pickle file of `checkpoint` that `torch.load(weights_only=True)` refuses (nothing in it runs); None when all load."
+    import pickle, torch
+    for p in sorted(Path(checkpoint).iterdir()):
+        if p.suffix not in ('.pt', '.pth', '.bin') or not p.is_file(): continue
+        try: torch.load(p, map_location='cpu', weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError): return p
+    return None
 
