@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_runner.ipynb #a9cabba6
 from __future__ import annotations
-import os, re, socket, sys, time
+import hashlib, os, re, socket, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -25,7 +25,7 @@ from .submissions import error_tail, finalize_run, read_index, record_failure, s
 # %% auto #0
 __all__ = ['SPLIT_FILES', 'AtomicLocalFiles', 'template_path', 'run_experiment', 'run_processes', 'live_status',
            'mark_interrupted', 'run_split_paths', 'read_input', 'choose_checkpoint', 'load_for_inference',
-           'refuse_output', 'Prediction', 'predict_run', 'recoverable', 'recover_run']
+           'refuse_output', 'Prediction', 'predict_run', 'recoverable', 'recover_run', 'recovery_fingerprint']
 
 # %% ../nbs/09_runner.ipynb #ab523342
 class AtomicLocalFiles(LocalHandler):
@@ -59,13 +59,14 @@ def run_experiment(config:Union[str, Path], # the experiment YAML
                    run_dir:Union[str, Path, None]=None, # use this run folder instead of a new one
                    progress:bool=False, # show papermill's cell progress bar
                    record:Optional[dict]=None, # extra fields for the run's first record (e.g. the GPU a sweep waited for)
+                   check_machine:bool=True, # check here what the config asks of the machine (a sweep leaves it to the kernel: no CUDA here)
                   )->Run:
     "Execute the template for `config` into a run folder; return the run with its final status recorded."
     if int(os.environ.get('WORLD_SIZE', '1')) > 1:  # each process would execute its own notebook into its own run folder
         raise DialsumError("dialsum run executes the notebook in one process; under accelerate launch run the same steps with "
                            "`accelerate launch ... -m dialsum.pipeline CONFIG [overrides]` (see configs/accelerate/)")
     root, t0 = Path(root) if root else project_root(), time.monotonic()
-    cfg = load_config(config, list(overrides), root)
+    cfg = load_config(config, list(overrides), root, check_machine=check_machine)
     refuse_secrets(config_dict(cfg), str(config))  # papermill writes its parameters into the notebook: no secret may be among them
     runs_dir = Path(run_dir).parent if run_dir else resolve_path(cfg.output.runs_dir, root)
     read_index(runs_dir)  # an index this run could not be added to is said now, before a run folder is left `running` without a row
@@ -274,6 +275,23 @@ def recover_run(run_dir:Union[str, Path], # a trained run folder (see `recoverab
     why = f"after the run ended {was}: {err}" if was != 'completed' else f"({RUN_FILES['submission']} was missing)"
     run.update(finished=md.get('finished') or utcnow(), submission=RUN_FILES['submission'],
                best_checkpoint=run.rel(ckpt), error=f"submission recovered by dialsum predict from {run.rel(ckpt)} {why}",
-               recovered=dict(at=utcnow(), checkpoint=run.rel(ckpt), reason=reason, status_before=was, error_before=err), **extra)
+               recovered=dict(at=utcnow(), checkpoint=run.rel(ckpt), reason=reason, status_before=was, error_before=err,
+                              fingerprint=recovery_fingerprint(run.path, root)), **extra)
     finalize_run(run.path, run.path.parent, test_file_fnames(paths['test'], _columns(cfg)), paths['sample_submission'], cfg.data.max_test_samples, complete=True)
     return run.metadata
+
+# %% ../nbs/09_runner.ipynb #a54c4bae
+def recovery_fingerprint(run_dir:Union[str, Path], # a trained run folder
+                         root:Union[str, Path, None]=None, # the project folder (default: found from the working directory)
+                        )->Optional[str]:
+    "A hash of what recovering the run reads (its config, best checkpoint, test file and sample submission); None when one is missing."
+    root, run = Path(root) if root else project_root(), Run(Path(run_dir), None)
+    try: cfg, (ckpt, _) = load_config(run.file('config'), root=root, check_machine=False), choose_checkpoint(run.path)
+    except DialsumError: return None
+    h = hashlib.sha256(run.file('config').read_bytes() + ckpt.name.encode())
+    for f in sorted(p for p in ckpt.iterdir() if p.is_file()): h.update(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}".encode())
+    for s in ('test', 'sample_submission'):
+        p = run_split_paths(cfg, run.path, root)[s]
+        h.update(p.read_bytes() if p is not None and p.is_file() else b'-')
+    return h.hexdigest()[:16]
+
