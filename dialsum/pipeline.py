@@ -29,7 +29,7 @@ from .submissions import (_sample_problems, error_tail, exception_tail, finalize
 from .train import device_report, make_trainer, on_cpu, peak_gpu_memory_gb, train
 
 # %% auto #0
-__all__ = ['PREFLIGHT_FREE_BYTES', 'PreflightError', 'preflight', 'Context', 'open_run', 'cell_failed', 'watch_cells',
+__all__ = ['PREFLIGHT_FREE_BYTES', 'PreflightError', 'Problem', 'preflight', 'Context', 'open_run', 'cell_failed', 'watch_cells',
            'read_data', 'build_model', 'fit', 'score_dev', 'write_submission', 'pictures', 'finish', 'run_steps',
            'run_pipeline', 'main', 'accelerate_command']
 
@@ -42,6 +42,13 @@ PREFLIGHT_FREE_BYTES = 50 * 2**20  # less free disk than this at the run folder 
 def _short(e:BaseException, n:int=400)->str:
     s = ' '.join(str(e).split()); return s if len(s) <= n else s[:n - 1] + '…'
 
+class Problem(str):
+    "One problem `preflight` found; `error` is the exception it came from, when it did (raised as it is when it is the only one)."
+    error:Optional[BaseException] = None
+    @classmethod
+    def of(cls, text:str, error:BaseException)->'Problem':
+        p = cls(text); p.error = error; return p
+
 def preflight(cfg:Config, # the resolved config
               root:Union[str, Path], # the project folder (relative data paths start here)
               run_dir:Union[str, Path], # the run folder (exists)
@@ -49,9 +56,6 @@ def preflight(cfg:Config, # the resolved config
     "Every problem with the inputs and outputs of the run of `cfg`, found before any model is loaded; empty when none."
     data, root, run_dir, out = cfg.data, Path(root), Path(run_dir), []
     t = cfg.training
-    if t.eval_strategy != 'no' and not data.demo and data.dev is None:
-        out.append(f"training.eval_strategy is {t.eval_strategy!r} but data.dev is null: checkpoints are scored and chosen on the "
-                   "dev split; set data.dev to a dev CSV, or training.eval_strategy: no (and training.early_stopping_patience: null)")
     if not data.demo:
         test = None
         for s in SPLITS:
@@ -59,13 +63,16 @@ def preflight(cfg:Config, # the resolved config
             if p is None: continue
             if p.is_dir(): out.append(f"data.{s}: {p} is a folder; give the CSV file inside it"); continue
             try: df = read_split(p, s, data.columns)
-            except DialsumError as e: out.append(f"data.{s}: {_short(e)}"); continue
+            except DialsumError as e: out.append(Problem.of(f"data.{s}: {e}", e)); continue
             if s == 'test': test = df['fname'].tolist()
         if data.sample_submission is not None:
             sample = resolve_path(data.sample_submission, root)
             probs = _sample_problems(test, sample) if test is not None else \
                     [] if sample.is_file() else [f"{sample}: sample submission not found; check data.sample_submission in the config"]
             out += [f"data.sample_submission: {p}" for p in probs]
+    if t.eval_strategy != 'no' and not data.demo and data.dev is None:
+        out.append(f"training.eval_strategy is {t.eval_strategy!r} but data.dev is null: checkpoints are scored and chosen on the "
+                   "dev split; set data.dev to a dev CSV, or training.eval_strategy: no (and training.early_stopping_patience: null)")
     name = cfg.model.name_or_path
     if name and not cfg.model.scratch:
         try:
@@ -120,9 +127,12 @@ def open_run(config:Union[str, Path], # the experiment YAML, relative to the pro
     ctx.record(processes=state.num_processes, distributed_type=str(state.distributed_type).rsplit('.', 1)[-1])
     watch_cells(ctx)  # in a notebook (papermill, Jupyter): a failing cell records the failure
     if ctx.main and (problems := preflight(cfg, root, ctx.run.path)):  # every input checked before any model is loaded
-        err = PreflightError(f"{len(problems)} problem(s) found before training, nothing trained:\n" + '\n'.join(f"  - {p}" for p in problems))
-        record_failure(ctx.run.path, f"PreflightError: {err}", [f"PreflightError: {p}" for p in problems], stage='preflight',
+        one = problems[0].error if len(problems) == 1 and isinstance(problems[0], Problem) else None  # a data error, as it was raised
+        err = one or PreflightError(f"{len(problems)} problem(s) found before training, nothing trained:\n"
+                                    + '\n'.join(f"  - {p}" for p in problems))
+        record_failure(ctx.run.path, f"{type(err).__name__}: {err}", [f"{type(err).__name__}: {p}" for p in problems], stage='preflight',
                        seconds=round(time.perf_counter() - ctx.t0, 2))
+        err.recorded = True  # a failed run, not a config refused before one existed
         raise err
     return ctx
 
@@ -292,8 +302,9 @@ def main(argv:Optional[Sequence[str]]=None)->int:
     a = p.parse_args(argv)
     try:
         try: ctx = open_run(a.config, a.overrides, a.run_dir)
-        except PreflightError as e: print(f"FAILED before training\n  {e}", file=sys.stderr); return 1  # recorded as a failed run
-        except DialsumError as e: print(f"error: {e}", file=sys.stderr); return 2
+        except DialsumError as e:
+            if getattr(e, 'recorded', False): print(f"FAILED before training\n  {e}", file=sys.stderr); return 1  # a failed run record
+            print(f"error: {e}", file=sys.stderr); return 2
         try: run = run_steps(ctx)
         except Exception as e:
             if ctx.main: print(f"FAILED {ctx.run.path}\n  {type(e).__name__}: {e}", file=sys.stderr)
