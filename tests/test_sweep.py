@@ -221,27 +221,23 @@ def mismatched_data(d, sample_fnames):
 
 @pytest.mark.slow
 def test_unpromoted_submission_is_not_done(tmp_path):
-    "`dialsum run` of a config whose sample_submission.csv does not match test.csv: it completes, says NOT promoted and exits 1; "
-    "--resume does not skip it but predicts again (still not promoted: exit 1), and promotes it once the sample file is right."
+    "`dialsum run` of a config whose sample_submission.csv does not match test.csv fails in its preflight, before training, exit 1; "
+    "--resume runs it again once the sample file is right (nothing trained to recover), promotes it, and skips it after."
     cfg, paths = mismatched_data(tmp_path, [f'other_{i}' for i in range(8)])
     runs = tmp_path/'runs'
     p = dialsum('run', cfg, f'output.runs_dir={runs}')
     assert p.returncode == 1, p.stdout[-3000:] + p.stderr[-3000:]
-    assert 'NOT promoted' in p.stderr and 'the fnames differ from sample_submission.csv' in p.stderr, p.stderr
-    (run,) = run_folders(runs)
-    assert (metadata(run)['status'], metadata(run)['promoted']) == ('completed', False)
-
-    again = dialsum('sweep', cfg, '--resume', '--set', f'output.runs_dir={runs}')
-    assert again.returncode == 1, again.stdout[-3000:] + again.stderr[-3000:]
-    s = summary(again.stdout)['mismatch']
-    assert (s['run_id'], s['status'], s['promoted']) == (run.name, 'recovered', 'no') and 'submission NOT promoted' in again.stdout, s
+    assert 'PreflightError' in p.stderr and 'the fnames differ from sample_submission.csv' in p.stderr, p.stderr
+    (first,) = run_folders(runs)
+    md = metadata(first)
+    assert (md['status'], md['stage'], 'train' in md, (first/'checkpoints').exists()) == ('failed', 'preflight', False, False)
 
     pd.read_csv(paths['test'], dtype=str)[['fname']].assign(summary='-').to_csv(paths['sample_submission'], index=False)
     fixed = dialsum('sweep', cfg, '--resume', '--set', f'output.runs_dir={runs}')
     assert fixed.returncode == 0, fixed.stdout[-3000:] + fixed.stderr[-3000:]
     s = summary(fixed.stdout)['mismatch']
-    assert (s['run_id'], s['status'], s['promoted']) == (run.name, 'recovered', 'yes'), s
-    assert run_folders(runs) == [run] and metadata(run)['promoted'] is True  # predicted again, never trained again
+    assert (s['status'], s['promoted']) == ('completed', 'yes') and s['run_id'] != first.name, s
+    assert metadata(runs/s['run_id'])['promoted'] is True and metadata(first)['status'] == 'failed'
     skipped = dialsum('sweep', cfg, '--resume', '--set', f'output.runs_dir={runs}')
     assert skipped.returncode == 0 and summary(skipped.stdout)['mismatch']['status'] == 'skipped', skipped.stdout[-3000:]
 
