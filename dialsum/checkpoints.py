@@ -214,6 +214,9 @@ def resolve_run(name_or_path:Union[str, Path], # a run folder, or an experiment 
         raise CheckpointError(f"{s!r}: no such run folder (and not an experiment name: those have no '/' or '..')")
     runs = {q: m for q in (runs_dir.iterdir() if runs_dir.is_dir() else []) if (m := _RUN.match(q.name)) and _is_run(q)}
     mine = [q for q,m in runs.items() if m['exp'] == s]
+    if not mine and _RUN.match(s):  # a run's folder name, not an experiment name: the folder was moved or deleted
+        raise CheckpointError(f"{s!r}: no run folder of that name in {runs_dir} (moved or deleted?); give the run folder's path "
+                              "(e.g. path/to/runs/" + s + "), or --runs-dir for the runs folder it is in; `dialsum runs` lists the runs")
     if not mine:
         known = sorted({m['exp'] for m in runs.values()})
         close = difflib.get_close_matches(s, known, n=1)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_cli.ipynb #c0f2fd9e
 from __future__ import annotations
-import argparse, json, math, signal, sys
+import argparse, json, math, os, signal, sys
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -144,7 +144,7 @@ def _cmd_sweep(a)->int:
     return sweep_exit_code(entries)
 
 def _cmd_predict(a)->int:
-    p = predict_run(a.run, a.input, a.output, a.checkpoint, a.config, a.runs_dir, progress=a.progress)
+    p = predict_run(a.run, a.input, a.output, a.checkpoint, a.config, a.runs_dir, progress=a.progress, force=a.force)
     print(f"run        {p.run_dir or '-'}\ncheckpoint {p.checkpoint}\n  chosen:  {p.reason}\ninput      {p.input} ({p.rows} rows)")
     if p.problems:
         print(f"wrote {p.output}, but it is NOT a valid submission for the input:\n  " + '\n  '.join(p.problems), file=sys.stderr)
@@ -197,7 +197,9 @@ def parser()->argparse.ArgumentParser:
     q.add_argument('--run', help='run folder, or experiment name (its newest run)')
     q.add_argument('--checkpoint', help="checkpoint folder (default: the run's best complete checkpoint)")
     q.add_argument('--input', help="CSV with fname,dialogue (default: the run's test split)")
-    q.add_argument('--output', required=True, help='where to write fname,summary')
+    q.add_argument('--output', required=True, help='where to write fname,summary (never the input, a run folder, runs/history/, '
+                   'runs/latest_submission.csv or runs/index.csv)')
+    q.add_argument('--force', action='store_true', help='replace --output when it exists (one of your files, not a record)')
     q.add_argument('--config', help="config for lengths and generation (default: the run's config.yaml)")
     q.add_argument('--progress', action='store_true', help='show a progress bar'); runs_dir(q)
     q.set_defaults(func=_cmd_predict)
@@ -217,7 +219,10 @@ def parser()->argparse.ArgumentParser:
 def main(argv:Optional[Sequence[str]]=None)->int:
     "Entry point of the `dialsum` command."
     a = parser().parse_args(argv)
-    try: code = a.func(a)
+    try: code = a.func(a); sys.stdout.flush()
+    except BrokenPipeError:  # `dialsum runs | head -1`: the reader has what it wanted and closed the pipe
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to say, no traceback at exit
+        code = 141  # 128 + SIGPIPE, as other commands end in a pipe
     except DialsumError as e:
         print(f"error: {redact(str(e))}", file=sys.stderr); code = 2  # never a secret, even one typed as an override
     except KeyboardInterrupt:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09a_pipeline.ipynb #3d9f3e89
 from __future__ import annotations
-import argparse, shlex, sys, time
+import argparse, shlex, shutil, sys, tempfile, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -14,21 +14,83 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 from transformers import set_seed
 
-from .config import Config, DialsumError, load_config, project_root
-from .data import Columns, Splits, load_splits, model_inputs, references
+from .checkpoints import CheckpointError
+from .config import Config, DialsumError, load_config, project_root, resolve_path
+from .data import SPLITS, Columns, Splits, load_splits, model_inputs, read_split, references
 from .features import features
 from .inference import predict, score_predictions
 from .lora import apply_lora, merge_for_inference
 from .metrics import bootstrap_ci
 from .models import load_model, param_counts
 from .records import Run, start_run, utcnow, write_csv, write_json
-from .safety import check_disk, resume_point
-from .submissions import error_tail, exception_tail, finalize_run, record_failure, test_file_fnames
+from .safety import WriteError, check_disk, remove_torn, resume_point, unsafe_pickle, write_failure
+from .submissions import (_sample_problems, error_tail, exception_tail, finalize_run, read_index, record_failure,
+                                 test_file_fnames)
 from .train import device_report, make_trainer, on_cpu, peak_gpu_memory_gb, train
 
 # %% auto #0
-__all__ = ['Context', 'open_run', 'cell_failed', 'watch_cells', 'read_data', 'build_model', 'fit', 'score_dev',
-           'write_submission', 'pictures', 'finish', 'run_steps', 'run_pipeline', 'main', 'accelerate_command']
+__all__ = ['PREFLIGHT_FREE_BYTES', 'PreflightError', 'Problem', 'preflight', 'Context', 'open_run', 'cell_failed', 'watch_cells',
+           'read_data', 'build_model', 'fit', 'score_dev', 'write_submission', 'pictures', 'finish', 'run_steps',
+           'run_pipeline', 'main', 'accelerate_command']
+
+# %% ../nbs/09a_pipeline.ipynb #9d5bf19d
+class PreflightError(DialsumError):
+    "An input the run needs is missing or invalid; found before training."
+
+PREFLIGHT_FREE_BYTES = 50 * 2**20  # less free disk than this at the run folder cannot hold a run's records and checkpoints
+
+def _short(e:BaseException, n:int=400)->str:
+    s = ' '.join(str(e).split()); return s if len(s) <= n else s[:n - 1] + '…'
+
+class Problem(str):
+    "One problem `preflight` found; `error` is the exception it came from, when it did (raised as it is when it is the only one)."
+    error:Optional[BaseException] = None
+    @classmethod
+    def of(cls, text:str, error:BaseException)->'Problem':
+        p = cls(text); p.error = error; return p
+
+def preflight(cfg:Config, # the resolved config
+              root:Union[str, Path], # the project folder (relative data paths start here)
+              run_dir:Union[str, Path], # the run folder (exists)
+             )->list[str]:
+    "Every problem with the inputs and outputs of the run of `cfg`, found before any model is loaded; empty when none."
+    data, root, run_dir, out = cfg.data, Path(root), Path(run_dir), []
+    t = cfg.training
+    if not data.demo:
+        test = None
+        for s in SPLITS:
+            p = resolve_path(getattr(data, s), root)
+            if p is None: continue
+            if p.is_dir(): out.append(f"data.{s}: {p} is a folder; give the CSV file inside it"); continue
+            try: df = read_split(p, s, data.columns)
+            except DialsumError as e: out.append(Problem.of(f"data.{s}: {e}", e)); continue
+            if s == 'test': test = df['fname'].tolist()
+        if data.sample_submission is not None:
+            sample = resolve_path(data.sample_submission, root)
+            probs = _sample_problems(test, sample) if test is not None else \
+                    [] if sample.is_file() else [f"{sample}: sample submission not found; check data.sample_submission in the config"]
+            out += [f"data.sample_submission: {p}" for p in probs]
+    if t.eval_strategy != 'no' and not data.demo and data.dev is None:
+        out.append(f"training.eval_strategy is {t.eval_strategy!r} but data.dev is null: checkpoints are scored and chosen on the "
+                   "dev split; set data.dev to a dev CSV, or training.eval_strategy: no (and training.early_stopping_patience: null)")
+    name = cfg.model.name_or_path
+    if name and not cfg.model.scratch:
+        try:
+            from transformers import AutoTokenizer
+            AutoTokenizer.from_pretrained(str(resolve_path(name, root)) if resolve_path(name, root).is_dir() else name,
+                                          trust_remote_code=cfg.model.trust_remote_code)
+        except Exception as e: out.append(f"model.name_or_path {name!r}: its tokenizer cannot be loaded ({type(e).__name__}: {_short(e)})")
+    try:
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix='.preflight-'): pass
+    except OSError as e: out.append(f"{run_dir}: the run folder is not writable ({e.strerror or e}); set output.runs_dir to a writable folder")
+    try: read_index(run_dir.parent)
+    except DialsumError as e: out.append(_short(e))
+    free = shutil.disk_usage(run_dir).free
+    if cfg.resources.check_disk and free < PREFLIGHT_FREE_BYTES:
+        out.append(f"{run_dir}: {free / 2**20:.1f} MB free on its disk, under the {PREFLIGHT_FREE_BYTES / 2**20:.0f} MB a run needs; "
+                   "free disk space or set output.runs_dir to a bigger disk (resources.check_disk: false skips this check)")
+    return out
+
 
 # %% ../nbs/09a_pipeline.ipynb #257910e8
 @dataclass
@@ -64,6 +126,14 @@ def open_run(config:Union[str, Path], # the experiment YAML, relative to the pro
     ctx = Context(cfg, Run(Path(path[0]), cfg), root, state)
     ctx.record(processes=state.num_processes, distributed_type=str(state.distributed_type).rsplit('.', 1)[-1])
     watch_cells(ctx)  # in a notebook (papermill, Jupyter): a failing cell records the failure
+    if ctx.main and (problems := preflight(cfg, root, ctx.run.path)):  # every input checked before any model is loaded
+        one = problems[0].error if len(problems) == 1 and isinstance(problems[0], Problem) else None  # a data error, as it was raised
+        err = one or PreflightError(f"{len(problems)} problem(s) found before training, nothing trained:\n"
+                                    + '\n'.join(f"  - {p}" for p in problems))
+        record_failure(ctx.run.path, f"{type(err).__name__}: {err}", [f"{type(err).__name__}: {p}" for p in problems], stage='preflight',
+                       seconds=round(time.perf_counter() - ctx.t0, 2))
+        err.recorded = True  # a failed run, not a config refused before one existed
+        raise err
     return ctx
 
 def cell_failed(ctx:Context, # the run the notebook opened
@@ -128,7 +198,21 @@ def fit(ctx:Context, tok, model, splits:Splits)->tuple:
                                None if dev is None else references(dev), ctx.run.file('checkpoints'))
     resume = resume_point(ctx.run.file('checkpoints'), cfg.training.resume_from_checkpoint)  # the newest complete checkpoint
     ctx.record(resumed_from=ctx.run.rel(resume))
-    result = train(ctx.trainer, str(resume) if resume else None)
+    try: result = train(ctx.trainer, str(resume) if resume else None)
+    except Exception as e:
+        if resume and 'weights_only' in str(e) and (bad := unsafe_pickle(resume)):  # torch's message names no file
+            raise CheckpointError(f"{bad}: refused: this pickle holds Python objects other than tensors, so training did not write "
+                                  "it as it is (tampered with, or copied from elsewhere); nothing in it ran. Delete "
+                                  f"{resume.name} to resume from the checkpoint before it, or start a new run") from None
+        if (why := write_failure(e)) is None: raise
+        ck = ctx.run.file('checkpoints')
+        torn = remove_torn(ck) if ctx.main else []  # a resume skips them anyway; removed, they give back room to record the failure
+        done = sorted((p for p in ck.glob('checkpoint-*') if p.is_dir()), key=lambda p: int(p.name.split('-')[1]))
+        free = shutil.disk_usage(ck if ck.exists() else ctx.run.path).free
+        raise WriteError(f"writing to {ck} failed while training: the disk is full or failing ({why}; {free / 2**20:.1f} MB free now)"
+                         + (f"; the torn {', '.join(torn)} was removed" if torn else '')
+                         + (f"; {done[-1].name} is complete: free disk space, then `dialsum run CONFIG --resume {ctx.run.path.name}` "
+                            "continues from it" if done else '; free disk space (or set output.runs_dir to a bigger disk) and run it again')) from e
     result['best_checkpoint'] = ctx.run.rel(result['best_checkpoint'])
     ctx.record(best_checkpoint=result['best_checkpoint'], train=result)
     return merge_for_inference(ctx.trainer.model, cfg), result
@@ -218,7 +302,9 @@ def main(argv:Optional[Sequence[str]]=None)->int:
     a = p.parse_args(argv)
     try:
         try: ctx = open_run(a.config, a.overrides, a.run_dir)
-        except DialsumError as e: print(f"error: {e}", file=sys.stderr); return 2
+        except DialsumError as e:
+            if getattr(e, 'recorded', False): print(f"FAILED before training\n  {e}", file=sys.stderr); return 1  # a failed run record
+            print(f"error: {e}", file=sys.stderr); return 2
         try: run = run_steps(ctx)
         except Exception as e:
             if ctx.main: print(f"FAILED {ctx.run.path}\n  {type(e).__name__}: {e}", file=sys.stderr)

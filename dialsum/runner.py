@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_runner.ipynb #a9cabba6
 from __future__ import annotations
-import os, re, socket, sys, time
+import hashlib, os, re, socket, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -12,18 +12,28 @@ from typing import Optional, Sequence, Union
 import pandas as pd
 import papermill as pm
 from papermill.exceptions import PapermillExecutionError
+from papermill.iorw import LocalHandler, papermill_io
 
 from .checkpoints import CheckpointError, checkpoint_problems, find_checkpoint, resolve_run
 from .config import Columns, Config, DialsumError, config_dict, config_hash, load_config, project_root, resolve_path
 from .data import clean_split, read_split
-from .records import RUN_FILES, Run, new_run_dir, process_alive, process_record, safe_name, utcnow, write_csv
+from .records import (RUN_FILES, Run, atomic_write, new_run_dir, process_alive, process_record, safe_name, utcnow,
+                             write_csv)
 from .safety import refuse_secrets, run_path, scrub_file
 from .submissions import error_tail, finalize_run, read_index, record_failure, submission_problems, test_file_fnames
 
 # %% auto #0
-__all__ = ['SPLIT_FILES', 'template_path', 'run_experiment', 'run_processes', 'live_status', 'mark_interrupted',
-           'run_split_paths', 'read_input', 'choose_checkpoint', 'load_for_inference', 'Prediction', 'predict_run',
-           'recoverable', 'recover_run']
+__all__ = ['SPLIT_FILES', 'AtomicLocalFiles', 'template_path', 'run_experiment', 'run_processes', 'live_status',
+           'mark_interrupted', 'run_split_paths', 'read_input', 'choose_checkpoint', 'load_for_inference',
+           'refuse_output', 'Prediction', 'predict_run', 'recoverable', 'recover_run', 'recovery_fingerprint']
+
+# %% ../nbs/09_runner.ipynb #ab523342
+class AtomicLocalFiles(LocalHandler):
+    "papermill's handler of local files, each save an atomic replace (`atomic_write`): a failed save leaves the last whole notebook."
+    def write(self, buf, path): atomic_write(path, buf)
+
+papermill_io.register(os.sep, AtomicLocalFiles())  # absolute paths: the runner gives papermill absolute ones
+
 
 # %% ../nbs/09_runner.ipynb #197ed22d
 def template_path(root:Path)->Path:
@@ -40,7 +50,8 @@ def _rel(p:Path, root:Path)->str:
 def _end(run:Run, status:str, t0:float, error:str, tail:Optional[list]=None):
     "Record a run that ended without completing, unless its kernel already did (a completed run's notebook records itself)."
     if run.metadata.get('status') != 'running': return  # recorded by the kernel's handler (see `dialsum.pipeline.open_run`)
-    record_failure(run.path, error, tail, status, seconds=round(time.monotonic() - t0, 2))  # GPU memory: the kernel's, unknown here
+    try: record_failure(run.path, error, tail, status, seconds=round(time.monotonic() - t0, 2))  # GPU memory: the kernel's, unknown here
+    except DialsumError as e: print(f"{run.path}: the failure could not be recorded ({e}); it was: {error}", file=sys.stderr)
 
 def run_experiment(config:Union[str, Path], # the experiment YAML
                    overrides:Sequence[str]=(), # dotted overrides
@@ -48,15 +59,18 @@ def run_experiment(config:Union[str, Path], # the experiment YAML
                    run_dir:Union[str, Path, None]=None, # use this run folder instead of a new one
                    progress:bool=False, # show papermill's cell progress bar
                    record:Optional[dict]=None, # extra fields for the run's first record (e.g. the GPU a sweep waited for)
+                   check_machine:bool=True, # check here what the config asks of the machine (a sweep leaves it to the kernel: no CUDA here)
                   )->Run:
     "Execute the template for `config` into a run folder; return the run with its final status recorded."
     if int(os.environ.get('WORLD_SIZE', '1')) > 1:  # each process would execute its own notebook into its own run folder
         raise DialsumError("dialsum run executes the notebook in one process; under accelerate launch run the same steps with "
                            "`accelerate launch ... -m dialsum.pipeline CONFIG [overrides]` (see configs/accelerate/)")
     root, t0 = Path(root) if root else project_root(), time.monotonic()
-    cfg = load_config(config, list(overrides), root)
+    cfg = load_config(config, list(overrides), root, check_machine=check_machine)
     refuse_secrets(config_dict(cfg), str(config))  # papermill writes its parameters into the notebook: no secret may be among them
-    path = Path(run_dir) if run_dir else new_run_dir(resolve_path(cfg.output.runs_dir, root), cfg.experiment)
+    runs_dir = Path(run_dir).parent if run_dir else resolve_path(cfg.output.runs_dir, root)
+    read_index(runs_dir)  # an index this run could not be added to is said now, before a run folder is left `running` without a row
+    path = Path(run_dir) if run_dir else new_run_dir(runs_dir, cfg.experiment)
     path.mkdir(parents=True, exist_ok=True)
     run = Run(path.resolve(), cfg)
     run.update(run_id=run.path.name, experiment=cfg.experiment, status='running', started=run.metadata.get('started', utcnow()),
@@ -64,20 +78,26 @@ def run_experiment(config:Union[str, Path], # the experiment YAML
                log=RUN_FILES['log'], notebook=RUN_FILES['notebook'], **(record or {}))
     finalize_run(run.path, run.path.parent)  # in the index from the start: a killed run leaves a row that says so
     params = dict(config=_rel(resolve_path(config, root), root), overrides=list(overrides), run_dir=_rel(run.path, root))
-    with open(run.file('log'), 'a', encoding='utf-8') as log:
-        try:
-            pm.execute_notebook(template_path(root), run.file('notebook'), parameters=params, cwd=str(root),
-                                stdout_file=log, stderr_file=log, progress_bar=progress, kernel_name='python3')
-        except PapermillExecutionError as e:
-            _end(run, 'failed', t0, f"{e.ename}: {e.evalue}", error_tail(e.traceback))
-        except KeyboardInterrupt:
-            _end(run, 'interrupted', t0, 'interrupted (Ctrl-C or SIGTERM) while the notebook ran'); raise
-        except Exception as e:  # e.g. the kernel died
-            _end(run, 'failed', t0, f"{type(e).__name__}: {e}")
-        finally:  # whatever the kernel printed or papermill recorded, no secret stays in it
-            log.flush(); scrub_file(run.file('notebook')); scrub_file(run.file('log'))
+    log = open(run.file('log'), 'a', encoding='utf-8')
+    try:
+        pm.execute_notebook(template_path(root), run.file('notebook'), parameters=params, cwd=str(root),
+                            stdout_file=log, stderr_file=log, progress_bar=progress, kernel_name='python3')
+    except PapermillExecutionError as e:
+        _end(run, 'failed', t0, f"{e.ename}: {e.evalue}", error_tail(e.traceback))
+    except KeyboardInterrupt:
+        _end(run, 'interrupted', t0, 'interrupted (Ctrl-C or SIGTERM) while the notebook ran'); raise
+    except Exception as e:  # e.g. the kernel died, or the notebook could not be saved (a full disk)
+        _end(run, 'failed', t0, f"{type(e).__name__}: {e}")
+    finally:  # whatever the kernel printed or papermill recorded, no secret stays in it
+        _tidy(run, log)
     _end(run, 'failed', t0, 'the notebook ended without recording completion')
     return run
+
+def _tidy(run:Run, log):
+    "Close the log and scrub the notebook and the log; on a full disk say what could not be done instead of failing the command."
+    for step in (log.close, lambda: scrub_file(run.file('notebook')), lambda: scrub_file(run.file('log'))):
+        try: step()
+        except (OSError, DialsumError) as e: print(f"{run.path}: {e}", file=sys.stderr)
 
 # %% ../nbs/09_runner.ipynb #12b5ae6a
 def run_processes(md:dict, # a run's metadata.json
@@ -153,6 +173,37 @@ def load_for_inference(checkpoint:Path, cfg:Config)->tuple:
     if cfg.model.quantization: return tok, model  # 4-bit weights are placed on their GPU when loaded
     return tok, (model.to('cuda') if torch.cuda.is_available() and not cfg.training.use_cpu else model)
 
+# %% ../nbs/09_runner.ipynb #60e827aa
+_RECORDS = ('index.csv', 'latest_submission.csv')
+
+def _records_of(runs:Path)->bool: return (runs/'index.csv').is_file() or (runs/'history').is_dir()
+
+def refuse_output(output:Union[str, Path], # the file `predict` is asked to write
+                  input:Union[str, Path], # the CSV it reads
+                  run_dir:Optional[Path]=None, # the run it predicts with
+                  runs_dir:Union[str, Path, None]=None, # the runs folder named on the command line
+                  root:Union[str, Path, None]=None, # the project folder (its runs/ is protected too)
+                  force:bool=False, # an existing file that is none of dialsum's records may be replaced
+                 )->Path:
+    "`output` when `predict` may write it; a `DialsumError` saying why not when it is the input or one of dialsum's records."
+    dest = Path(output).expanduser().absolute()
+    real, runs = dest.resolve(), {Path(p).resolve() for p in (runs_dir, run_dir and Path(run_dir).parent,
+                                                              root and resolve_path('runs', Path(root))) if p}
+    no = f"{output}: dialsum predict does not write here: it is"
+    if real.is_dir(): raise DialsumError(f"{output}: is a folder; give a file name for --output, e.g. {Path(output)/'predictions.csv'}")
+    if real == Path(input).resolve(): raise DialsumError(f"{no} the input it reads (--input); choose another --output file")
+    for a in real.parents:
+        if (a/RUN_FILES['metadata']).is_file() or (a/RUN_FILES['config']).is_file() and (a/RUN_FILES['checkpoints']).is_dir():
+            raise DialsumError(f"{no} inside the run folder {a}, whose files are that run's record (compare, best and recovery read "
+                               "them); write outside run folders, e.g. --output predictions.csv")
+        if a.name == 'history' and (a.parent in runs or _records_of(a.parent)):
+            raise DialsumError(f"{no} in {a}, the promoted submissions, which are never overwritten; choose another --output file")
+    if real.name in _RECORDS and (real.parent in runs or _records_of(real.parent)):
+        raise DialsumError(f"{no} {real.name} of the runs folder {real.parent}, written by runs only; choose another --output file")
+    if real.exists() and not force: raise DialsumError(f"{output}: already exists; give --force to replace it, or another --output file")
+    return dest
+
+
 # %% ../nbs/09_runner.ipynb #45a6f9af
 @dataclass
 class Prediction:
@@ -173,6 +224,7 @@ def predict_run(run:Union[str, Path, None]=None, # a run folder or experiment na
                 runs_dir:Union[str, Path, None]=None, # where experiment names are looked up (default: runs/)
                 root:Union[str, Path, None]=None, # the project folder (default: found from the working directory)
                 progress:bool=False, # show a progress bar
+                force:bool=False, # replace an existing `output` (never one of dialsum's records, nor the input)
                )->Prediction:
     "Summarize `input` with a run's best (or the given) checkpoint, write `output` atomically and check it."
     root = Path(root) if root else project_root()
@@ -185,7 +237,7 @@ def predict_run(run:Union[str, Path, None]=None, # a run folder or experiment na
     src = Path(input) if input else run_split_paths(cfg, run_dir, root)['test']
     cut = None if input else cfg.data.max_test_samples
     df = read_input(src, 'test', cfg, cut)
-    dest = Path(output) if output else run_dir/RUN_FILES['submission']
+    dest = refuse_output(output, src, run_dir, runs_dir, root, force) if output else run_dir/RUN_FILES['submission']
     from dialsum.inference import predict
     tok, model = load_for_inference(ckpt, cfg)
     write_csv(dest, predict(model, tok, df, cfg, progress))
@@ -223,6 +275,23 @@ def recover_run(run_dir:Union[str, Path], # a trained run folder (see `recoverab
     why = f"after the run ended {was}: {err}" if was != 'completed' else f"({RUN_FILES['submission']} was missing)"
     run.update(finished=md.get('finished') or utcnow(), submission=RUN_FILES['submission'],
                best_checkpoint=run.rel(ckpt), error=f"submission recovered by dialsum predict from {run.rel(ckpt)} {why}",
-               recovered=dict(at=utcnow(), checkpoint=run.rel(ckpt), reason=reason, status_before=was, error_before=err), **extra)
+               recovered=dict(at=utcnow(), checkpoint=run.rel(ckpt), reason=reason, status_before=was, error_before=err,
+                              fingerprint=recovery_fingerprint(run.path, root)), **extra)
     finalize_run(run.path, run.path.parent, test_file_fnames(paths['test'], _columns(cfg)), paths['sample_submission'], cfg.data.max_test_samples, complete=True)
     return run.metadata
+
+# %% ../nbs/09_runner.ipynb #a54c4bae
+def recovery_fingerprint(run_dir:Union[str, Path], # a trained run folder
+                         root:Union[str, Path, None]=None, # the project folder (default: found from the working directory)
+                        )->Optional[str]:
+    "A hash of what recovering the run reads (its config, best checkpoint, test file and sample submission); None when one is missing."
+    root, run = Path(root) if root else project_root(), Run(Path(run_dir), None)
+    try: cfg, (ckpt, _) = load_config(run.file('config'), root=root, check_machine=False), choose_checkpoint(run.path)
+    except DialsumError: return None
+    h = hashlib.sha256(run.file('config').read_bytes() + ckpt.name.encode())
+    for f in sorted(p for p in ckpt.iterdir() if p.is_file()): h.update(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}".encode())
+    for s in ('test', 'sample_submission'):
+        p = run_split_paths(cfg, run.path, root)[s]
+        h.update(p.read_bytes() if p is not None and p.is_file() else b'-')
+    return h.hexdigest()[:16]
+

@@ -14,7 +14,7 @@ from .config import Config, ConfigError, DialsumError, TrainingConfig
 __all__ = ['REDACTED', 'SECRET_ENV', 'SHORT_SECRET', 'LONG_SECRET', 'OPTIMIZER_STATES', 'WriteError', 'DiskSpaceError',
            'write_error', 'is_secret_name', 'secret_values', 'redact', 'refuse_secrets', 'scrub_file',
            'optimizer_states', 'checkpoint_bytes', 'planned_saves', 'checkpoints_on_disk', 'check_disk', 'run_path',
-           'resume_problems', 'resume_point']
+           'resume_problems', 'resume_point', 'write_failure', 'remove_torn', 'unsafe_pickle']
 
 # %% ../nbs/12_safety.ipynb #e7d46732
 class WriteError(DialsumError, OSError):
@@ -266,3 +266,41 @@ def resume_point(checkpoints:Union[str, Path], # the run's checkpoints folder
         raise DialsumError(f"{resume}: cannot resume from this checkpoint: {'; '.join(probs)}; name another checkpoint or set "
                            "training.resume_from_checkpoint: true for the newest complete one")
     return Path(resume)
+
+# %% ../nbs/12_safety.ipynb #0d7bbbb1
+_WRITE_WORDS = ('no space left', 'disk quota', 'read-only file system', 'failed writing', 'unexpected pos', 'ioerror',
+                'input/output error', 'file write failed')
+
+def write_failure(e:BaseException, # an exception raised while a run wrote something
+                 )->Optional[str]:
+    "What went wrong with the disk, when `e` (or one of its causes) is a failed write; None for any other error."
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG):
+            return e.strerror or str(e)
+        if any(w in str(e).lower() for w in _WRITE_WORDS): return ' '.join(str(e).split())[:300]
+        e = e.__cause__ or e.__context__
+    return None
+
+def remove_torn(checkpoints:Union[str, Path], # a run's checkpoints folder
+               )->list[str]:
+    "Remove the checkpoints in `checkpoints` that are not complete (a save that failed or was killed); return their names."
+    ck, out = Path(checkpoints), []
+    for p in sorted(ck.iterdir() if ck.is_dir() else []):
+        if p.is_dir() and _CKPT.match(p.name) and resume_problems(p):
+            shutil.rmtree(p, ignore_errors=True); out.append(p.name)
+    return out
+
+
+# %% ../nbs/12_safety.ipynb #783109de
+def unsafe_pickle(checkpoint:Union[str, Path], # a checkpoint folder the trainer refused to resume from
+                 )->Optional[Path]:
+    "The first pickle file of `checkpoint` that `torch.load(weights_only=True)` refuses (nothing in it runs); None when all load."
+    import pickle, torch
+    for p in sorted(Path(checkpoint).iterdir()):
+        if p.suffix not in ('.pt', '.pth', '.bin') or not p.is_file(): continue
+        try: torch.load(p, map_location='cpu', weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError): return p
+    return None
+

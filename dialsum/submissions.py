@@ -19,7 +19,8 @@ from .records import RUN_FILES, Run, atomic_write, clean_stale_temps, safe_name,
 # %% auto #0
 __all__ = ['SUBMISSION_COLUMNS', 'INDEX_COLUMNS', 'ERROR_CHARS', 'INDEX_FILE', 'LOCK_TIMEOUT', 'LATEST_FILE', 'HISTORY_DIR',
            'SubmissionError', 'cut_problem', 'submission_problems', 'test_file_fnames', 'index_row', 'update_index',
-           'read_index', 'promote', 'finalize_run', 'error_tail', 'exception_tail', 'record_failure']
+           'read_index', 'promote', 'not_promoted_error', 'finalize_run', 'error_tail', 'exception_tail',
+           'record_failure']
 
 # %% ../nbs/08_submissions.ipynb #46aa1014
 class SubmissionError(DialsumError):
@@ -285,6 +286,16 @@ def promote(run_dir:Union[str, Path], # the run folder with submission.csv
     _update_metadata(run_dir, **out)
     return out
 
+# %% ../nbs/08_submissions.ipynb #3b287c0e
+def not_promoted_error(run_dir:Union[str, Path], # the run folder whose submission was refused
+                       problems:Optional[Sequence[str]]=None, # the reasons (`submission_problems`)
+                      )->str:
+    "The error of a run that trained but whose submission was not promoted, saying how to recover it."
+    why = '; '.join(problems or ['no test file to check it against'])
+    return (f"submission not promoted: {why}. The model's checkpoints are kept: fix the cause, then `dialsum sweep --resume` "
+            f"recovers and promotes the run, or `dialsum predict --run {Path(run_dir).name} --output FILE` writes a submission from them")
+
+
 # %% ../nbs/08_submissions.ipynb #2751ae10
 def finalize_run(run_dir:Union[str, Path], # the finished (completed or failed) run folder
                  runs_dir:Union[str, Path], # the runs folder with index.csv, history/ and latest_submission.csv
@@ -294,9 +305,12 @@ def finalize_run(run_dir:Union[str, Path], # the finished (completed or failed) 
                  complete:bool=False, # the run's steps all succeeded: promote, and only then mark it completed
                 )->dict:
     "Promote a completed run's valid submission, then write the run's row to the index; return the row."
-    if (complete or _metadata(run_dir)[0].get('status') == 'completed') and test_fnames is not None:
-        promote(run_dir, runs_dir, test_fnames, sample_submission, max_test_samples)
-    if complete: Run(run_dir, None).update(status='completed')
+    tried = (complete or _metadata(run_dir)[0].get('status') == 'completed') and test_fnames is not None
+    out = promote(run_dir, runs_dir, test_fnames, sample_submission, max_test_samples) if tried else {}
+    if out.get('promoted'):
+        if complete: Run(run_dir, None).update(status='completed')
+    elif complete or tried: Run(run_dir, None).update(status='failed', finished=_metadata(run_dir)[0].get('finished') or utcnow(),
+                                                      error=not_promoted_error(run_dir, out.get('submission_problems')))
     row = index_row(run_dir)
     update_index(runs_dir, row)
     return row

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_sweep.ipynb #75e0b0a4
 from __future__ import annotations
-import glob, os, re, socket, subprocess, time, unicodedata
+import functools, glob, os, re, socket, subprocess, sys, time, unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -12,14 +12,14 @@ from typing import Callable, Optional, Sequence, Union
 from .config import (ConfigError, DialsumError, OutputConfig, apply_overrides, config_dict, config_hash, load_config,
                             project_root, read_layers, resolve_path)
 from .records import RUN_FILES, Run, new_run_dir, process_record, safe_name, utcnow
-from .runner import live_status, mark_interrupted, recover_run, recoverable, run_experiment
-from .safety import refuse_secrets, run_path, scrub_file
+from .runner import live_status, mark_interrupted, recoverable, recovery_fingerprint, run_experiment
+from .safety import refuse_secrets, resume_problems, run_path, scrub_file
 from .submissions import INDEX_FILE, error_tail, finalize_run, read_index, record_failure
 
 # %% auto #0
-__all__ = ['NO_GPU', 'expand_configs', 'GpuWaitError', 'nvml_query', 'wait_for_gpu', 'indexed_run', 'resume_action',
-           'record_unstarted', 'accelerate_run', 'SweepEntry', 'one_line', 'run_sweep', 'text_table', 'sweep_table',
-           'sweep_exit_code']
+__all__ = ['NO_GPU', 'expand_configs', 'GpuWaitError', 'cuda0_nvml_index', 'nvml_query', 'wait_for_gpu', 'indexed_run',
+           'newest_complete_checkpoint', 'resume_action', 'record_unstarted', 'accelerate_run', 'SweepEntry',
+           'one_line', 'run_sweep', 'text_table', 'sweep_table', 'sweep_exit_code']
 
 # %% ../nbs/10_sweep.ipynb #874d2a8b
 def expand_configs(items:Sequence[Union[str, Path]], # config paths and glob patterns such as 'configs/experiments/*.yaml'
@@ -45,12 +45,43 @@ NO_GPU = 'no GPU (NVML unavailable): running on CPU'
 class GpuWaitError(DialsumError):
     "The GPU did not get the free memory a config asks for within its wait."
 
+def _uuid(s)->str: return str(s.decode() if isinstance(s, bytes) else s).lower().removeprefix('gpu-')
+
+def cuda0_nvml_index(devices:list[dict], # NVML's GPUs in its order (PCI bus id): each with 'uuid' and 'name'
+                     visible:Optional[str]=None, # CUDA_VISIBLE_DEVICES (None: unset)
+                     order:Optional[str]=None, # CUDA_DEVICE_ORDER (None: unset, CUDA's default FASTEST_FIRST)
+                     cuda0_uuid:Callable[[], Optional[str]]=lambda: None, # CUDA's own answer: the UUID of its device 0
+                    )->Optional[int]:
+    "NVML's index of the GPU that CUDA (and so the run) calls 0, matched by UUID or PCI bus order; None when CUDA sees none."
+    first = (visible if visible is not None else '0').split(',')[0].strip()
+    if first.startswith(('GPU-', 'MIG-')):  # a UUID (CUDA takes a unique prefix of one)
+        hits = [i for i, d in enumerate(devices) if _uuid(d['uuid']).startswith(_uuid(first))]
+        return hits[0] if len(hits) == 1 else None
+    if not first.isdigit(): return None  # '' or '-1': CUDA sees no GPU
+    k = int(first)
+    if order == 'PCI_BUS_ID' or len({d['name'] for d in devices}) <= 1:  # CUDA's order is NVML's: by PCI bus id (ties of
+        return k if k < len(devices) else None                            # FASTEST_FIRST among equal GPUs keep that order)
+    u = cuda0_uuid()  # mixed GPUs in CUDA's fastest-first order: only CUDA knows which is its 0
+    hits = [i for i, d in enumerate(devices) if u and _uuid(d['uuid']) == _uuid(u)]
+    return hits[0] if hits else None
+
+@functools.lru_cache(maxsize=None)
+def _cuda0_uuid()->Optional[str]:
+    "The UUID of CUDA's device 0, asked in a child process: this one never initializes CUDA."
+    code = 'import torch; print(torch.cuda.get_device_properties(0).uuid if torch.cuda.is_available() else "")'
+    try: p = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired): return None
+    return p.stdout.strip() or None if p.returncode == 0 else None
+
 def _nvml_handle(nv):
-    "NVML's handle of the device CUDA calls GPU 0: the first of CUDA_VISIBLE_DEVICES when it is set."
-    first = os.environ.get('CUDA_VISIBLE_DEVICES', '0').split(',')[0].strip()
-    if first.isdigit(): return nv.nvmlDeviceGetHandleByIndex(int(first))
-    if first.startswith(('GPU-', 'MIG-')): return nv.nvmlDeviceGetHandleByUUID(first)
-    raise nv.NVMLError(nv.NVML_ERROR_NOT_FOUND)  # '' or '-1': CUDA sees no GPU
+    "NVML's handle of the device CUDA calls GPU 0 (`cuda0_nvml_index`)."
+    devices = []
+    for i in range(nv.nvmlDeviceGetCount()):
+        h = nv.nvmlDeviceGetHandleByIndex(i)
+        devices.append(dict(uuid=nv.nvmlDeviceGetUUID(h), name=nv.nvmlDeviceGetName(h)))
+    k = cuda0_nvml_index(devices, os.environ.get('CUDA_VISIBLE_DEVICES'), os.environ.get('CUDA_DEVICE_ORDER'), _cuda0_uuid)
+    if k is None: raise nv.NVMLError(nv.NVML_ERROR_NOT_FOUND)
+    return nv.nvmlDeviceGetHandleByIndex(k)
 
 def nvml_query()->Optional[dict]:
     "GPU 0's name and free and total memory (GB) from NVML; None without an NVIDIA GPU and driver."
@@ -107,17 +138,29 @@ def _promoted_or_unchecked(md:dict)->bool:
     "Whether a completed run's submission counts: not found invalid and not left unpromoted."
     return md.get('submission_valid') is not False and md.get('promoted') is not False
 
+def newest_complete_checkpoint(run_dir:Path)->Optional[Path]:
+    "The run's newest checkpoint that a resume can continue from, or None."
+    ck = Path(run_dir)/RUN_FILES['checkpoints']
+    done = [p for p in (ck.glob('checkpoint-*') if ck.is_dir() else []) if p.is_dir() and p.name[11:].isdigit() and not resume_problems(p)]
+    return max(done, key=lambda p: int(p.name[11:])) if done else None
+
 def resume_action(runs_dir:Union[str, Path], # the runs folder with index.csv
                   chash:str, # the config hash of the config to run
+                  root:Union[str, Path, None]=None, # the project folder (for a recovery's inputs)
                  )->tuple[str, Optional[str]]:
-    "`('skip', run_id)`, `('recover', run_id)` or `('run', None)`: what `--resume` does with a config."
+    "What `--resume` does with a config: `('skip'|'recover'|'unchanged'|'continue', run_id)` or `('run', None)`."
     runs_dir, ix = Path(runs_dir), read_index(runs_dir)
     ix = ix[ix.config_hash == chash]
     rows = [(rid, s, d, Run(d, None).metadata if d else {}) for rid, s in zip(ix.run_id, ix.status) for d in [indexed_run(runs_dir, rid)]]
     for rid, s, d, md in reversed(rows):
         if s == 'completed' and d and (d/RUN_FILES['submission']).is_file() and _promoted_or_unchecked(md): return 'skip', rid
     for rid, s, d, md in reversed(rows):
-        if d and md.get('train') and live_status(md) != 'running' and (recoverable(d) or not _promoted_or_unchecked(md)): return 'recover', rid
+        if d and md.get('train') and live_status(md) != 'running' and (recoverable(d) or not _promoted_or_unchecked(md)):
+            last = md.get('recovered') if isinstance(md.get('recovered'), dict) else {}
+            same = md.get('submission_valid') is False and last.get('fingerprint') and last['fingerprint'] == recovery_fingerprint(d, root)
+            return ('unchanged' if same else 'recover'), rid
+    for rid, s, d, md in reversed(rows):  # stopped while training (killed, a full disk): continue from its newest complete checkpoint
+        if d and not md.get('train') and live_status(md) in ('interrupted', 'failed') and newest_complete_checkpoint(d): return 'continue', rid
     return 'run', None
 
 # %% ../nbs/10_sweep.ipynb #4a9e489a
@@ -135,7 +178,7 @@ def record_unstarted(config:Union[str, Path], # the config file that failed
                     )->Path:
     "A failed run folder and index row for a config that failed before its run started; return the folder."
     root, path = Path(root), resolve_path(config, root)
-    try: cfg = load_config(config, list(overrides), root)
+    try: cfg = load_config(config, list(overrides), root, check_machine=False)
     except DialsumError: cfg = None
     if cfg is not None: d = config_dict(cfg)
     else:
@@ -146,6 +189,7 @@ def record_unstarted(config:Union[str, Path], # the config file that failed
     try: experiment = safe_name(d.get('experiment'))
     except ConfigError: experiment = ''
     name = experiment or safe_name(re.sub(r'[^A-Za-z0-9_-]+', '_', path.stem).strip('_-')[:60] or 'config')
+    read_index(runs_dir)  # an index that cannot take the row: no folder is left behind without one
     run = Run(new_run_dir(runs_dir, name).resolve(), cfg)
     run.update(run_id=run.path.name, experiment=experiment, started=started or utcnow(), config=_rel(path, root),
                overrides=list(overrides), config_hash=config_hash(cfg) if cfg else '', stage='before the run started')
@@ -159,18 +203,20 @@ def accelerate_run(config:Union[str, Path], # the experiment YAML
                    accelerate_config:Union[str, Path, None]=None, # e.g. configs/accelerate/ddp_cpu.yaml
                    num_processes:Optional[int]=None, # processes; default: the accelerate config's
                    record:Optional[dict]=None, # extra fields for the run's first record (e.g. the GPU a sweep waited for)
+                   run_dir:Union[str, Path, None]=None, # continue this run folder (with training.resume_from_checkpoint) instead of a new one
                   )->Run:
     "Run `config` under `accelerate launch ... -m dialsum.pipeline` into a new run folder, its output in `run.log`; return the run with its final status recorded."
     from dialsum.pipeline import accelerate_command  # imports accelerate and transformers: only when asked for
     root, t0 = Path(root) if root else project_root(), time.monotonic()
-    cfg = load_config(config, list(overrides), root)
+    cfg = load_config(config, list(overrides), root, check_machine=False)  # the launched processes check the machine: no CUDA here
     refuse_secrets(config_dict(cfg), str(config))  # the overrides go on a command line every user of the machine can read
-    run = Run(new_run_dir(resolve_path(cfg.output.runs_dir, root), cfg.experiment).resolve(), cfg)
+    read_index(runs_dir := resolve_path(cfg.output.runs_dir, root))  # an index it cannot join: said before a run folder exists
+    run = Run((Path(run_dir) if run_dir else new_run_dir(runs_dir, cfg.experiment)).resolve(), cfg)
     acc = resolve_path(accelerate_config, root) if accelerate_config else None
     cmd = accelerate_command(resolve_path(config, root), list(overrides), acc, num_processes, run.path)
     launcher = dict(accelerate_config=_rel(acc, root) if acc else None, num_processes=num_processes)
-    run.update(run_id=run.path.name, experiment=cfg.experiment, status='running', started=utcnow(), config_hash=config_hash(cfg),
-               runner=process_record(), log=RUN_FILES['log'], launcher=launcher, **(record or {}))
+    run.update(run_id=run.path.name, experiment=cfg.experiment, status='running', started=run.metadata.get('started', utcnow()),
+               config_hash=config_hash(cfg), runner=process_record(), log=RUN_FILES['log'], launcher=launcher, **(record or {}))
     finalize_run(run.path, run.path.parent)  # in the index from the start, like a papermill run
     with open(run.file('log'), 'a', encoding='utf-8') as log:
         p = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT)
@@ -214,31 +260,42 @@ def _fill(e:SweepEntry, run_dir:Path, status:Optional[str]=None):
     unpromoted = 'submission not promoted: ' + '; '.join(md.get('submission_problems') or ['invalid']) if md.get('submission_valid') is False else ''
     e.note = one_line('; '.join(x for x in (md.get('error'), unpromoted) if x))
 
+_RECOVER = 'import sys; from dialsum.runner import recover_run; recover_run(sys.argv[1], sys.argv[2])'
+
 def _recover(e:SweepEntry, run_dir:Path, root:Path):
-    "Recover a trained run (`recover_run`) into the entry; a recovery that fails leaves the run as it was recorded."
-    try: recover_run(run_dir, root); _fill(e, run_dir, 'recovered')
-    except Exception as err:
-        _fill(e, run_dir); e.note = one_line(f"{e.note}; recovery failed: {type(err).__name__}: {err}")
-        if e.status == 'completed': e.status = 'failed'  # its submission is still not promoted
+    "Recover a trained run (`recover_run`) into the entry, in a child process: the model it loads is freed with it, and CUDA never starts here."
+    p = subprocess.run([sys.executable, '-c', _RECOVER, str(run_dir), str(root)], cwd=root, capture_output=True, text=True)
+    ok = p.returncode == 0 and Run(run_dir, None).metadata.get('status') == 'completed'
+    _fill(e, run_dir, 'recovered' if ok else 'failed')  # recovered: completed, its submission promoted
+    if p.returncode:
+        tail = error_tail(p.stderr.splitlines())
+        e.note = one_line(f"{e.note}; recovery failed: {tail[-1] if tail else f'exit code {p.returncode}'}")
 
 def _run_one(e:SweepEntry, overrides:list, root:Path, resume:bool, gpu:Optional[dict], query:Callable, say:Callable,
              progress:bool, reaped:set, accelerate:Optional[tuple]):
     "Load, skip, recover or run one config, filling `e`."
-    cfg = load_config(e.config, overrides, root)
+    cfg = load_config(e.config, overrides, root, check_machine=False)  # the run's kernel checks the machine: CUDA never starts here
     e.experiment, runs_dir = cfg.experiment, resolve_path(cfg.output.runs_dir, root)
     if runs_dir not in reaped:
         reaped.add(runs_dir)
         for rid in mark_interrupted(runs_dir): say(f"  {rid}: its process is gone; marked interrupted")
-    action, rid = resume_action(runs_dir, config_hash(cfg)) if resume else ('run', None)
+    action, rid = resume_action(runs_dir, config_hash(cfg), root) if resume else ('run', None)
     if action == 'skip':
         _fill(e, runs_dir/rid, 'skipped'); e.note = 'already completed (--resume)'; return
+    if action == 'unchanged':
+        _fill(e, runs_dir/rid, 'failed')
+        e.note = one_line("not recovered again: its last recovery wrote this invalid submission from the same config, checkpoint and "
+                          f"test files; change what its reason names, then --resume recovers it: {e.note}"); return
     if action == 'recover':
         say(f"  {rid} trained but has no promoted submission: recovering it with dialsum predict")
         return _recover(e, runs_dir/rid, root)
+    run_dir, more = (runs_dir/rid, ['training.resume_from_checkpoint=true']) if action == 'continue' else (None, [])
+    if run_dir: say(f"  {rid} stopped while training: continuing it in its folder from {newest_complete_checkpoint(run_dir).name}")
     r = cfg.resources
     info = wait_for_gpu(r.min_free_gpu_memory_gb, r.gpu_wait_seconds, query, say=say) if gpu and not cfg.training.use_cpu else None
-    if accelerate: run = accelerate_run(e.config, overrides, root, *accelerate, record=dict(gpu=info))
-    else: run = run_experiment(e.config, overrides, root, progress=progress, record=dict(gpu=info))
+    if accelerate: run = accelerate_run(e.config, overrides + more, root, *accelerate, record=dict(gpu=info), run_dir=run_dir)
+    else: run = run_experiment(e.config, overrides + more, root, run_dir=run_dir, progress=progress, record=dict(gpu=info),
+                               check_machine=False)
     if recoverable(run.path):  # trained, but not completed (a run is completed only once promoted and indexed) or no submission
         why = 'its submission was never checked and promoted' if run.file('submission').is_file() else 'wrote no submission'
         say(f"  {run.path.name} trained but {why}: recovering it with dialsum predict")

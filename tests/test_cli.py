@@ -5,7 +5,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import dialsum, run_folders
+from casebook import OLD_RUN, assert_kept, prior_runs, record, snapshot
+from conftest import BIN, ROOT, dialsum, run_folders
 from dialsum.metrics import bootstrap_ci
 from dialsum.submissions import read_index
 
@@ -113,3 +114,77 @@ def test_nothing_starts_on_bad_arguments(tmp_path):
     assert p.returncode == 0 and p.stdout.strip() == f'no runs in {tmp_path}'
     p = dialsum('best', '--runs-dir', tmp_path)
     assert p.returncode == 2 and 'no completed run' in p.stderr
+
+
+@pytest.mark.slow  # uses the shared sweep of conftest.py (about a minute)
+def test_predict_never_overwrites_a_record(swept, tmp_path):
+    "predict --output refuses its input, a run folder's files, history/, latest_submission.csv, index.csv, and an existing file without --force."
+    runs = Path(shutil.copytree(swept[1], tmp_path/'runs')); a = run_of(runs, 'sweep_a')
+    inp, mine = tmp_path/'in.csv', tmp_path/'mine.csv'
+    shutil.copy(a/'data'/'test.csv', inp); mine.write_text('my own notes\n')
+    before, kept = snapshot(runs), {p: p.read_bytes() for p in (inp, mine)}
+    (hist,) = list((runs/'history').iterdir())[:1]
+    cases = [(inp, 'the input it reads'), (a/'predictions_dev.csv', 'inside the run folder'), (a/'submission.csv', 'inside the run folder'),
+             (hist, 'the promoted submissions'), (runs/'history'/'new.csv', 'the promoted submissions'),
+             (runs/'latest_submission.csv', 'written by runs only'), (runs/'index.csv', 'written by runs only'), (mine, 'give --force')]
+    msgs = []
+    for out, words in cases:
+        p = dialsum('predict', '--run', a, '--input', inp, '--output', out, '--runs-dir', runs)
+        assert p.returncode == 2 and words in p.stderr and str(out) in p.stderr, (out, p.stderr[-2000:])
+        assert 'Traceback' not in p.stderr; msgs.append(p.stderr.strip())
+    assert snapshot(runs) == before and not (runs/'history'/'new.csv').exists(), 'a record changed'
+    assert {p: p.read_bytes() for p in kept} == kept
+    p = dialsum('predict', '--run', a, '--input', inp, '--output', mine, '--runs-dir', runs, '--force')
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert mine.read_bytes() == (a/'submission.csv').read_bytes() and not list(tmp_path.glob('*.tmp'))
+    record('predict-output-records', 'Records', 'dialsum predict --output naming its --input, a run\'s predictions_dev.csv or '
+           'submission.csv, runs/history/, runs/latest_submission.csv, runs/index.csv, or an existing file',
+           'refused, nothing written; --force replaces only a file of the user\'s', 'exit 2, every file unchanged',
+           ' | '.join(m.splitlines()[-1] for m in msgs[::3]), tmp_path)
+
+
+def test_compare_with_a_moved_run_folder(tmp_path):
+    "compare naming a run folder that was moved out of the runs folder says so (not 'no runs of experiment')."
+    runs = prior_runs(tmp_path/'runs'); before = snapshot(runs)
+    (runs/OLD_RUN).rename(tmp_path/OLD_RUN)
+    before = snapshot(runs)
+    p = dialsum('compare', OLD_RUN, OLD_RUN, '--runs-dir', runs)
+    assert p.returncode == 2 and f"'{OLD_RUN}': no run folder of that name in {runs}" in p.stderr and 'moved or deleted' in p.stderr, p.stderr
+    assert 'no runs of experiment' not in p.stderr and 'Traceback' not in p.stderr
+    assert snapshot(runs) == before
+    record('compare-moved-run', 'Messages', 'dialsum compare RUN_ID RUN_ID after the run folder was moved out of runs/',
+           'says the folder is gone and how to name it', 'exit 2', p.stderr, tmp_path)
+
+
+def test_index_with_an_extra_column_leaves_no_running_folder(tmp_path):
+    "An index.csv another tool gave an extra column: dialsum run refuses before making a run folder; the index is unchanged."
+    runs = prior_runs(tmp_path/'runs')
+    ix = pd.read_csv(runs/'index.csv', dtype=str, keep_default_na=False); ix['note'] = 'mine'; ix.to_csv(runs/'index.csv', index=False)
+    before, names = snapshot(runs), sorted(q.name for q in runs.iterdir())
+    p = dialsum('run', ROOT/'configs'/'experiments'/'smoke.yaml', f'output.runs_dir={runs}')
+    assert p.returncode == 2 and 'index.csv: its header is not the run index schema' in p.stderr and "unexpected columns 'note'" in p.stderr, p.stderr
+    assert sorted(q.name for q in runs.iterdir()) == names, 'a run folder was left behind'
+    assert snapshot(runs) == before
+    record('index-extra-column', 'Records', 'runs/index.csv with an extra column added by another tool, then dialsum run',
+           'refused before a run folder exists', 'exit 2, no orphan `running` folder, the index unchanged', p.stderr, tmp_path)
+
+
+def test_runs_into_a_closed_pipe(tmp_path):
+    "dialsum runs | head -1: the reader closes the pipe early; no BrokenPipeError traceback, exit 141 (SIGPIPE), like other commands."
+    import subprocess
+    from dialsum.records import write_csv, write_json
+    from dialsum.submissions import INDEX_COLUMNS, index_row
+    runs, rows = tmp_path/'runs', []
+    for i in range(300):  # more than a pipe holds: the writer meets the closed end for certain
+        d = runs/f'r_20260101-{i:06d}'; d.mkdir(parents=True)
+        write_json(d/'metadata.json', dict(run_id=d.name, experiment='r', status='failed', error='x' * 50)); rows.append(index_row(d))
+    write_csv(runs/'index.csv', pd.DataFrame(rows, columns=INDEX_COLUMNS))
+    p = subprocess.run(f"'{BIN/'dialsum'}' runs --runs-dir '{runs}' | head -1", shell=True, cwd=ROOT, capture_output=True, text=True,
+                       executable='/bin/bash')
+    assert p.stdout.split()[:3] == ['run_id', 'experiment', 'status'], p.stdout
+    assert 'Traceback' not in p.stderr and 'BrokenPipeError' not in p.stderr, p.stderr
+    q = subprocess.Popen([str(BIN/'dialsum'), 'runs', '--runs-dir', str(runs)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    q.stdout.close(); err = q.stderr.read().decode(); q.wait(60)
+    assert q.returncode == 141 and 'Traceback' not in err, (q.returncode, err)
+    record('runs-broken-pipe', 'Messages', 'dialsum runs | head -1 (the reader closes the pipe)', 'no traceback',
+           f'exit {q.returncode}, stderr empty' if not err.strip() else err)

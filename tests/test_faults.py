@@ -11,7 +11,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from casebook import record, snapshot
+from casebook import OLD_RUN, assert_kept, prior_runs, record, snapshot
 from conftest import BIN, ROOT, dialsum, run_folders
 
 SMOKE = ROOT/'configs'/'experiments'/'smoke.yaml'
@@ -231,3 +231,109 @@ def test_kill_inside_promote(tmp_path):
     record('fault-kill-inside-promote', 'Faults', 'kill -9 of a promotion inside its history write, then inside its latest_submission.csv write',
            'no torn file', 'whole files',
            f"latest_submission.csv stayed the old one, history files whole; the next promotion worked and removed {len(killed) + 1} stale temporary files")
+
+
+@pytest.fixture
+def files(tmp_path):
+    "The smoke-sized demo data as plain CSV files (train, dev, test, sample_submission), as a competition gives them."
+    from dialsum.data import make_demo_data
+    return make_demo_data(tmp_path/'data', 48, 8, 8)
+
+
+def data_overrides(files, **given):
+    "Overrides that read `files` instead of the generated demo data; `given` replaces some (None: null)."
+    d = {s: str(files[s]) for s in ('train', 'dev', 'test', 'sample_submission')} | given
+    return ['data.demo=null'] + [f"data.{k}={'null' if v is None else v}" for k, v in d.items()]
+
+
+PREFLIGHT = {  # case: (what is wrong, the overrides, words the error must have)
+    'wrong-sample': ('data.sample_submission names other fnames than test.csv', lambda f, t: data_overrides(f, sample_submission=t),
+                     ['data.sample_submission', 'the fnames differ from wrong_sample.csv', 'missing 1']),
+    'missing-sample': ('data.sample_submission names a file that does not exist',
+                       lambda f, t: data_overrides(f, sample_submission=t.parent/'no_such_sample.csv'), ['no_such_sample.csv: sample submission not found']),
+    'epoch-without-dev': ("training.eval_strategy=epoch with data.dev=null", lambda f, t: data_overrides(f, dev=None) +
+                          ['training.eval_strategy=epoch', 'training.eval_steps=null'], ["training.eval_strategy is 'epoch' but data.dev is null"]),
+    'all-at-once': ('a wrong sample submission, no dev split under eval_strategy=epoch and a folder as data.train',
+                    lambda f, t: data_overrides(f, dev=None, sample_submission=t, train=f['train'].parent) +
+                    ['training.eval_strategy=epoch', 'training.eval_steps=null'],
+                    ['3 problem(s) found before training', 'data.dev is null', 'the fnames differ', 'is a folder']),
+}
+
+
+@pytest.mark.parametrize('case', list(PREFLIGHT))
+def test_preflight_fails_before_training(case, files, tmp_path):
+    "Inputs a run needs are checked before the first training step: a failed record (stage preflight), exit 1, no checkpoint, nothing promoted."
+    what, over, words = PREFLIGHT[case]
+    wrong = tmp_path/'wrong_sample.csv'; wrong.write_text('fname,summary\nother_0,x\n' + ''.join(f'test_{i},x\n' for i in range(7)))
+    runs = prior_runs(tmp_path/'runs'); before = snapshot(runs)
+    p = dialsum('run', SMOKE, f'output.runs_dir={runs}', 'training.max_steps=2000', *over(files, wrong))  # would train for minutes
+    assert p.returncode == 1, p.stderr[-3000:]
+    (run,) = [r for r in run_folders(runs) if r.name != OLD_RUN]
+    md = json.loads((run/'metadata.json').read_text())
+    assert md['status'] == 'failed' and md['stage'] == 'preflight' and md['error'].startswith('PreflightError:'), md.get('error')
+    for w in words: assert w in md['error'] and w in p.stderr, (w, md['error'])
+    assert 'train' not in md and not (run/'checkpoints').exists(), 'training started'  # found before any model was loaded
+    assert not (run/'submission.csv').exists()
+    ix = pd.read_csv(runs/'index.csv', dtype=str, keep_default_na=False)
+    assert ix.set_index('run_id').status[run.name] == 'failed'
+    assert_kept(runs, before)
+    record(f'preflight-{case}', 'Fails early', what, 'refused before training, every problem at once',
+           f"exit 1, failed record (stage preflight) after {md['seconds']:.1f} s in the kernel, no checkpoint", md['error'], tmp_path)
+
+
+def test_unpromoted_run_is_failed(tmp_path):
+    "A run that trains but whose submission is refused (test split cut by data.max_test_samples) is failed, exit 1, recoverable; latest unchanged."
+    from dialsum.runner import recoverable
+    runs = prior_runs(tmp_path/'runs'); before = snapshot(runs)
+    p = dialsum('run', SMOKE, f'output.runs_dir={runs}', 'data.max_test_samples=4')
+    assert p.returncode == 1, p.stderr[-3000:]
+    (run,) = [r for r in run_folders(runs) if r.name != OLD_RUN]
+    md = json.loads((run/'metadata.json').read_text())
+    assert md['status'] == 'failed' and md['train'] and md['promoted'] is False, md.get('error')
+    assert md['error'].startswith('submission not promoted: test split cut to 4 of 8 rows') and 'dialsum predict --run' in md['error']
+    assert 'submission not promoted' in p.stderr and recoverable(run)
+    assert pd.read_csv(runs/'index.csv', dtype=str, keep_default_na=False).set_index('run_id').status[run.name] == 'failed'
+    assert_kept(runs, before)
+    record('status-unpromoted-failed', 'Records', 'a run that trained but whose submission was not promoted (data.max_test_samples=4)',
+           'failed with the reason, recoverable', 'exit 1, status failed, latest unchanged', md['error'], tmp_path)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    "A 1.5 MB tmpfs mounted for the test (room for a smoke run's records and a checkpoint or two), or a skip that says why."
+    d = tmp_path/'small'; d.mkdir()
+    p = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1500k', 'tmpfs', str(d)], capture_output=True, text=True)
+    if p.returncode: pytest.skip(f'cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {p.stderr.strip()}')
+    yield d
+    subprocess.run(['umount', '-l', str(d)], check=False)
+
+
+@pytest.mark.slow
+def test_disk_full_while_training(small_disk, tmp_path):
+    "The disk fills during a checkpoint save: failed with the reason, exit 1, run.ipynb whole, the torn checkpoint gone; resume completes."
+    from dialsum.safety import resume_problems
+    runs = prior_runs(small_disk/'runs'); before = snapshot(runs)
+    over = [f'output.runs_dir={runs}', 'resources.check_disk=false', 'training.max_steps=40', 'training.eval_steps=4',
+            'training.save_total_limit=null', 'training.early_stopping_patience=null']  # every checkpoint kept: the disk must fill
+    p = dialsum('run', SMOKE, *over)
+    assert p.returncode == 1, p.stdout[-2000:] + p.stderr[-3000:]
+    (run,) = [r for r in run_folders(runs) if r.name != OLD_RUN]
+    md = json.loads((run/'metadata.json').read_text())
+    assert md['status'] == 'failed' and md['error'].startswith('WriteError: writing to') and 'the disk is full or failing' in md['error'], md
+    assert 'WriteError' in p.stderr and 'Traceback' not in p.stderr
+    nb = json.loads((run/'run.ipynb').read_text())  # whole JSON: papermill's saves are atomic
+    assert any('WriteError' in str(o) for c in nb['cells'] for o in c.get('outputs', [])), 'the notebook does not show the failure'
+    ckpts = sorted((run/'checkpoints').glob('checkpoint-*'))
+    assert ckpts and not [c.name for c in ckpts if resume_problems(c)], 'a torn checkpoint was left'
+    assert 'the torn checkpoint-' in md['error'] and f'--resume {run.name}' in md['error']
+    ix = pd.read_csv(runs/'index.csv', dtype=str, keep_default_na=False).set_index('run_id')
+    assert ix.status[run.name] == 'failed' and ix.error[run.name].startswith('WriteError')
+    assert_kept(runs, before)
+    subprocess.run(['mount', '-o', 'remount,size=64m', str(small_disk)], check=True)  # space freed: the run goes on where it stopped
+    q = dialsum('run', SMOKE, *over, '--resume', run.name)
+    assert q.returncode in (0, 1), q.stderr[-3000:]  # 1 only when the tiny model's submission is not valid
+    md2 = json.loads((run/'metadata.json').read_text())
+    assert md2['resumed_from'] == f'checkpoints/{ckpts[-1].name}' and md2['train']['global_step'] == 40, md2.get('error')
+    record('fault-disk-full', 'Faults', 'the disk (a 1.5 MB tmpfs) fills while the trainer saves a checkpoint; then space is freed and '
+           'the run resumed', 'failed with the reason, exit 1, an intact run.ipynb, no torn checkpoint; the resume continues',
+           f"exit 1; {len(ckpts)} complete checkpoints kept; resumed from {ckpts[-1].name} to step 40", md['error'], small_disk, tmp_path)

@@ -263,3 +263,25 @@ def test_secret_names_and_short_values_are_scrubbed(tmp_path):
     record('sec-short-secret-values', 'Security', 'S3_KEY and GITHUB_PAT with 5- and 6-character values, echoed into a log',
            'scrubbed', 'not found', 'names ending in _KEY, _PAT, _SECRET, _TOKEN or holding PASSWORD/PASSWD are secrets; '
            'their values of 4 characters or more are removed where they stand alone', tmp_path)
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_malicious_optimizer_state(tmp_path):
+    "--resume from a checkpoint whose optimizer.pt would run a command: refused naming the file, no weights_only=False advice, nothing ran."
+    runs, marker = tmp_path/'runs', tmp_path/'pwned'
+    over = [f'output.runs_dir={runs}', 'training.save_total_limit=null', 'training.early_stopping_patience=null']
+    p = dialsum('run', SMOKE, *over)
+    assert p.returncode in (0, 1), p.stderr[-3000:]  # 1 only when the tiny model's submission is not valid
+    (run,) = run_folders(runs)
+    evil = run/'checkpoints'/'checkpoint-8'/'optimizer.pt'
+    evil.write_bytes(pickle.dumps(_Evil(marker)))
+    before = snapshot(run/'checkpoints')
+    q = dialsum('run', SMOKE, *over, 'training.max_steps=12', '--resume', run.name)
+    md = json.loads((run/'metadata.json').read_text())
+    assert q.returncode == 1 and md['status'] == 'failed', q.stderr[-3000:]
+    assert md['error'].startswith(f'CheckpointError: {evil}: refused') and 'tampered with' in md['error'], md['error']
+    for text in (md['error'], q.stderr, ' '.join(md['error_tail'])): assert 'weights_only=False' not in text, text
+    assert not marker.exists(), 'the pickle ran'
+    assert snapshot(run/'checkpoints') == before, 'a checkpoint changed'
+    record('sec-resume-evil-optimizer', 'Security', 'dialsum run --resume RUN whose newest checkpoint has an optimizer.pt that would run a command',
+           'refused naming the file', 'exit 1, failed record, nothing ran', md['error'], tmp_path)

@@ -6,6 +6,7 @@ import pandas as pd
 import psutil
 import pytest
 
+from casebook import record
 from conftest import BIN, ROOT, SMOKE, dialsum, run_folders
 from dialsum.submissions import INDEX_COLUMNS, read_index, submission_problems
 
@@ -59,7 +60,8 @@ def test_sweep_records_every_outcome(swept):
     assert 'no/such/train.csv' in broken.error and broken.config_hash
     (bad,) = runs_of(runs, 'broken')
     md = metadata(bad)
-    assert md['error_tail'][-1].startswith('DataError') and md['log'] == 'run.log' and (bad/'run.log').stat().st_size > 0
+    assert md['error'].startswith('PreflightError') and md['stage'] == 'preflight' and 'no/such/train.csv' in md['error']  # before training
+    assert md['log'] == 'run.log' and (bad/'run.log').stat().st_size > 0
     nb = json.loads((bad/'run.ipynb').read_text())
     assert nb['metadata']['papermill']['exception'] is True and 'no/such/train.csv' in json.dumps(nb['cells'])
 
@@ -219,27 +221,23 @@ def mismatched_data(d, sample_fnames):
 
 @pytest.mark.slow
 def test_unpromoted_submission_is_not_done(tmp_path):
-    "`dialsum run` of a config whose sample_submission.csv does not match test.csv: it completes, says NOT promoted and exits 1; "
-    "--resume does not skip it but predicts again (still not promoted: exit 1), and promotes it once the sample file is right."
+    "`dialsum run` of a config whose sample_submission.csv does not match test.csv fails in its preflight, before training, exit 1; "
+    "--resume runs it again once the sample file is right (nothing trained to recover), promotes it, and skips it after."
     cfg, paths = mismatched_data(tmp_path, [f'other_{i}' for i in range(8)])
     runs = tmp_path/'runs'
     p = dialsum('run', cfg, f'output.runs_dir={runs}')
     assert p.returncode == 1, p.stdout[-3000:] + p.stderr[-3000:]
-    assert 'NOT promoted' in p.stderr and 'the fnames differ from sample_submission.csv' in p.stderr, p.stderr
-    (run,) = run_folders(runs)
-    assert (metadata(run)['status'], metadata(run)['promoted']) == ('completed', False)
-
-    again = dialsum('sweep', cfg, '--resume', '--set', f'output.runs_dir={runs}')
-    assert again.returncode == 1, again.stdout[-3000:] + again.stderr[-3000:]
-    s = summary(again.stdout)['mismatch']
-    assert (s['run_id'], s['status'], s['promoted']) == (run.name, 'recovered', 'no') and 'submission NOT promoted' in again.stdout, s
+    assert 'PreflightError' in p.stderr and 'the fnames differ from sample_submission.csv' in p.stderr, p.stderr
+    (first,) = run_folders(runs)
+    md = metadata(first)
+    assert (md['status'], md['stage'], 'train' in md, (first/'checkpoints').exists()) == ('failed', 'preflight', False, False)
 
     pd.read_csv(paths['test'], dtype=str)[['fname']].assign(summary='-').to_csv(paths['sample_submission'], index=False)
     fixed = dialsum('sweep', cfg, '--resume', '--set', f'output.runs_dir={runs}')
     assert fixed.returncode == 0, fixed.stdout[-3000:] + fixed.stderr[-3000:]
     s = summary(fixed.stdout)['mismatch']
-    assert (s['run_id'], s['status'], s['promoted']) == (run.name, 'recovered', 'yes'), s
-    assert run_folders(runs) == [run] and metadata(run)['promoted'] is True  # predicted again, never trained again
+    assert (s['status'], s['promoted']) == ('completed', 'yes') and s['run_id'] != first.name, s
+    assert metadata(runs/s['run_id'])['promoted'] is True and metadata(first)['status'] == 'failed'
     skipped = dialsum('sweep', cfg, '--resume', '--set', f'output.runs_dir={runs}')
     assert skipped.returncode == 0 and summary(skipped.stdout)['mismatch']['status'] == 'skipped', skipped.stdout[-3000:]
 
@@ -262,3 +260,68 @@ def test_resume_refuses_an_index_id_outside_runs(tmp_path):
     assert (outside/'metadata.json').read_bytes() == before and sorted(outside.iterdir()) == [outside/'metadata.json', outside/'submission.csv']
     (rec,) = run_folders(runs)  # the refusal itself is recorded, nothing trained
     assert metadata(rec)['status'] == 'failed' and 'index.csv' in metadata(rec)['error'] and not (rec/'checkpoints').exists()
+
+
+@pytest.mark.slow
+def test_resume_continues_a_run_killed_while_training(tmp_path):
+    "kill -9 of a sweep and its kernel after the run's first complete checkpoint: sweep --resume continues that run in its own folder."
+    from dialsum.safety import resume_problems
+    runs, cfg = tmp_path/'runs', tmp_path/'long.yaml'
+    cfg.write_text(f"base: {SMOKE}\nexperiment: long\ntraining: {{max_steps: 30, eval_steps: 5, save_total_limit: null, "
+                   "early_stopping_patience: null}\n")
+    p = start_sweep(runs, cfg)
+    deadline = time.time() + 400
+    while not list(runs.glob('long_*/checkpoints/checkpoint-*/trainer_state.json')):
+        assert p.poll() is None and time.time() < deadline, 'the run ended (or took too long) before its first checkpoint'
+        time.sleep(0.02)
+    (run,) = run_folders(runs)
+    kernel = metadata(run)['process']['pid']
+    os.killpg(p.pid, signal.SIGKILL)
+    try: os.kill(kernel, signal.SIGKILL)
+    except ProcessLookupError: pass
+    p.wait(60)
+    assert not metadata(run).get('train'), 'the kill came after training'
+    done = [c for c in sorted((run/'checkpoints').glob('checkpoint-*'), key=lambda c: int(c.name.split('-')[1])) if not resume_problems(c)]
+    assert done and done[-1].name != 'checkpoint-30'
+    again = dialsum('sweep', cfg, '--resume', '--set', f'output.runs_dir={runs}')
+    assert again.returncode in (0, 1), again.stdout[-3000:] + again.stderr[-3000:]  # 1 only when the tiny model's submission is invalid
+    assert f'{run.name} stopped while training: continuing it in its folder from' in again.stdout, again.stdout[-3000:]
+    assert run_folders(runs) == [run], 'the sweep started a new folder instead of continuing'
+    md = metadata(run)
+    assert md['train']['global_step'] == 30 and md['attempts'] == 2, md.get('error')
+    assert md['resumed_from'].startswith('checkpoints/checkpoint-') and int(md['resumed_from'].split('-')[1]) >= int(done[-1].name.split('-')[1])
+    state = json.loads((run/'checkpoints'/'trainer_state.json').read_text())
+    assert [h['step'] for h in state['log_history'] if 'loss' in h][-1] == 30
+    record('sweep-resume-continues', 'Faults', 'kill -9 of a sweep (and its kernel) after the first complete checkpoint, then sweep --resume',
+           'continues the run from its newest complete checkpoint in its own folder', f"{md['status']}, one folder",
+           f"resumed from {md['resumed_from']}; global step {md['train']['global_step']}, {md['attempts']} attempts")
+
+
+@pytest.mark.slow
+def test_sweep_never_touches_cuda_and_does_not_repeat_a_useless_recovery(tmp_path):
+    "In the sweep's own process CUDA is never asked for; a recovery that made the same invalid submission is not repeated by --resume."
+    import torch
+    from unittest import mock
+    from dialsum.sweep import run_sweep, sweep_exit_code
+    runs, cfg = tmp_path/'runs', tmp_path/'cut.yaml'
+    cfg.write_text(f"base: {SMOKE}\nexperiment: cut\ndata: {{max_test_samples: 4}}\n")  # every submission of it is refused
+    calls = []
+    def no_cuda(name): return lambda *a, **k: calls.append(name) or False
+    with mock.patch.object(torch.cuda, 'is_available', no_cuda('is_available')), \
+         mock.patch.object(torch.cuda, 'is_bf16_supported', no_cuda('is_bf16_supported')), \
+         mock.patch.object(torch.cuda, 'init', no_cuda('init')), mock.patch.object(torch.cuda, 'device_count', no_cuda('device_count')):
+        said = []
+        (e,) = run_sweep([cfg], [f'output.runs_dir={runs}'], ROOT, gpu_query=lambda: None, say=said.append)
+        assert e.status == 'failed' and 'recovering it with dialsum predict' in ' '.join(said), said
+        (run,) = run_folders(runs); first = metadata(run)['recovered']
+        said.clear()
+        (e2,) = run_sweep([cfg], [f'output.runs_dir={runs}'], ROOT, resume=True, gpu_query=lambda: None, say=said.append)
+    assert calls == [], f'the sweep process asked CUDA: {calls}'
+    assert (e2.status, sweep_exit_code([e2])) == ('failed', 1) and e2.note.startswith('not recovered again'), (e2, said)
+    assert 'recovering it' not in ' '.join(said) and metadata(run)['recovered'] == first, 'the recovery ran again'
+    assert metadata(run)['status'] == 'failed' and not (runs/'latest_submission.csv').exists()
+    assert run_folders(runs) == [run]
+    record('sweep-recovery-not-repeated', 'Faults', 'sweep --resume of a run whose recovery already made the same invalid submission '
+           '(test split cut by data.max_test_samples)', 'not recovered again without a change', 'failed, exit 1, nothing promoted', e2.note)
+    record('sweep-no-cuda', 'Resources', 'a sweep with a run and a recovery, torch.cuda patched to log every call',
+           'the sweep process never asks CUDA (the kernel and the recovery process do)', 'no call', 'torch.cuda calls: none')
