@@ -44,7 +44,7 @@ def use_chat_template(tokenizer, # the decoder-only model's tokenizer
 def prompt_parts(tokenizer, # the decoder-only model's tokenizer
                  cfg:ModelConfig, # the config's model section (prompt_template, chat_template)
                 )->tuple[list[int], list[int], int]:
-    "Token ids of the prompt before and after the dialogue, and the token that ends the summary (a chat model's end of turn)."
+    "Token ids of the prompt before and after the dialogue, and the token that ends the summary (a chat's end of turn)."
     text = cfg.prompt_template.replace('{dialogue}', _SLOT)
     if use_chat_template(tokenizer, cfg):
         text = tokenizer.apply_chat_template([{'role': 'user', 'content': text}], tokenize=False, add_generation_prompt=True)
@@ -72,13 +72,14 @@ def make_features(tokenizer, # the model's tokenizer
                  )->list[dict]:
     "Tokenize once, without padding: one dict of `input_ids`, `attention_mask` (and `labels`) per example."
     if prompt is not None: return _causal_features(tokenizer, sources, summaries, max_source_length, max_target_length, prompt)
-    lead, tail = getattr(tokenizer, 'encoder_specials', ([], []))  # what the model expects and the tokenizer does not add
+    lead, tail = getattr(tokenizer, 'encoder_specials', ([], []))  # what the model expects, the tokenizer does not add
     enc = tokenizer(list(sources), max_length=max_source_length - len(lead) - len(tail), truncation=True)['input_ids']
     feats = [{'input_ids': lead + i + tail, 'attention_mask': [1] * (len(lead) + len(i) + len(tail))} for i in enc]
     if summaries is not None:
         eos = tokenizer.eos_token_id
-        if eos is None: raise ConfigError(f"{tokenizer.name_or_path}: its tokenizer has no eos_token, so summaries cannot end; "
-                                          "give the tokenizer an eos_token (the model's end token)")
+        if eos is None:
+            raise ConfigError(f"{tokenizer.name_or_path}: its tokenizer has no eos_token, so summaries cannot end; "
+                              "give the tokenizer an eos_token (the model's end token)")
         labels = tokenizer(text_target=list(summaries), max_length=max_target_length, truncation=True)['input_ids']
         for f,l in zip(feats, labels): f['labels'] = _one_end(l, eos, max_target_length)
     return feats
@@ -189,7 +190,7 @@ def generate_from_features(model, tokenizer, # a seq2seq or decoder-only model a
     batches = list(enumerate(order[i:i+gen.batch_size] for i in range(0, len(order), gen.batch_size)))
     mine, st = _sharded(batches, distributed)
     kw = generation_kwargs(gen)
-    kw.update(eos_token_id=end_token_ids(tokenizer, model))  # the model's, the tokenizer's and a chat model's end of turn
+    kw.update(eos_token_id=end_token_ids(tokenizer, model))  # the model's, the tokenizer's, a chat model's end of turn
     if causal: kw.update(pad_token_id=tokenizer.pad_token_id)
     if st is not None and st.distributed_type.name in ('DEEPSPEED', 'FSDP'): kw['synced_gpus'] = True
     model.eval()

@@ -75,7 +75,7 @@ def _unigram_tokenizer(texts:list, # training texts
 
 # %% ../nbs/02_models.ipynb #3e2caa4b
 def _first_only(node)->bool:
-    "Switch every Metaspace in a pre-tokenizer or decoder JSON `node` to `prepend_scheme: first`; return whether any changed."
+    "Switch each Metaspace in a pre-tokenizer or decoder JSON `node` to `prepend_scheme: first`; return whether any did."
     if not isinstance(node, dict): return False
     changed = False
     if node.get('type') == 'Sequence':
@@ -90,7 +90,7 @@ def _first_only(node)->bool:
 
 def keep_text_at_tags(tokenizer, # a transformers tokenizer; changed in place
                      )->bool:
-    "Make a sentencepiece-style (Metaspace) tokenizer mark a word start only at the text's start, so `#Person1#은` stays glued."
+    "Make a Metaspace (sentencepiece-style) tokenizer mark a word start only at the text's start: `#Person1#은` stays glued."
     backend = getattr(tokenizer, 'backend_tokenizer', None)
     if backend is None: return False
     j = json.loads(backend.to_str())
@@ -219,9 +219,10 @@ def encoder_specials(tokenizer, # the seq2seq model's tokenizer
     "Ids to put before and after an encoder input that the tokenizer does not add but the model expects: `<s>`, `</s>`."
     lead, tail = _added_by_tokenizer(tokenizer)
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    want_bos = getattr(config, 'bos_token_id', None) is not None and bos is not None  # BART-style configs name a start token
+    want_bos = getattr(config, 'bos_token_id', None) is not None and bos is not None  # BART-style: a start token
     add_lead = [bos] if want_bos and bos not in lead else []
-    add_tail = [eos] if eos is not None and getattr(config, 'eos_token_id', None) is not None and eos not in tail else []
+    want_eos = eos is not None and getattr(config, 'eos_token_id', None) is not None
+    add_tail = [eos] if want_eos and eos not in tail else []
     return add_lead, add_tail
 
 # %% ../nbs/02_models.ipynb #ac5f8a22
@@ -229,10 +230,10 @@ _TURN = '\uE000SUMMARY\uE000'  # a private-use marker no template or summary con
 
 def chat_end_token(tokenizer, # a decoder-only model's tokenizer
                   )->Optional[int]:
-    "The special token that ends an assistant turn in the tokenizer's chat template (Qwen: `<|im_end|>`); None without one."
+    "The special token that ends an assistant turn in the chat template (Qwen: `<|im_end|>`); None without one."
     if not getattr(tokenizer, 'chat_template', None): return None
-    try: text = tokenizer.apply_chat_template([{'role': 'user', 'content': 'x'}, {'role': 'assistant', 'content': _TURN}],
-                                              tokenize=False)
+    turn = [{'role': 'user', 'content': 'x'}, {'role': 'assistant', 'content': _TURN}]
+    try: text = tokenizer.apply_chat_template(turn, tokenize=False)
     except Exception: return None  # a template that refuses this conversation names no end token
     after = text.split(_TURN, 1)[1] if _TURN in text else ''
     ids = tokenizer(after, add_special_tokens=False)['input_ids'] if after else []
@@ -315,7 +316,7 @@ def load_pretrained(name_or_path:str, # hub id (`owner/name`) or local model fol
                     family:str='seq2seq', # seq2seq (encoder-decoder) or causal (decoder-only)
                     quantization:Optional[str]=None, # '4bit': QLoRA weights on this process's GPU (validated beforehand)
                    )->tuple:
-    "Load the tokenizer and model of a hub id or local folder (float32, or 4-bit), with the tags as tokens and every end token."
+    "Load the tokenizer and model of a hub id or local folder (float32, or 4-bit), with the tags as tokens and its end tokens."
     src, kw = str(name_or_path), dict(trust_remote_code=trust_remote_code)
     local = Path(os.path.expanduser(src))
     if local.is_dir(): _check_folder(local, allow_pickle); src = str(local)
@@ -345,7 +346,7 @@ def load_pretrained(name_or_path:str, # hub id (`owner/name`) or local model fol
         if tokenizer.pad_token is None: tokenizer.pad_token = tokenizer.eos_token  # many LLMs have none; labels mask padding anyway
         tokenizer.padding_side = 'right'  # training batches; generation pads on the left explicitly
     add_tag_tokens(tokenizer, model)
-    if family == 'seq2seq': tokenizer.encoder_specials = encoder_specials(tokenizer, model.config)  # read by make_features
+    if family == 'seq2seq': tokenizer.encoder_specials = encoder_specials(tokenizer, model.config)  # for make_features
     ends = end_token_ids(tokenizer, model)
     model.generation_config.eos_token_id = ends if len(ends) > 1 else ends[0] if ends else None
     if model.generation_config.pad_token_id is None: model.generation_config.pad_token_id = tokenizer.pad_token_id
