@@ -7,7 +7,7 @@ returns the folder: dialsum loads it exactly as it would load the real model's f
 | builder  | stands for                                   | what its tokenizer does                                        |
 |----------|----------------------------------------------|----------------------------------------------------------------|
 | kobart   | digit82/kobart-summarization, gogamza/kobart | PreTrainedTokenizerFast adding no specials; <s>=0 </s>=1 <usr>=2 <pad>=3; BART config eos = decoder start = 1 |
-| t5       | paust/pko-t5                                 | sentencepiece spiece.model, `x </s>`; pad = decoder start = 0  |
+| t5       | paust/pko-t5 (T5 v1.1)                       | sentencepiece spiece.model, `x </s>`; pad = decoder start = 0  |
 | mt5      | google/mt5-small                             | the same layout, MT5 config                                    |
 | llama    | upstage/SOLAR-10.7B, Llama 2                 | `<s> x` (no </s>), <unk>=0 <s>=1 </s>=2, no pad token          |
 | qwen     | Qwen/Qwen2.5                                 | byte-level BPE, no BOS, ChatML template, <|im_end|> ends a turn, eos <|endoftext|> |
@@ -81,7 +81,7 @@ def t5(texts, out_dir, vocab_size=1500, seed=0, mt5=False):
     cfg_cls, cls = (MT5Config, MT5ForConditionalGeneration) if mt5 else (T5Config, T5ForConditionalGeneration)
     cfg = cfg_cls(vocab_size=len(tok), d_model=s['d_model'], d_kv=s['d_model'] // s['heads'], d_ff=s['ffn'], num_layers=s['layers'],
                   num_decoder_layers=s['layers'], num_heads=s['heads'], pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-                  feed_forward_proj='gated-gelu', tie_word_embeddings=not mt5)
+                  feed_forward_proj='gated-gelu', tie_word_embeddings=False)  # T5 v1.1 (pko-t5) and mT5: untied output layer
     return _save(cls(cfg), tok, out_dir)
 
 
