@@ -15,6 +15,7 @@ from transformers import DataCollatorForSeq2Seq, DynamicCache, EncoderDecoderCac
 
 from .config import Config, ConfigError, GenerationConfig, HUB_GENERATE, ModelConfig
 from .data import model_inputs
+from .models import chat_end_token, end_token_ids
 
 # %% auto #0
 __all__ = ['use_chat_template', 'prompt_parts', 'prompt_for', 'make_features', 'features', 'make_collator', 'generation_kwargs',
@@ -42,16 +43,18 @@ def use_chat_template(tokenizer, # the decoder-only model's tokenizer
 
 def prompt_parts(tokenizer, # the decoder-only model's tokenizer
                  cfg:ModelConfig, # the config's model section (prompt_template, chat_template)
-                )->tuple[list[int], list[int]]:
-    "Token ids of the prompt before and after the dialogue."
+                )->tuple[list[int], list[int], int]:
+    "Token ids of the prompt before and after the dialogue, and the token that ends the summary (a chat's end of turn)."
     text = cfg.prompt_template.replace('{dialogue}', _SLOT)
     if use_chat_template(tokenizer, cfg):
         text = tokenizer.apply_chat_template([{'role': 'user', 'content': text}], tokenize=False, add_generation_prompt=True)
         lead = []  # the rendered template holds its own special tokens
-    else: lead = _leading_specials(tokenizer)
+        end = chat_end_token(tokenizer)
+    else: lead, end = _leading_specials(tokenizer), None
+    end = tokenizer.eos_token_id if end is None else end
     before, after = text.split(_SLOT)
     enc = lambda s: tokenizer(s, add_special_tokens=False)['input_ids'] if s else []
-    return lead + enc(before), enc(after)
+    return lead + enc(before), enc(after), end
 
 def prompt_for(tokenizer, # the model's tokenizer
                cfg:Config, # the experiment config
@@ -69,24 +72,33 @@ def make_features(tokenizer, # the model's tokenizer
                  )->list[dict]:
     "Tokenize once, without padding: one dict of `input_ids`, `attention_mask` (and `labels`) per example."
     if prompt is not None: return _causal_features(tokenizer, sources, summaries, max_source_length, max_target_length, prompt)
-    enc = tokenizer(list(sources), max_length=max_source_length, truncation=True)
-    feats = [{'input_ids': i, 'attention_mask': a} for i,a in zip(enc['input_ids'], enc['attention_mask'])]
+    lead, tail = getattr(tokenizer, 'encoder_specials', ([], []))  # what the model expects, the tokenizer does not add
+    enc = tokenizer(list(sources), max_length=max_source_length - len(lead) - len(tail), truncation=True)['input_ids']
+    feats = [{'input_ids': lead + i + tail, 'attention_mask': [1] * (len(lead) + len(i) + len(tail))} for i in enc]
     if summaries is not None:
+        eos = tokenizer.eos_token_id
+        if eos is None:
+            raise ConfigError(f"{tokenizer.name_or_path}: its tokenizer has no eos_token, so summaries cannot end; "
+                              "give the tokenizer an eos_token (the model's end token)")
         labels = tokenizer(text_target=list(summaries), max_length=max_target_length, truncation=True)['input_ids']
-        for f,l in zip(feats, labels): f['labels'] = l
+        for f,l in zip(feats, labels): f['labels'] = _one_end(l, eos, max_target_length)
     return feats
 
+def _one_end(ids:list, eos:int, n:int)->list:
+    "`ids` ending with exactly one `eos`, `n` tokens at most (a truncated summary loses its last token, never its end)."
+    while ids and ids[-1] == eos: ids = ids[:-1]
+    return ids[:n - 1] + [eos]
+
 def _causal_features(tokenizer, sources, summaries, max_source_length, max_target_length, prompt):
-    before, after = prompt
+    before, after, end = prompt
     room = max_source_length - len(before) - len(after)
     if room < 8: raise ConfigError(f"model.prompt_template takes {len(before) + len(after)} tokens, leaving {room} of "
                                    f"model.max_source_length ({max_source_length}) for the dialogue; raise it or shorten the template")
     dialogues = tokenizer(list(sources), add_special_tokens=False)['input_ids']
     feats = [{'input_ids': before + d[:room] + after} for d in dialogues]
     if summaries is not None:
-        eos = tokenizer.eos_token_id
         for f,s in zip(feats, tokenizer(list(summaries), add_special_tokens=False)['input_ids']):
-            s = s[:max_target_length - 1] + [eos]
+            s = _one_end(s, end, max_target_length)
             f['labels'] = [-100] * len(f['input_ids']) + s
             f['input_ids'] = f['input_ids'] + s
     for f in feats: f['attention_mask'] = [1] * len(f['input_ids'])
@@ -178,10 +190,8 @@ def generate_from_features(model, tokenizer, # a seq2seq or decoder-only model a
     batches = list(enumerate(order[i:i+gen.batch_size] for i in range(0, len(order), gen.batch_size)))
     mine, st = _sharded(batches, distributed)
     kw = generation_kwargs(gen)
-    if causal:
-        eos = model.generation_config.eos_token_id
-        eos = sorted({*(eos if isinstance(eos, list) else [eos] if eos is not None else []), tokenizer.eos_token_id})
-        kw.update(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
+    kw.update(eos_token_id=end_token_ids(tokenizer, model))  # the model's, the tokenizer's, a chat model's end of turn
+    if causal: kw.update(pad_token_id=tokenizer.pad_token_id)
     if st is not None and st.distributed_type.name in ('DEEPSPEED', 'FSDP'): kw['synced_gpus'] = True
     model.eval()
     done = []

@@ -20,8 +20,9 @@ from .data import TAGS
 
 # %% auto #0
 __all__ = ['SCRATCH_MARKER', 'HUB_ID', 'TOKENIZER_FILES', 'SAFE_WEIGHTS', 'PICKLE_WEIGHTS', 'FAMILY_CLASSES', 'ModelError',
-           'param_counts', 'add_tag_tokens', 'train_tokenizer', 'build_scratch_model', 'quantization_config',
-           'load_pretrained', 'load_model', 'check_model', 'is_4bit']
+           'param_counts', 'keep_text_at_tags', 'add_tag_tokens', 'train_tokenizer', 'build_scratch_model',
+           'encoder_specials', 'chat_end_token', 'end_token_ids', 'quantization_config', 'load_pretrained',
+           'load_model', 'check_model', 'is_4bit']
 
 # %% ../nbs/02_models.ipynb #2f62c8cd
 class ModelError(DialsumError):
@@ -72,6 +73,32 @@ def _unigram_tokenizer(texts:list, # training texts
                                                        special_tokens=[('</s>', tok.token_to_id('</s>'))])
     return PreTrainedTokenizerFast(tokenizer_object=tok, clean_up_tokenization_spaces=False, **_T5_SPECIALS)
 
+# %% ../nbs/02_models.ipynb #3e2caa4b
+def _first_only(node)->bool:
+    "Switch each Metaspace in a pre-tokenizer or decoder JSON `node` to `prepend_scheme: first`; return whether any did."
+    if not isinstance(node, dict): return False
+    changed = False
+    if node.get('type') == 'Sequence':
+        key = 'pretokenizers' if 'pretokenizers' in node else 'decoders'
+        items = node.get(key) or []
+        if any(i.get('type') == 'Metaspace' and i.get('prepend_scheme', 'always') == 'always' for i in items):
+            node[key] = items = [i for i in items if i.get('type') != 'WhitespaceSplit']
+        for i in items: changed |= _first_only(i)
+    elif node.get('type') == 'Metaspace' and node.get('prepend_scheme', 'always') == 'always':
+        node['prepend_scheme'] = 'first'; changed = True
+    return changed
+
+def keep_text_at_tags(tokenizer, # a transformers tokenizer; changed in place
+                     )->bool:
+    "Make a Metaspace (sentencepiece-style) tokenizer mark a word start only at the text's start: `#Person1#은` stays glued."
+    backend = getattr(tokenizer, 'backend_tokenizer', None)
+    if backend is None: return False
+    j = json.loads(backend.to_str())
+    changed = _first_only(j.get('pre_tokenizer'))
+    changed |= _first_only(j.get('decoder'))
+    if changed: tokenizer._tokenizer = Tokenizer.from_str(json.dumps(j))
+    return changed
+
 # %% ../nbs/02_models.ipynb #fb6301d8
 def _make_plain(tokenizer, tags:list):
     "Turn `tags` that `tokenizer` treats as special tokens into plain added tokens."
@@ -90,6 +117,7 @@ def add_tag_tokens(tokenizer, # a transformers tokenizer; changed in place
                    tags:list=TAGS, # strings that must each be one plain token
                   )->int:
     "Make each of `tags` one plain (non-special) token and resize `model`'s embeddings; return how many tokens were new."
+    keep_text_at_tags(tokenizer)
     special = set(tokenizer.all_special_tokens)
     if any(t in special for t in tags): _make_plain(tokenizer, [t for t in tags if t in special])
     before, added = len(tokenizer), tokenizer.get_added_vocab()
@@ -178,6 +206,49 @@ def build_scratch_model(texts:list, # training texts: the tokenizer is trained o
     tmp.rename(out_dir)
     return out_dir
 
+# %% ../nbs/02_models.ipynb #252ac3e0
+def _added_by_tokenizer(tokenizer)->tuple[list[int], list[int]]:
+    "The ids `tokenizer(text)` puts before and after a text, found by encoding a sample with and without them."
+    full, bare = tokenizer('가')['input_ids'], tokenizer('가', add_special_tokens=False)['input_ids']
+    i = next((i for i in range(len(full) - len(bare) + 1) if full[i:i+len(bare)] == bare), 0)
+    return full[:i], full[i+len(bare):]
+
+def encoder_specials(tokenizer, # the seq2seq model's tokenizer
+                     config, # the model's config (`model.config`)
+                    )->tuple[list[int], list[int]]:
+    "Ids to put before and after an encoder input that the tokenizer does not add but the model expects: `<s>`, `</s>`."
+    lead, tail = _added_by_tokenizer(tokenizer)
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    want_bos = getattr(config, 'bos_token_id', None) is not None and bos is not None  # BART-style: a start token
+    add_lead = [bos] if want_bos and bos not in lead else []
+    want_eos = eos is not None and getattr(config, 'eos_token_id', None) is not None
+    add_tail = [eos] if want_eos and eos not in tail else []
+    return add_lead, add_tail
+
+# %% ../nbs/02_models.ipynb #ac5f8a22
+_TURN = '\uE000SUMMARY\uE000'  # a private-use marker no template or summary contains
+
+def chat_end_token(tokenizer, # a decoder-only model's tokenizer
+                  )->Optional[int]:
+    "The special token that ends an assistant turn in the chat template (Qwen: `<|im_end|>`); None without one."
+    if not getattr(tokenizer, 'chat_template', None): return None
+    turn = [{'role': 'user', 'content': 'x'}, {'role': 'assistant', 'content': _TURN}]
+    try: text = tokenizer.apply_chat_template(turn, tokenize=False)
+    except Exception: return None  # a template that refuses this conversation names no end token
+    after = text.split(_TURN, 1)[1] if _TURN in text else ''
+    ids = tokenizer(after, add_special_tokens=False)['input_ids'] if after else []
+    specials = set(tokenizer.all_special_ids) | {i for t,i in tokenizer.get_added_vocab().items() if t not in TAGS}
+    return ids[0] if ids and ids[0] in specials else None
+
+def end_token_ids(tokenizer, model, # a loaded tokenizer and model
+                 )->list[int]:
+    "Every token that ends a summary: the model's end tokens, the tokenizer's, and a chat model's end-of-turn token."
+    eos = model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+    if tokenizer.eos_token_id is not None: ids.add(tokenizer.eos_token_id)
+    if not model.config.is_encoder_decoder and (t := chat_end_token(tokenizer)) is not None: ids.add(t)
+    return sorted(ids)
+
 # %% ../nbs/02_models.ipynb #b17a1536
 HUB_ID = re.compile(r'[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?')
 TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'vocab.json', 'vocab.txt', 'spiece.model',
@@ -245,7 +316,7 @@ def load_pretrained(name_or_path:str, # hub id (`owner/name`) or local model fol
                     family:str='seq2seq', # seq2seq (encoder-decoder) or causal (decoder-only)
                     quantization:Optional[str]=None, # '4bit': QLoRA weights on this process's GPU (validated beforehand)
                    )->tuple:
-    "Load the tokenizer and model of a hub id or local folder (float32, or 4-bit), with the tags as tokens."
+    "Load the tokenizer and model of a hub id or local folder (float32, or 4-bit), with the tags as tokens and its end tokens."
     src, kw = str(name_or_path), dict(trust_remote_code=trust_remote_code)
     local = Path(os.path.expanduser(src))
     if local.is_dir(): _check_folder(local, allow_pickle); src = str(local)
@@ -275,6 +346,10 @@ def load_pretrained(name_or_path:str, # hub id (`owner/name`) or local model fol
         if tokenizer.pad_token is None: tokenizer.pad_token = tokenizer.eos_token  # many LLMs have none; labels mask padding anyway
         tokenizer.padding_side = 'right'  # training batches; generation pads on the left explicitly
     add_tag_tokens(tokenizer, model)
+    if family == 'seq2seq': tokenizer.encoder_specials = encoder_specials(tokenizer, model.config)  # for make_features
+    ends = end_token_ids(tokenizer, model)
+    model.generation_config.eos_token_id = ends if len(ends) > 1 else ends[0] if ends else None
+    if model.generation_config.pad_token_id is None: model.generation_config.pad_token_id = tokenizer.pad_token_id
     return tokenizer, model
 
 def _load_message(src:str, what:str, e:Exception, kw:dict)->str:
