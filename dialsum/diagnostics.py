@@ -81,6 +81,7 @@ def encoder_check(model, tokenizer, # a seq2seq model (None for a decoder-only o
 
 # %% ../nbs/03b_diagnostics.ipynb #d2471c59
 THRESHOLDS = dict(identical_share=0.2, limit_share=0.1, empty_share=0.05, tags_kept_share=0.5, length_ratio=(0.5, 2.0), margin=5.0,
+                  slots_kept_share=0.8,
                   state_distance=1e-3, loss_gap=1e-3)
 
 def diagnostic_warnings(d:dict, # `prediction_diagnostics`, with `encoder` (`encoder_check`) when there is one
@@ -101,6 +102,8 @@ def diagnostic_warnings(d:dict, # `prediction_diagnostics`, with `encoder` (`enc
         out.append(f"length: predictions are {g('length_ratio'):.2f} times the references' length (morphemes)")
     if g('margin') is not None and g('margin') < th['margin']:
         out.append(f"constant: the dev score is only {g('margin'):+.2f} points from the best constant summary ({g('constant_baseline'):.2f})")
+    if g('slots_kept_share') is not None and g('slots_kept_share') < th['slots_kept_share']:
+        out.append(f"slots: only {g('slots_kept_share'):.0%} of demo summaries name every slot value of their dialogue")
     e = g('encoder')
     if e and (e['state_distance'] < th['state_distance'] or abs(e['loss_gap']) < th['loss_gap']):
         out.append(f"encoder: the encoder's output hardly depends on the dialogue (state distance {e['state_distance']:.2g}, "
