@@ -87,25 +87,95 @@ def test_failing_run_is_recorded_as_failed(tmp_path):
     assert ix.run_id.tolist() == [run.name] and ix.status.tolist() == ['failed']
 
 
-@pytest.mark.slow
-def test_demo_learns(tmp_path):
-    "The demo config, run with the plain papermill command, scores clearly above its untrained model."
-    out = tmp_path/'x.ipynb'
+@pytest.fixture(scope='session')
+def demo_run(tmp_path_factory):
+    "The demo config run once with the plain papermill command (the default, length-bucket order): (run folder, notebook)."
+    tmp = tmp_path_factory.mktemp('demo')
+    out = tmp/'x.ipynb'
     p = subprocess.run([str(BIN/'papermill'), 'nbs/run_experiment.ipynb', str(out), '-p', 'config', 'configs/experiments/demo.yaml',
-                        '-p', 'run_dir', str(tmp_path/'run')], cwd=ROOT, capture_output=True, text=True, timeout=900)
+                        '-p', 'run_dir', str(tmp/'run')], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
-    md, metrics, dev, sub = check_run_folder(tmp_path/'run', 60, 60, notebook=out)
+    return tmp/'run', out
+
+
+@pytest.fixture(scope='session')
+def demo_random_run(tmp_path_factory):
+    "The same demo config in random order (`training.train_sampling_strategy=random`), through `dialsum run`: its run folder."
+    runs = tmp_path_factory.mktemp('demo_random')/'runs'
+    p = dialsum('run', 'configs/experiments/demo.yaml', f'output.runs_dir={runs}', 'training.train_sampling_strategy=random')
+    assert p.returncode == 0, p.stderr[-3000:] + p.stdout[-2000:]
+    (run,) = run_folders(runs)
+    return run
+
+
+def learning_figures(run: Path)->dict:
+    "What says the demo model summarises: distinct predictions, slot values kept, and the margin over the best constant summary."
+    from dialsum.data import demo_rows, demo_slots_kept
+    from dialsum.diagnostics import constant_baseline
+    dev = pd.read_csv(run/'predictions_dev.csv', keep_default_na=False)
+    cfg = yaml.safe_load((run/'config.yaml').read_text())['data']['demo']
+    slots = demo_rows('dev', cfg['n_dev'], cfg['seed']).set_index('fname').slots
+    const, _ = constant_baseline(dev['reference'].tolist())
+    return dict(distinct=dev['prediction'].nunique(), distinct_refs=dev['reference'].nunique(),
+                slots_kept=sum(demo_slots_kept(dev['prediction'].tolist(), [slots[f] for f in dev.fname])) / len(dev),
+                score=dev['score'].mean(), constant=const, scores=dev.set_index('fname')['score'])
+
+
+@pytest.mark.slow
+def test_demo_learns(demo_run):
+    "The demo model summarises its dialogue: distinct predictions, each dialogue's slot values named, far above a constant summary."
+    run, nb = demo_run
+    md, metrics, dev, sub = check_run_folder(run, 60, 60, notebook=nb)
+    f = learning_figures(run)
+    assert f['distinct'] >= 0.9 * f['distinct_refs'], f  # one prediction per dialogue, not one template
+    assert f['slots_kept'] >= 0.8, f  # the day, the time, the count, the item of its own dialogue
+    assert f['score'] >= f['constant'] + 20, f
+    # the run's own diagnostics say the same, and none of their warnings fire
+    d = metrics['diagnostics']
+    assert d['warnings'] == [] and md['warn'] == '', d['warnings']
+    assert (d['distinct_predictions'], d['slots_kept_share']) == (f['distinct'], round(f['slots_kept'], 4))
+    assert abs(d['constant_baseline'] - f['constant']) < 1e-3 and d['margin'] >= 20
+    assert d['limit_share'] < 0.05 and 0.8 < d['length_ratio'] < 1.25 and d['tags_kept_share'] >= 0.9, d
+    assert d['encoder']['state_distance'] > 0.01 and d['encoder']['loss_gap'] > 0.1, d['encoder']  # its own summary is likelier
+    text = json.dumps(json.loads(nb.read_text())['cells'])
+    assert 'diagnostics: ' in text and 'constant_baseline' in text  # the executed notebook shows them next to the score
     # the untrained model the run started from, scored the same way
     from dialsum.config import load_config
     from dialsum.data import read_split
     from dialsum.inference import predict, score_predictions
     from dialsum.models import load_pretrained
-    cfg = load_config(tmp_path/'run'/'config.yaml', root=ROOT)
-    tok, model = load_pretrained(str(tmp_path/'run'/'base_model'))
-    dev_df = read_split(tmp_path/'run'/'data'/'dev.csv', 'dev')
+    cfg = load_config(run/'config.yaml', root=ROOT)
+    tok, model = load_pretrained(str(run/'base_model'))
+    dev_df = read_split(run/'data'/'dev.csv', 'dev')
     untrained, _ = score_predictions(dev_df, predict(model, tok, dev_df, cfg, progress=False))
     assert metrics['dev']['score'] > untrained['score'] + 20, (metrics['dev']['score'], untrained['score'])
-    assert dev['prediction'].str.contains('#Person').mean() > 0.5  # speaker tags survive into predictions
+
+
+@pytest.mark.slow
+def test_default_order_learns_as_well_as_random(demo_run, demo_random_run):
+    "The default length-bucket order reaches random order's dev score at the same steps, within noise (paired bootstrap over dev rows)."
+    from dialsum.metrics import bootstrap_ci
+    a, b = learning_figures(demo_run[0]), learning_figures(demo_random_run)
+    steps = [json.loads((r/'metrics.json').read_text())['train']['global_step'] for r in (demo_run[0], demo_random_run)]
+    assert steps[0] == steps[1]
+    diff = (a['scores'] - b['scores'].reindex(a['scores'].index)).values  # default - random, per dev row
+    lo, hi = bootstrap_ci(diff)
+    assert hi >= 0, (diff.mean(), lo, hi)  # not worse than random order beyond the noise of 60 rows
+    assert a['slots_kept'] >= b['slots_kept'] - 0.1 and a['distinct'] >= b['distinct'] - 6, (a, b)
+
+
+def test_collapsed_predictions_warn():
+    "One sentence for every dev row fires the collapse and constant-summary warnings; the references themselves fire none."
+    from dialsum.data import demo_rows
+    from dialsum.diagnostics import diagnostic_warnings, prediction_diagnostics, warning_flags
+    refs = demo_rows('dev', 60)['summary'].tolist()
+    flat = prediction_diagnostics(['#Person1#은 #Person2#에게 #Person1#에게에게는는 에게 예약한다.'] * 60, refs, [False] * 60, score=39.4)
+    assert warning_flags(diagnostic_warnings(flat)).split(',') == ['collapsed', 'constant'], flat
+    assert flat['identical_share'] == 1 and flat['distinct_predictions'] == 1
+    perfect = prediction_diagnostics(refs, refs, [False] * 60, score=100)
+    assert diagnostic_warnings(perfect) == [] and perfect['margin'] > 20
+    runaway = prediction_diagnostics([r + ' 그리고' * 40 for r in refs], refs, [True] * 60, score=30)
+    assert set(warning_flags(diagnostic_warnings(runaway)).split(',')) >= {'runaway', 'length'}
 
 
 BREAK = ['data.demo=null', 'data.train=no/such.csv', 'data.test=no/such/test.csv']  # the run opens, then the data cell raises
