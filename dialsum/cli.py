@@ -51,8 +51,7 @@ def runs_table(df:pd.DataFrame, # from `runs_frame`
     "The runs as a text table."
     return text_table([dict(run_id=r.run_id, experiment=r.experiment, status=r.status, dev_score=_f(r.dev_score),
                             ci95='-' if math.isnan(r.dev_score_lo) else f"{r.dev_score_lo:.2f}-{r.dev_score_hi:.2f}",
-                            warn=getattr(r, 'warn', '') or '-',
-                            seconds=_f(r.seconds, '{:.0f}'), started=r.started or '-', error=one_line(r.error, error_chars))
+                            seconds=_f(r.seconds, '{:.0f}'), started=r.started or '-', warn=getattr(r, 'warn', '') or '-', error=one_line(r.error, error_chars))
                        for r in df.itertuples()])
 
 def best_run(runs_dir:Union[str, Path], # the runs folder with index.csv

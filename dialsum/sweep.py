@@ -305,8 +305,8 @@ def sweep_table(entries:list[SweepEntry], # from `run_sweep`
                )->str:
     "The sweep's summary table, with a count of outcomes and where to look for failures."
     rows = [dict(config=Path(e.config).name, experiment=e.experiment or '-', run_id=e.run_id or '-', status=e.status,
-                 dev_score='-' if e.dev_score is None else f"{e.dev_score:.2f}", warn=e.warn or '-', seconds=f"{e.seconds:.0f}",
-                 promoted={True: 'yes', False: 'no'}.get(e.promoted, '-'), note=one_line(e.note, note_chars)) for e in entries]
+                 dev_score='-' if e.dev_score is None else f"{e.dev_score:.2f}", seconds=f"{e.seconds:.0f}",
+                 promoted={True: 'yes', False: 'no'}.get(e.promoted, '-'), warn=e.warn or '-', note=one_line(e.note, note_chars)) for e in entries]
     counts = {}
     for e in entries: counts[e.status] = counts.get(e.status, 0) + 1
     logs = [f"  {e.run_id}: see {e.log}" for e in entries if e.status in ('failed', 'interrupted') and e.log]
