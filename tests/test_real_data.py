@@ -46,7 +46,7 @@ def test_eda_on_real_data(real_ko, tmp_path):
     assert 'no topic column' not in text  # the real dev split has topics
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture
 def real_orders(real_ko, tmp_path_factory):
     "A tiny model trained on 400 rows of the real dev.csv, in length-bucket order and in random order (the default), "
     "both scored on the 99 rows held out: {strategy: run folder}."
