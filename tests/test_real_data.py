@@ -62,7 +62,7 @@ def real_orders(real_ko, tmp_path_factory):
         p = dialsum('run', 'configs/experiments/smoke.yaml', 'data.demo=null', f'data.train={data/"train.csv"}',
                     f'data.dev={data/"dev.csv"}', f'data.test={data/"test.csv"}', f'output.runs_dir={runs}',
                     'model.scratch.vocab_size=2000', 'model.max_source_length=256', 'training.max_steps=100', 'training.learning_rate=3e-3',
-                    'training.eval_strategy=no', 'training.per_device_train_batch_size=16', 'generation.max_new_tokens=32',
+                    'training.eval_steps=100', 'training.per_device_train_batch_size=16', 'generation.max_new_tokens=32',
                     'generation.batch_size=64', f'training.train_sampling_strategy={strategy}')
         assert p.returncode == 0, p.stderr[-3000:] + p.stdout[-2000:]
         (out[strategy],) = run_folders(runs)
