@@ -79,7 +79,13 @@ def test_length_buckets_not_worse_on_real_data(real_orders):
     diff = (s['length_buckets'] - s['random'].reindex(s['length_buckets'].index)).values
     lo, hi = bootstrap_ci(diff)
     # a stated tolerance: at most 1 point worse (the paired 95% interval's upper end above -1). Measured (2026-12-01): buckets 26.49,
-    # random 26.77, interval -0.48..-0.07: a tiny model after 100 steps, both near the best constant summary
+    # random 26.77, interval -0.48..-0.07; but both tiny models wrote one sentence for every row after 100 steps (best constant
+    # summary 28.73), so this bounds the harm of the order at this scale only; their records say so:
     assert hi > -1.0, (s['length_buckets'].mean(), s['random'].mean(), lo, hi)
     d = json.loads((real_orders['length_buckets']/'metrics.json').read_text())['diagnostics']
     assert d['rows'] == 99 and d['constant_baseline'] > 0 and 'encoder' in d  # every run records its diagnostics
+    for r in real_orders.values():
+        md, d = (json.loads((r/f).read_text()) for f in ('metadata.json', 'metrics.json'))
+        if md['dev']['score'] < d['diagnostics']['constant_baseline']:  # no better than one sentence for all: flagged
+            assert 'constant' in md['warn'].split(','), md['warn']
+        if d['diagnostics']['distinct_predictions'] == 1: assert 'collapsed' in md['warn'].split(','), md['warn']
