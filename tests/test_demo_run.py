@@ -93,7 +93,7 @@ def demo_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('demo')
     out = tmp/'x.ipynb'
     p = subprocess.run([str(BIN/'papermill'), 'nbs/run_experiment.ipynb', str(out), '-p', 'config', 'configs/experiments/demo.yaml',
-                        '-p', 'run_dir', str(tmp/'run')], cwd=ROOT, capture_output=True, text=True, timeout=900)
+                        '-p', 'run_dir', str(tmp/'run')], cwd=ROOT, capture_output=True, text=True, timeout=1800)  # ~1 min alone
     assert p.returncode == 0, p.stderr[-3000:]
     return tmp/'run', out
 
@@ -102,7 +102,8 @@ def demo_run(tmp_path_factory):
 def demo_buckets_run(tmp_path_factory):
     "The same demo config in length-bucket order (`training.train_sampling_strategy=length_buckets`), through `dialsum run`."
     runs = tmp_path_factory.mktemp('demo_buckets')/'runs'
-    p = dialsum('run', 'configs/experiments/demo.yaml', f'output.runs_dir={runs}', 'training.train_sampling_strategy=length_buckets')
+    p = dialsum('run', 'configs/experiments/demo.yaml', f'output.runs_dir={runs}', 'training.train_sampling_strategy=length_buckets',
+                timeout=1800)
     assert p.returncode == 0, p.stderr[-3000:] + p.stdout[-2000:]
     (run,) = run_folders(runs)
     return run
