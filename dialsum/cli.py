@@ -38,6 +38,7 @@ def runs_frame(runs_dir:Union[str, Path], # the runs folder with index.csv
     runs_dir, ix = Path(runs_dir), read_index(runs_dir)
     dirs = [indexed_run(runs_dir, r) for r in ix.run_id]  # an id that leads outside runs_dir is refused
     ix['status'] = [live_status(_md(d)) if s == 'running' and d else s for d, s in zip(dirs, ix.status)]
+    ix['warn'] = [(_md(d).get('warn') or '') if d else '' for d in dirs]  # the diagnostics' flags (`dialsum.pipeline.diagnose`)
     if status: ix = ix[ix.status == status]
     if experiment: ix = ix[ix.experiment == experiment]
     return ix.sort_values(['dev_score', 'started'], ascending=[False, False], na_position='last', kind='stable').reset_index(drop=True)
@@ -50,7 +51,7 @@ def runs_table(df:pd.DataFrame, # from `runs_frame`
     "The runs as a text table."
     return text_table([dict(run_id=r.run_id, experiment=r.experiment, status=r.status, dev_score=_f(r.dev_score),
                             ci95='-' if math.isnan(r.dev_score_lo) else f"{r.dev_score_lo:.2f}-{r.dev_score_hi:.2f}",
-                            seconds=_f(r.seconds, '{:.0f}'), started=r.started or '-', error=one_line(r.error, error_chars))
+                            seconds=_f(r.seconds, '{:.0f}'), started=r.started or '-', warn=getattr(r, 'warn', '') or '-', error=one_line(r.error, error_chars))
                        for r in df.itertuples()])
 
 def best_run(runs_dir:Union[str, Path], # the runs folder with index.csv
@@ -130,7 +131,9 @@ def _cmd_run(a)->int:
         print(f"completed {run.path}, but its submission was NOT promoted: it is not a valid submission\n  {score}\n  "
               + '\n  '.join(md.get('submission_problems') or ['(no reason recorded)']) + f"\n  see {run.file('metadata')}", file=sys.stderr)
         return 1
-    print(f"completed {run.path}\n  {score}\n  submission {md['submission']}\n  notebook {run.file('notebook')}")
+    diag = (json.loads(run.file('metrics').read_text()).get('diagnostics') or {}) if run.file('metrics').is_file() else {}
+    print(f"completed {run.path}\n  {score}\n  submission {md['submission']}\n  notebook {run.file('notebook')}"
+          + (f"\n  {diag['line']}" if diag.get('line') else '') + ''.join(f"\n  warning: {w}" for w in diag.get('warnings') or []))
     return 0
 
 def _interrupt(signum, frame): raise KeyboardInterrupt

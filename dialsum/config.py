@@ -175,7 +175,7 @@ class TrainingConfig(_Section):
     early_stopping_patience: Optional[int] = Field(None, ge=1)  # evaluations without improvement (configs/base.yaml: 3); null = off
     early_stopping_threshold: float = Field(0.0, ge=0)
     seed: int = 42
-    train_sampling_strategy: Literal['length_buckets', 'group_by_length', 'random', 'sequential'] = 'length_buckets'  # length_buckets: dialsum.train.LengthBucketSampler
+    train_sampling_strategy: Literal['length_buckets', 'group_by_length', 'random', 'sequential'] = 'random'  # length_buckets (opt-in, less padding): dialsum.train.LengthBucketSampler
     report_to: list[str] = []
     resume_from_checkpoint: Union[bool, str, None] = None  # true = the newest checkpoint of this run
     dataloader_num_workers: int = Field(0, ge=0)

@@ -16,8 +16,8 @@ from .config import Columns, DataConfig, DialsumError, resolve_path
 
 # %% auto #0
 __all__ = ['SPEAKER_TAGS', 'MASK_TAGS', 'TAGS', 'NORMALIZE_STEPS', 'SPLITS', 'DataError', 'normalize_text', 'is_missing',
-           'read_split', 'clean_text', 'clean_split', 'model_inputs', 'references', 'make_demo_data', 'Splits',
-           'load_splits']
+           'read_split', 'clean_text', 'clean_split', 'model_inputs', 'references', 'demo_rows', 'make_demo_data',
+           'demo_slots_kept', 'Splits', 'load_splits']
 
 # %% ../nbs/01_data.ipynb #2c97b31a
 SPEAKER_TAGS = [f'#Person{i}#' for i in range(1, 8)]
@@ -277,14 +277,15 @@ _TEMPLATES = [
 ]
 
 # %% ../nbs/01_data.ipynb #756c3a52
-def _demo_row(rng:random.Random, t:dict)->tuple[str, str, str]:
-    "One (dialogue, summary, topic) from template `t`, its slots and phrasings drawn with `rng`."
+def _demo_row(rng:random.Random, t:dict)->tuple[str, str, str, dict]:
+    "One (dialogue, summary, topic, slots) from template `t`, its slots and phrasings drawn with `rng`; `slots`: those the summary names."
     k, slots, lines = _Korean(), {n: rng.choice(v) for n, v in t['slots'].items()}, []
     for turn in t['turns']:
         if isinstance(turn, tuple) and rng.random() < 0.5: continue
         for variants in (turn if isinstance(turn, tuple) else (turn,)):
             lines.append(f"#Person{len(lines) % 2 + 1}#: " + k.format(rng.choice(variants), **slots))
-    return '\n'.join(lines), k.format(t['summary'], **slots), t['topic']
+    named = {n: v for n, v in slots.items() if '{' + n in t['summary']}
+    return '\n'.join(lines), k.format(t['summary'], **slots), t['topic'], named
 
 def _write_csv(df:pd.DataFrame, path:Path)->Path:
     "`df` as UTF-8 CSV with LF line ends, the same bytes on every platform, written atomically."
@@ -292,6 +293,16 @@ def _write_csv(df:pd.DataFrame, path:Path)->Path:
     return atomic_write(path, df.to_csv(index=False, lineterminator='\n').encode('utf-8'))
 
 # %% ../nbs/01_data.ipynb #8cab4297
+def demo_rows(split:str, # 'train', 'dev' or 'test'
+              n:int, # rows
+              seed:int=0, # the same seed gives the same rows
+             )->pd.DataFrame:
+    "The demo split as a frame: `fname`, `dialogue`, `summary`, `topic` and `slots` (the values its summary must name)."
+    rng = random.Random(f'dialsum-demo:{seed}:{split}')  # str seeds are hashed with sha512: stable across runs
+    df = pd.DataFrame([_demo_row(rng, rng.choice(_TEMPLATES)) for _ in range(n)], columns=['dialogue', 'summary', 'topic', 'slots'])
+    df.insert(0, 'fname', [f'{split}_{i}' for i in range(n)])
+    return df
+
 def make_demo_data(out_dir:Union[str, Path], # folder to write the CSV files into (made if needed)
                    n_train:int=400, # rows in train.csv
                    n_dev:int=60, # rows in dev.csv
@@ -302,13 +313,19 @@ def make_demo_data(out_dir:Union[str, Path], # folder to write the CSV files int
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     for split, n in (('train', n_train), ('dev', n_dev), ('test', n_test)):
-        rng = random.Random(f'dialsum-demo:{seed}:{split}')  # str seeds are hashed with sha512: stable across runs
-        df = pd.DataFrame([_demo_row(rng, rng.choice(_TEMPLATES)) for _ in range(n)], columns=['dialogue', 'summary', 'topic'])
-        df.insert(0, 'fname', [f'{split}_{i}' for i in range(n)])
-        paths[split] = _write_csv(df[['fname', 'dialogue']] if split == 'test' else df, out_dir/f'{split}.csv')
+        df = demo_rows(split, n, seed)
+        paths[split] = _write_csv(df[['fname', 'dialogue']] if split == 'test' else df.drop(columns='slots'), out_dir/f'{split}.csv')
     sub = pd.DataFrame({'fname': [f'test_{i}' for i in range(n_test)], 'summary': '요약을 여기에 쓰세요.'})
     paths['sample_submission'] = _write_csv(sub, out_dir/'sample_submission.csv')
     return paths
+
+# %% ../nbs/01_data.ipynb #70eb68aa
+def demo_slots_kept(preds:list[str], # one predicted summary per demo row
+                    slots:list[dict], # `demo_rows(...).slots`, same order
+                   )->list[bool]:
+    "Per row, whether the prediction contains every slot value its reference summary names."
+    if len(preds) != len(slots): raise DataError(f'{len(preds)} predictions but {len(slots)} demo rows; give one per row')
+    return [all(str(v) in p for v in s.values()) for p, s in zip(preds, slots)]
 
 # %% ../nbs/01_data.ipynb #b5a58483
 @dataclass

@@ -16,11 +16,12 @@ from transformers import set_seed
 
 from .checkpoints import CheckpointError
 from .config import Config, DialsumError, load_config, project_root, resolve_path
-from .data import SPLITS, Columns, Splits, load_splits, model_inputs, read_split, references
+from .data import SPLITS, Columns, Splits, demo_rows, demo_slots_kept, load_splits, model_inputs, read_split, references
 from .features import features
 from .inference import predict, score_predictions
 from .lora import apply_lora, merge_for_inference
 from .metrics import bootstrap_ci
+from .diagnostics import diagnostic_warnings, encoder_check, prediction_diagnostics, warning_flags
 from .models import load_model, param_counts
 from .records import Run, start_run, utcnow, write_csv, write_json
 from .safety import WriteError, check_disk, remove_torn, resume_point, unsafe_pickle, write_failure
@@ -30,8 +31,8 @@ from .train import device_report, make_trainer, on_cpu, peak_gpu_memory_gb, trai
 
 # %% auto #0
 __all__ = ['PREFLIGHT_FREE_BYTES', 'PreflightError', 'Problem', 'preflight', 'Context', 'open_run', 'cell_failed', 'watch_cells',
-           'read_data', 'build_model', 'fit', 'score_dev', 'write_submission', 'pictures', 'finish', 'run_steps',
-           'run_pipeline', 'main', 'accelerate_command']
+           'read_data', 'build_model', 'fit', 'score_dev', 'write_submission', 'pictures', 'finish', 'diagnose',
+           'run_steps', 'run_pipeline', 'main', 'accelerate_command']
 
 # %% ../nbs/09a_pipeline.ipynb #9d5bf19d
 class PreflightError(DialsumError):
@@ -103,6 +104,7 @@ class Context:
     t0:float=field(default_factory=time.perf_counter)
     infer_seconds:float=0.0
     trainer:object=None  # the trainer, once `fit` made it
+    diagnostics:Optional[dict]=None  # what `diagnose` found in the dev predictions
     @property
     def main(self)->bool: return self.state.is_main_process
     def record(self, **fields):
@@ -247,7 +249,7 @@ def pictures(ctx:Context, splits:Splits)->list[Path]:
 
 def finish(ctx:Context, scores:dict, result:dict, splits:Splits)->dict:
     "metrics.json and the completed record; the submission checked and promoted, the index row written."
-    metrics = dict(dev=scores, train=result, infer_seconds=round(ctx.infer_seconds, 2),
+    metrics = dict(dev=scores, diagnostics=ctx.diagnostics, train=result, infer_seconds=round(ctx.infer_seconds, 2),
                    seconds=round(time.perf_counter() - ctx.t0, 2), data=splits.report)
     run = ctx.run
     if ctx.main:
@@ -263,8 +265,42 @@ def finish(ctx:Context, scores:dict, result:dict, splits:Splits)->dict:
         print('submission', 'promoted' if md.get('promoted') else f"NOT promoted: {md.get('submission_problems')}")
         if scores: print(f"dev score {scores['score']:.2f} (R1 {scores['rouge1']:.2f} R2 {scores['rouge2']:.2f} "
                          f"RL {scores['rougeL']:.2f}) -> {run.path}")
+        if md.get('warn'): print(f"warnings: {md['warn']} (metrics.json: diagnostics)")
     ctx.state.wait_for_everyone()
     return metrics
+
+# %% ../nbs/09a_pipeline.ipynb #b2abcaf9
+def diagnose(ctx:Context, model, tok, splits:Splits, scores:dict, # from the steps before
+             table:Optional[pd.DataFrame], # `score_dev`'s per-row table (None: no dev split, nothing to diagnose)
+            )->dict:
+    "The dev predictions' diagnostics, with a `warning:` line printed per threshold crossed; kept for `finish`."
+    if table is None: return {}
+    cfg, preds = ctx.cfg, table['prediction'].astype(str).tolist()
+    limit = cfg.generation.max_new_tokens
+    hits = [len(tok(p, add_special_tokens=False)['input_ids']) >= limit - 1 for p in preds]
+    d = prediction_diagnostics(preds, table['reference'].astype(str).tolist(), hits, scores.get('score'))
+    if cfg.data.demo:  # the demo knows the slot values each summary must name
+        slots = demo_rows('dev', cfg.data.demo.n_dev, cfg.data.demo.seed).set_index('fname').slots
+        d['slots_kept_share'] = round(sum(demo_slots_kept(preds, [slots[f] for f in table['fname']])) / len(preds), 4)
+    if model.config.is_encoder_decoder:
+        rows = splits.dev.drop_duplicates('dialogue').head(8)
+        d['encoder'] = encoder_check(model, tok, features(tok, rows, cfg))
+    e = d.get('encoder') or {}
+    d['line'] = (f"diagnostics: {d['distinct_predictions']} distinct predictions for {d['distinct_references']} distinct references, "
+                 f"limit {d['limit_share']:.0%}, empty {d['empty_share']:.0%}, tags kept {_pct(d['tags_kept_share'])}, "
+                 f"length x{d['length_ratio']:.2f}, constant summary {d['constant_baseline']:.2f} (margin {d.get('margin', 0):+.2f})"
+                 + (f", slots kept {d['slots_kept_share']:.0%}" if 'slots_kept_share' in d else '')
+                 + (f", encoder state distance {e['state_distance']:.3g}, loss gap {e['loss_gap']:.3g}" if e else ''))
+    d['warnings'] = diagnostic_warnings(d)
+    ctx.diagnostics = d
+    ctx.record(warn=warning_flags(d['warnings']))
+    if ctx.main:
+        print(d['line'])
+        for w in d['warnings']: print(f"warning: {w}")
+    return d
+
+def _pct(v): return '-' if v is None else f'{v:.0%}'
+
 
 # %% ../nbs/09a_pipeline.ipynb #7d32cf3d
 def run_steps(ctx:Context)->Run:
@@ -273,7 +309,8 @@ def run_steps(ctx:Context)->Run:
         splits = read_data(ctx)
         tok, model = build_model(ctx, splits)
         model, result = fit(ctx, tok, model, splits)
-        scores, _ = score_dev(ctx, model, tok, splits)
+        scores, table = score_dev(ctx, model, tok, splits)
+        diagnose(ctx, model, tok, splits, scores, table)
         write_submission(ctx, model, tok, splits)
         pictures(ctx, splits)
         finish(ctx, scores, result, splits)

@@ -245,6 +245,7 @@ class SweepEntry:
     "One config of a sweep and what became of it."
     config:str; experiment:str = ''; run_id:str = ''; status:str = 'not run'
     dev_score:Optional[float] = None; seconds:float = 0.0; promoted:Optional[bool] = None; note:str = ''; log:str = ''
+    warn:str = ''  # the flags of the run's diagnostics (`dialsum.pipeline.diagnose`)
 
 def one_line(s, n:int=300)->str:
     "`s` as one line of at most `n` characters."
@@ -256,7 +257,7 @@ def _fill(e:SweepEntry, run_dir:Path, status:Optional[str]=None):
     dev = md.get('dev') if isinstance(md.get('dev'), dict) else {}
     e.run_id, e.status, e.dev_score, e.promoted = run_dir.name, status or live_status(md), dev.get('score'), md.get('promoted')
     e.experiment = e.experiment or md.get('experiment') or ''
-    e.log = str(run_dir/RUN_FILES['log'])
+    e.log, e.warn = str(run_dir/RUN_FILES['log']), md.get('warn') or ''
     unpromoted = 'submission not promoted: ' + '; '.join(md.get('submission_problems') or ['invalid']) if md.get('submission_valid') is False else ''
     e.note = one_line('; '.join(x for x in (md.get('error'), unpromoted) if x))
 
@@ -362,7 +363,7 @@ def sweep_table(entries:list[SweepEntry], # from `run_sweep`
     "The sweep's summary table, with a count of outcomes and where to look for failures."
     rows = [dict(config=Path(e.config).name, experiment=e.experiment or '-', run_id=e.run_id or '-', status=e.status,
                  dev_score='-' if e.dev_score is None else f"{e.dev_score:.2f}", seconds=f"{e.seconds:.0f}",
-                 promoted={True: 'yes', False: 'no'}.get(e.promoted, '-'), note=one_line(e.note, note_chars)) for e in entries]
+                 promoted={True: 'yes', False: 'no'}.get(e.promoted, '-'), warn=e.warn or '-', note=one_line(e.note, note_chars)) for e in entries]
     counts = {}
     for e in entries: counts[e.status] = counts.get(e.status, 0) + 1
     logs = [f"  {e.run_id}: see {e.log}" for e in entries if e.status in ('failed', 'interrupted') and e.log]

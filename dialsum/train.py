@@ -68,7 +68,7 @@ class LengthBucketSampler(Sampler):
     def __init__(self, lengths:list[int], # input tokens of each example
                  label_lengths:Optional[list[int]]=None, # label tokens of each example (seq2seq); None: inputs only
                  batch_size:int=16, # examples per batch, as the data loader cuts them
-                 bucket_batches:int=50, # batches per sorted bucket: fewer, more random batches; more, less padding
+                 bucket_batches:int=4, # batches per sorted bucket: fewer, more mixed batches; more, less padding (see above)
                  seed:int=0, # with the epoch, fixes the order
                 ):
         self.lengths, self.batch_size, self.bucket_batches, self.seed, self.epoch = np.asarray(lengths), batch_size, bucket_batches, seed, 0

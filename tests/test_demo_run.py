@@ -81,34 +81,107 @@ def test_failing_run_is_recorded_as_failed(tmp_path):
     (run,) = run_folders(tmp_path)
     md = json.loads((run/'metadata.json').read_text())
     assert md['status'] == 'failed' and 'no/such.csv' in md['error']
-    assert md['error_tail'][-1].startswith('DataError:') and 'peak_gpu_memory_gb' in md  # recorded once, by the kernel
+    assert md['error_tail'][-1].startswith('PreflightError:') and md['stage'] == 'preflight' and 'peak_gpu_memory_gb' in md  # recorded once, by the kernel
     assert (run/'run.ipynb').exists() and not (run/'submission.csv').exists()
     ix = pd.read_csv(tmp_path/'index.csv', keep_default_na=False)
     assert ix.run_id.tolist() == [run.name] and ix.status.tolist() == ['failed']
 
 
-@pytest.mark.slow
-def test_demo_learns(tmp_path):
-    "The demo config, run with the plain papermill command, scores clearly above its untrained model."
-    out = tmp_path/'x.ipynb'
+@pytest.fixture(scope='session')
+def demo_run(tmp_path_factory):
+    "The demo config run once with the plain papermill command (the default, length-bucket order): (run folder, notebook)."
+    tmp = tmp_path_factory.mktemp('demo')
+    out = tmp/'x.ipynb'
     p = subprocess.run([str(BIN/'papermill'), 'nbs/run_experiment.ipynb', str(out), '-p', 'config', 'configs/experiments/demo.yaml',
-                        '-p', 'run_dir', str(tmp_path/'run')], cwd=ROOT, capture_output=True, text=True, timeout=900)
+                        '-p', 'run_dir', str(tmp/'run')], cwd=ROOT, capture_output=True, text=True, timeout=1800)  # ~1 min alone
     assert p.returncode == 0, p.stderr[-3000:]
-    md, metrics, dev, sub = check_run_folder(tmp_path/'run', 60, 60, notebook=out)
+    return tmp/'run', out
+
+
+@pytest.fixture(scope='session')
+def demo_buckets_run(tmp_path_factory):
+    "The same demo config in length-bucket order (`training.train_sampling_strategy=length_buckets`), through `dialsum run`."
+    runs = tmp_path_factory.mktemp('demo_buckets')/'runs'
+    p = dialsum('run', 'configs/experiments/demo.yaml', f'output.runs_dir={runs}', 'training.train_sampling_strategy=length_buckets',
+                'training.early_stopping_patience=null', timeout=1800)  # the same steps as the default run (which never stalls)
+    assert p.returncode == 0, p.stderr[-3000:] + p.stdout[-2000:]
+    (run,) = run_folders(runs)
+    return run
+
+
+def learning_figures(run: Path)->dict:
+    "What says the demo model summarises: distinct predictions, slot values kept, and the margin over the best constant summary."
+    from dialsum.data import demo_rows, demo_slots_kept
+    from dialsum.diagnostics import constant_baseline
+    dev = pd.read_csv(run/'predictions_dev.csv', keep_default_na=False)
+    cfg = yaml.safe_load((run/'config.yaml').read_text())['data']['demo']
+    slots = demo_rows('dev', cfg['n_dev'], cfg['seed']).set_index('fname').slots
+    const, _ = constant_baseline(dev['reference'].tolist())
+    return dict(distinct=dev['prediction'].nunique(), distinct_refs=dev['reference'].nunique(),
+                slots_kept=sum(demo_slots_kept(dev['prediction'].tolist(), [slots[f] for f in dev.fname])) / len(dev),
+                score=dev['score'].mean(), constant=const, scores=dev.set_index('fname')['score'])
+
+
+@pytest.mark.slow
+def test_demo_learns(demo_run):
+    "The demo model summarises its dialogue: distinct predictions, each dialogue's slot values named, far above a constant summary."
+    run, nb = demo_run
+    md, metrics, dev, sub = check_run_folder(run, 60, 60, notebook=nb)
+    f = learning_figures(run)
+    assert f['distinct'] >= 0.9 * f['distinct_refs'], f  # one prediction per dialogue, not one template
+    assert f['slots_kept'] >= 0.8, f  # the day, the time, the count, the item of its own dialogue
+    assert f['score'] >= f['constant'] + 20, f
+    # the run's own diagnostics say the same, and none of their warnings fire
+    d = metrics['diagnostics']
+    assert d['warnings'] == [] and md['warn'] == '', d['warnings']
+    assert (d['distinct_predictions'], d['slots_kept_share']) == (f['distinct'], round(f['slots_kept'], 4))
+    assert abs(d['constant_baseline'] - f['constant']) < 1e-3 and d['margin'] >= 20
+    assert d['limit_share'] < 0.05 and 0.8 < d['length_ratio'] < 1.25 and d['tags_kept_share'] >= 0.9, d
+    assert d['encoder']['state_distance'] > 0.01 and d['encoder']['loss_gap'] > 0.1, d['encoder']  # its own summary is likelier
+    text = json.dumps(json.loads(nb.read_text())['cells'])
+    assert 'diagnostics: ' in text and 'constant_baseline' in text  # the executed notebook shows them next to the score
     # the untrained model the run started from, scored the same way
     from dialsum.config import load_config
     from dialsum.data import read_split
     from dialsum.inference import predict, score_predictions
     from dialsum.models import load_pretrained
-    cfg = load_config(tmp_path/'run'/'config.yaml', root=ROOT)
-    tok, model = load_pretrained(str(tmp_path/'run'/'base_model'))
-    dev_df = read_split(tmp_path/'run'/'data'/'dev.csv', 'dev')
+    cfg = load_config(run/'config.yaml', root=ROOT)
+    tok, model = load_pretrained(str(run/'base_model'))
+    dev_df = read_split(run/'data'/'dev.csv', 'dev')
     untrained, _ = score_predictions(dev_df, predict(model, tok, dev_df, cfg, progress=False))
     assert metrics['dev']['score'] > untrained['score'] + 20, (metrics['dev']['score'], untrained['score'])
-    assert dev['prediction'].str.contains('#Person').mean() > 0.5  # speaker tags survive into predictions
 
 
-BREAK = ['data.demo=null', 'data.train=no/such.csv', 'data.test=no/such/test.csv']  # the run opens, then the data cell raises
+@pytest.mark.slow
+def test_length_buckets_on_demo_learn_or_are_flagged(demo_run, demo_buckets_run):
+    "The default order is random; length buckets (opt-in) on the demo either reach its dev score at the same steps, within noise "
+    "(paired bootstrap over dev rows), or their run says it collapsed: a worse run never looks healthy."
+    from dialsum.metrics import bootstrap_ci
+    run, _ = demo_run
+    assert yaml.safe_load((run/'config.yaml').read_text())['training']['train_sampling_strategy'] == 'random'
+    a, b = learning_figures(run), learning_figures(demo_buckets_run)
+    steps = [json.loads((r/'metrics.json').read_text())['train']['global_step'] for r in (run, demo_buckets_run)]
+    assert steps[0] == steps[1]
+    lo, hi = bootstrap_ci((b['scores'] - a['scores'].reindex(b['scores'].index)).values)  # buckets - random, per dev row
+    md = json.loads((demo_buckets_run/'metadata.json').read_text())
+    assert hi >= 0 or {'collapsed', 'constant'} & set(md['warn'].split(',')), (a['score'], b['score'], lo, hi, md['warn'])
+
+
+def test_collapsed_predictions_warn():
+    "One sentence for every dev row fires the collapse and constant-summary warnings; the references themselves fire none."
+    from dialsum.data import demo_rows
+    from dialsum.diagnostics import diagnostic_warnings, prediction_diagnostics, warning_flags
+    refs = demo_rows('dev', 60)['summary'].tolist()
+    flat = prediction_diagnostics(['#Person1#은 #Person2#에게 #Person1#에게에게는는 에게 예약한다.'] * 60, refs, [False] * 60, score=39.4)
+    assert warning_flags(diagnostic_warnings(flat)).split(',') == ['collapsed', 'constant'], flat
+    assert flat['identical_share'] == 1 and flat['distinct_predictions'] == 1
+    perfect = prediction_diagnostics(refs, refs, [False] * 60, score=100)
+    assert diagnostic_warnings(perfect) == [] and perfect['margin'] > 20
+    runaway = prediction_diagnostics([r + ' 그리고' * 40 for r in refs], refs, [True] * 60, score=30)
+    assert set(warning_flags(diagnostic_warnings(runaway)).split(',')) >= {'runaway', 'length'}
+
+
+BREAK = ['data.demo=null', 'data.train=no/such.csv', 'data.test=no/such/test.csv']  # the run opens, then its preflight refuses the data
 
 
 def papermill(out, *params, env=None):
@@ -125,13 +198,13 @@ def test_plain_papermill_failure_is_recorded(tmp_path):
     nb = json.loads(out.read_text())
     errors = [o for c in nb['cells'] if c['cell_type'] == 'code' for o in c.get('outputs', []) if o['output_type'] == 'error']
     assert nb['metadata']['papermill']['exception'] is True and len(errors) == 1
-    assert errors[0]['ename'] == 'DataError' and 'no/such.csv' in errors[0]['evalue'] and errors[0]['traceback']
+    assert errors[0]['ename'] == 'PreflightError' and 'no/such.csv' in errors[0]['evalue'] and errors[0]['traceback']
     (run,) = run_folders(runs)
     md = json.loads((run/'metadata.json').read_text())
-    assert md['status'] == 'failed' and md['error'].startswith('DataError:') and 'no/such.csv' in md['error'], md
-    assert md['error_tail'][-1].startswith('DataError:') and 'peak_gpu_memory_gb' in md and md['finished']
+    assert md['status'] == 'failed' and md['error'].startswith('PreflightError:') and 'no/such.csv' in md['error'], md
+    assert md['error_tail'][-1].startswith('PreflightError:') and 'peak_gpu_memory_gb' in md and md['finished']
     ix = pd.read_csv(runs/'index.csv', keep_default_na=False)
-    assert ix.run_id.tolist() == [run.name] and ix.status.tolist() == ['failed'] and ix.error[0] == md['error'][:len(ix.error[0])]
+    assert ix.run_id.tolist() == [run.name] and ix.status.tolist() == ['failed'] and ix.error[0].rstrip('…') == ' '.join(md['error'].split())[:len(ix.error[0].rstrip('…'))]
 
 
 def test_template_under_nbdev_test_stays_out_of_runs(tmp_path):
