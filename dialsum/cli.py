@@ -11,11 +11,12 @@ from typing import Optional, Sequence, Union
 import pandas as pd
 
 from .config import DialsumError, load_config, project_root, resolve_path
-from .checkpoints import resolve_run
+from .runs import resolve_run
 from .metrics import bootstrap_ci
-from .records import RUN_FILES
+from .runs import RUN_FILES
 from .runner import live_status, predict_run, run_experiment
-from .safety import redact, run_path
+from .redaction import redact
+from .runs import run_path
 from .submissions import read_index
 from .sweep import indexed_run, one_line, run_sweep, sweep_exit_code, sweep_table, text_table
 

@@ -17,7 +17,7 @@ __all__ = ['DEMO_REPLACES', 'DEFAULT_PROMPT', 'HUB_GENERATE', 'YAML_MAX_VALUES',
            'TrainingConfig', 'GenerationConfig', 'OutputConfig', 'ResourcesConfig', 'Config', 'YamlProblem',
            'ConfigLoader', 'load_yaml', 'read_yaml', 'deep_merge', 'read_layers', 'apply_overrides', 'machine',
            'machine_problems', 'suggest_key', 'validate', 'project_root', 'resolve_path', 'load_config', 'config_dict',
-           'config_hash', 'save_config']
+           'config_hash']
 
 # %% ../nbs/00_config.ipynb #4f9a8811
 class DialsumError(Exception):
@@ -607,8 +607,3 @@ def config_hash(cfg:Config)->str:
         for p in parents: node = node.get(p) or {}
         node.pop(last, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
-
-def save_config(cfg:Config, path:Union[str, Path])->Path:
-    "Write the resolved config as YAML to `path`, atomically (a killed run never leaves half a config to resume from)."
-    from dialsum.records import atomic_write  # records builds on this module
-    return atomic_write(path, yaml.safe_dump(config_dict(cfg), sort_keys=False, allow_unicode=True))

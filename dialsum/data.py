@@ -13,6 +13,7 @@ from typing import Optional, Union
 import pandas as pd
 
 from .config import Columns, DataConfig, DialsumError, resolve_path
+from .files import atomic_write
 
 # %% auto #0
 __all__ = ['SPEAKER_TAGS', 'MASK_TAGS', 'TAGS', 'NORMALIZE_STEPS', 'SPLITS', 'DataError', 'normalize_text', 'is_missing',
@@ -289,7 +290,6 @@ def _demo_row(rng:random.Random, t:dict)->tuple[str, str, str, dict]:
 
 def _write_csv(df:pd.DataFrame, path:Path)->Path:
     "`df` as UTF-8 CSV with LF line ends, the same bytes on every platform, written atomically."
-    from dialsum.records import atomic_write  # records builds on this module
     return atomic_write(path, df.to_csv(index=False, lineterminator='\n').encode('utf-8'))
 
 # %% ../nbs/01_data.ipynb #8cab4297

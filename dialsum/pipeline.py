@@ -14,7 +14,7 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 from transformers import set_seed
 
-from .checkpoints import CheckpointError
+from .runs import CheckpointError
 from .config import Config, DialsumError, load_config, project_root, resolve_path
 from .data import SPLITS, Columns, Splits, demo_rows, demo_slots_kept, load_splits, model_inputs, read_split, references
 from .features import features
@@ -23,8 +23,10 @@ from .lora import apply_lora, merge_for_inference
 from .metrics import bootstrap_ci
 from .diagnostics import diagnostic_warnings, encoder_check, prediction_diagnostics, warning_flags
 from .models import load_model, param_counts
-from .records import Run, start_run, utcnow, write_csv, write_json
-from .safety import WriteError, check_disk, remove_torn, resume_point, unsafe_pickle, write_failure
+from .files import write_csv, write_json
+from .runs import start_run, utcnow, Run
+from .files import write_failure, WriteError
+from .checkpoints import check_disk, remove_torn, resume_point, unsafe_pickle
 from .submissions import (_sample_problems, error_tail, exception_tail, finalize_run, read_index, record_failure,
                                  test_file_fnames)
 from .train import device_report, make_trainer, on_cpu, peak_gpu_memory_gb, train

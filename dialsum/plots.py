@@ -17,7 +17,8 @@ from matplotlib.figure import Figure
 
 from .config import DialsumError
 from .data import clean_split, read_split
-from .records import RUN_FILES, atomic_write
+from .files import atomic_write
+from .runs import RUN_FILES
 from .submissions import read_index
 
 # %% auto #0

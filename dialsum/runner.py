@@ -14,12 +14,14 @@ import papermill as pm
 from papermill.exceptions import PapermillExecutionError
 from papermill.iorw import LocalHandler, papermill_io
 
-from .checkpoints import CheckpointError, checkpoint_problems, find_checkpoint, resolve_run
+from .runs import resolve_run, CheckpointError
+from .checkpoints import checkpoint_problems, find_checkpoint
 from .config import Columns, Config, DialsumError, config_dict, config_hash, load_config, project_root, resolve_path
 from .data import clean_split, read_split
-from .records import (RUN_FILES, Run, atomic_write, new_run_dir, process_alive, process_record, safe_name, utcnow,
-                             write_csv)
-from .safety import refuse_secrets, run_path, scrub_file
+from .files import atomic_write, process_alive, process_record, write_csv
+from .runs import RUN_FILES, new_run_dir, safe_name, utcnow, Run
+from .redaction import refuse_secrets, scrub_file
+from .runs import run_path
 from .submissions import error_tail, finalize_run, read_index, record_failure, submission_problems, test_file_fnames
 
 # %% auto #0

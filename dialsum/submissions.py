@@ -14,7 +14,8 @@ from filelock import FileLock, Timeout
 
 from .config import Columns, DialsumError
 from .data import is_missing, read_split
-from .records import RUN_FILES, Run, atomic_write, clean_stale_temps, safe_name, utcnow, write_csv, write_json
+from .files import atomic_write, clean_stale_temps, write_csv, write_json
+from .runs import RUN_FILES, safe_name, utcnow, Run
 
 # %% auto #0
 __all__ = ['SUBMISSION_COLUMNS', 'INDEX_COLUMNS', 'ERROR_CHARS', 'INDEX_FILE', 'LOCK_TIMEOUT', 'LATEST_FILE', 'HISTORY_DIR',

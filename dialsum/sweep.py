@@ -11,9 +11,12 @@ from typing import Callable, Optional, Sequence, Union
 
 from .config import (ConfigError, DialsumError, OutputConfig, apply_overrides, config_dict, config_hash, load_config,
                             project_root, read_layers, resolve_path)
-from .records import RUN_FILES, Run, new_run_dir, process_record, safe_name, utcnow
+from .files import process_record
+from .runs import RUN_FILES, new_run_dir, safe_name, utcnow, Run
 from .runner import live_status, mark_interrupted, recoverable, recovery_fingerprint, run_experiment
-from .safety import refuse_secrets, resume_problems, run_path, scrub_file
+from .redaction import refuse_secrets, scrub_file
+from .runs import run_path
+from .checkpoints import resume_problems
 from .submissions import INDEX_FILE, error_tail, finalize_run, read_index, record_failure
 
 # %% auto #0

@@ -484,7 +484,8 @@ def test_model_refused(case_id, given, make, expect, tiny, tmp_path):
 
 
 def test_no_complete_checkpoint(tiny, tmp_path):
-    from dialsum.checkpoints import CheckpointError, find_checkpoint
+    from dialsum.runs import CheckpointError
+    from dialsum.checkpoints import find_checkpoint
     run = _torn_run(tiny, tmp_path/'run')
     refused(lambda: find_checkpoint(run), CheckpointError, ['checkpoints: no complete checkpoint: checkpoint-10: corrupt model.safetensors', '--checkpoint'],
             tmp_path, 'model-no-complete-checkpoint', 'Models', 'a run whose only checkpoint was torn by a kill while saving')
@@ -492,7 +493,7 @@ def test_no_complete_checkpoint(tiny, tmp_path):
 
 def test_resume_skips_a_torn_checkpoint(tiny, tmp_path):
     "Accepted by design: resuming takes the newest complete checkpoint and passes over the torn one."
-    from dialsum.safety import resume_point
+    from dialsum.checkpoints import resume_point
     run = _torn_run(tiny, tmp_path/'run')
     done = _copy(tiny, run/'checkpoints'/'checkpoint-5')
     (done/'trainer_state.json').write_text(json.dumps({'global_step': 5, 'log_history': []}))
@@ -505,8 +506,8 @@ def test_resume_skips_a_torn_checkpoint(tiny, tmp_path):
 # ---------------------------------------------------------------------------------------------- output
 
 def test_runs_dir_not_writable(tmp_path):
-    from dialsum.records import new_run_dir
-    from dialsum.safety import WriteError
+    from dialsum.runs import new_run_dir
+    from dialsum.files import WriteError
     runs = prior_runs(tmp_path/'runs')
     if os.geteuid() != 0:
         runs.chmod(0o555)
@@ -534,7 +535,7 @@ def _enospc(*a, **k): raise OSError(errno.ENOSPC, 'No space left on device')
 
 
 def test_disk_full_while_writing_the_index(tmp_path):
-    from dialsum.safety import WriteError
+    from dialsum.files import WriteError
     from dialsum.submissions import update_index
     runs = prior_runs(tmp_path/'runs')
     with mock.patch('os.fsync', _enospc):
@@ -544,7 +545,7 @@ def test_disk_full_while_writing_the_index(tmp_path):
 
 
 def test_disk_full_while_promoting(tmp_path):
-    from dialsum.safety import WriteError
+    from dialsum.files import WriteError
     from dialsum.submissions import promote
     runs = prior_runs(tmp_path/'runs')
     run = runs/'new_20260102-000000'; run.mkdir()
@@ -581,7 +582,7 @@ def test_disk_too_small_for_the_checkpoints_cli(tmp_path):
 def test_run_name_collision(tmp_path):
     "Accepted by design: a second run of an experiment in the same second gets its own folder; the first is untouched."
     from datetime import datetime
-    from dialsum.records import new_run_dir
+    from dialsum.runs import new_run_dir
     t = datetime(2026, 1, 2, 3, 4, 5)
     first = new_run_dir(tmp_path, 'demo', t); (first/'metadata.json').write_text('{"run_id": "first"}')
     before = snapshot(first)
