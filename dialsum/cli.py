@@ -6,109 +6,17 @@
 from __future__ import annotations
 import argparse, json, math, os, signal, sys
 from pathlib import Path
-from typing import Optional, Sequence, Union
-
-import pandas as pd
+from typing import Optional, Sequence
 
 from .config import DialsumError, load_config, project_root, resolve_path
-from .runs import resolve_run
-from .metrics import bootstrap_ci
-from .runs import RUN_FILES
-from .runner import live_status, predict_run, run_experiment
 from .redaction import redact
 from .runs import run_path
-from .submissions import read_index
-from .sweep import indexed_run, one_line, run_sweep, sweep_exit_code, sweep_table, text_table
+from .runner import predict_run, run_experiment
+from .sweep import run_sweep, sweep_exit_code, sweep_table
+from .queries import best_run, compare_runs, compare_text, default_runs_dir, runs_frame, runs_table
 
 # %% auto #0
-__all__ = ['default_runs_dir', 'runs_frame', 'runs_table', 'best_run', 'compare_runs', 'compare_text', 'parser', 'main']
-
-# %% ../nbs/11_cli.ipynb #833300e2
-def _md(run_dir:Path)->dict:
-    "The run's metadata.json, or {} when it is missing or unreadable."
-    try: return json.loads((Path(run_dir)/RUN_FILES['metadata']).read_text(encoding='utf-8'))
-    except (OSError, ValueError): return {}
-
-def default_runs_dir()->Path: return resolve_path('runs', project_root())
-
-def runs_frame(runs_dir:Union[str, Path], # the runs folder with index.csv
-               status:Optional[str]=None, # keep only runs with this status (after reading dead `running` runs as `interrupted`)
-               experiment:Optional[str]=None, # keep only runs of this experiment
-              )->pd.DataFrame:
-    "The run index, live statuses, filtered and sorted by dev score (best first)."
-    runs_dir, ix = Path(runs_dir), read_index(runs_dir)
-    dirs = [indexed_run(runs_dir, r) for r in ix.run_id]  # an id that leads outside runs_dir is refused
-    ix['status'] = [live_status(_md(d)) if s == 'running' and d else s for d, s in zip(dirs, ix.status)]
-    ix['warn'] = [(_md(d).get('warn') or '') if d else '' for d in dirs]  # the diagnostics' flags (`dialsum.pipeline.diagnose`)
-    if status: ix = ix[ix.status == status]
-    if experiment: ix = ix[ix.experiment == experiment]
-    return ix.sort_values(['dev_score', 'started'], ascending=[False, False], na_position='last', kind='stable').reset_index(drop=True)
-
-def _f(v, fmt='{:.2f}')->str: return '-' if v is None or (isinstance(v, float) and math.isnan(v)) or v == '' else fmt.format(v)
-
-def runs_table(df:pd.DataFrame, # from `runs_frame`
-               error_chars:int=60, # the error column is cut to this width
-              )->str:
-    "The runs as a text table."
-    return text_table([dict(run_id=r.run_id, experiment=r.experiment, status=r.status, dev_score=_f(r.dev_score),
-                            ci95='-' if math.isnan(r.dev_score_lo) else f"{r.dev_score_lo:.2f}-{r.dev_score_hi:.2f}",
-                            seconds=_f(r.seconds, '{:.0f}'), started=r.started or '-', warn=getattr(r, 'warn', '') or '-', error=one_line(r.error, error_chars))
-                       for r in df.itertuples()])
-
-def best_run(runs_dir:Union[str, Path], # the runs folder with index.csv
-            )->dict:
-    "The completed run with the best dev score and a valid submission: its index row, with `submission_path`."
-    runs_dir = Path(runs_dir); df = runs_frame(runs_dir, 'completed')
-    for r in df[df.dev_score.notna()].to_dict('records'):
-        d = indexed_run(runs_dir, r['run_id'])
-        if d is None: continue  # its folder is gone
-        sub = d/(r['submission'] or RUN_FILES['submission'])
-        if sub.is_file() and _md(d).get('submission_valid') is not False: return {**r, 'submission_path': sub.resolve()}
-    raise DialsumError(f"{runs_dir}: no completed run with a dev score and a valid submission in {runs_dir/'index.csv'} "
-                       f"({len(read_index(runs_dir))} runs); see `dialsum runs`")
-
-# %% ../nbs/11_cli.ipynb #d6ebe300
-def _dev_rows(run_dir:Path)->pd.DataFrame:
-    p = Path(run_dir)/RUN_FILES['dev_predictions']
-    if not p.is_file(): raise DialsumError(f"{p}: no per-row dev scores; the run did not reach dev scoring (see `dialsum runs`)")
-    return pd.read_csv(p, dtype={'fname': str, 'prediction': str, 'reference': str}, keep_default_na=False)
-
-def _named_run(name:Union[str, Path], runs_dir:Union[str, Path, None])->Path:
-    "The run folder `name` names: a folder as typed, else a run or experiment in the runs folder, never a path out of it."
-    s = str(name)
-    if not Path(s).expanduser().is_dir() and ('..' in Path(s).parts or '..' in s.split('\\')):
-        run_path(resolve_path(runs_dir or 'runs', project_root()), s)  # refuses it, saying why
-    return resolve_run(name, runs_dir)
-
-def compare_runs(a:Union[str, Path], b:Union[str, Path], # run folders or experiment names (their newest runs)
-                 runs_dir:Union[str, Path, None]=None, # where names are looked up (default: runs/)
-                 top:int=5, # rows listed
-                )->dict:
-    "B - A in dev score with a paired bootstrap 95% interval, and the dev rows whose score changed most."
-    ra, rb = _named_run(a, runs_dir), _named_run(b, runs_dir)
-    da, db = _dev_rows(ra), _dev_rows(rb)
-    if sorted(da.fname) != sorted(db.fname):
-        only = sorted(set(da.fname) ^ set(db.fname))
-        raise DialsumError(f"{ra.name} and {rb.name} were scored on different dev rows ({len(only)} fnames in one only, e.g. {only[:3]}); "
-                           "compare runs of the same dev split")
-    m = da.merge(db, on='fname', suffixes=('_a', '_b'))
-    m['diff'] = m.score_b - m.score_a
-    lo, hi = bootstrap_ci(m['diff'].values)
-    rows = m.reindex(m['diff'].abs().sort_values(ascending=False, kind='stable').index)
-    rows = rows[rows['diff'] != 0].head(top)[['fname', 'score_a', 'score_b', 'diff', 'prediction_a', 'prediction_b', 'reference_a']]
-    return dict(a=ra, b=rb, score_a=float(m.score_a.mean()), score_b=float(m.score_b.mean()), diff=float(m['diff'].mean()),
-                lo=lo, hi=hi, n=len(m), changed=int((m['diff'] != 0).sum()), rows=rows.rename(columns={'reference_a': 'reference'}))
-
-def compare_text(c:dict, # from `compare_runs`
-                 chars:int=40, # predictions are cut to this width
-                )->str:
-    "The comparison as text."
-    head = [f"A  {c['a'].name}  dev score {c['score_a']:.2f}", f"B  {c['b'].name}  dev score {c['score_b']:.2f}",
-            f"B - A: {c['diff']:+.2f} (paired bootstrap 95% interval {c['lo']:+.2f} to {c['hi']:+.2f}; {c['n']} dev rows, {c['changed']} changed)"]
-    if c['rows'].empty: return '\n'.join(head + ['no dev row changed its score'])
-    rows = [dict(fname=r.fname, A=f"{r.score_a:.1f}", B=f"{r.score_b:.1f}", diff=f"{r.diff:+.1f}",
-                 A_prediction=one_line(r.prediction_a, chars), B_prediction=one_line(r.prediction_b, chars)) for r in c['rows'].itertuples()]
-    return '\n'.join(head + ['', 'dev rows that changed most:', text_table(rows)])
+__all__ = ['parser', 'main']
 
 # %% ../nbs/11_cli.ipynb #3da9e62e
 def _resume(a)->tuple:

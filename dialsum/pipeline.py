@@ -23,9 +23,8 @@ from .lora import apply_lora, merge_for_inference
 from .metrics import bootstrap_ci
 from .diagnostics import diagnostic_warnings, encoder_check, prediction_diagnostics, warning_flags
 from .models import load_model, param_counts
-from .files import write_csv, write_json
-from .runs import start_run, utcnow, Run
-from .files import write_failure, WriteError
+from .files import WriteError, write_csv, write_failure, write_json
+from .runs import Run, start_run, utcnow
 from .checkpoints import check_disk, remove_torn, resume_point, unsafe_pickle
 from .submissions import (_sample_problems, error_tail, exception_tail, finalize_run, read_index, record_failure,
                                  test_file_fnames)

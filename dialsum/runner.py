@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_runner.ipynb #a9cabba6
 from __future__ import annotations
-import hashlib, os, re, socket, sys, time
+import hashlib, os, socket, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -14,15 +14,15 @@ import papermill as pm
 from papermill.exceptions import PapermillExecutionError
 from papermill.iorw import LocalHandler, papermill_io
 
-from .runs import resolve_run, CheckpointError
-from .checkpoints import checkpoint_problems, find_checkpoint
-from .config import Columns, Config, DialsumError, config_dict, config_hash, load_config, project_root, resolve_path
-from .data import clean_split, read_split
+from .config import (Columns, Config, DialsumError, config_dict, config_hash, load_config, project_root,
+                            resolve_path)
 from .files import atomic_write, process_alive, process_record, write_csv
-from .runs import RUN_FILES, new_run_dir, safe_name, utcnow, Run
 from .redaction import refuse_secrets, scrub_file
-from .runs import run_path
-from .submissions import error_tail, finalize_run, read_index, record_failure, submission_problems, test_file_fnames
+from .data import clean_split, read_split
+from .runs import RUN_FILES, CheckpointError, Run, new_run_dir, rel_to, resolve_run, run_path, safe_name, utcnow
+from .checkpoints import checkpoint_problems, find_checkpoint
+from .submissions import (error_tail, finalize_run, read_index, record_failure, submission_problems,
+                                 test_file_fnames)
 
 # %% auto #0
 __all__ = ['SPLIT_FILES', 'AtomicLocalFiles', 'template_path', 'run_experiment', 'run_processes', 'live_status',
@@ -43,11 +43,6 @@ def template_path(root:Path)->Path:
     p = Path(root)/'nbs'/'run_experiment.ipynb'
     if not p.exists(): raise DialsumError(f"{p}: experiment template not found; run dialsum from the project folder")
     return p
-
-def _rel(p:Path, root:Path)->str:
-    "`p` relative to `root` when it is inside it (records stay free of absolute paths)."
-    try: return str(Path(p).resolve().relative_to(Path(root).resolve()))
-    except ValueError: return str(p)
 
 def _end(run:Run, status:str, t0:float, error:str, tail:Optional[list]=None):
     "Record a run that ended without completing, unless its kernel already did (a completed run's notebook records itself)."
@@ -79,7 +74,7 @@ def run_experiment(config:Union[str, Path], # the experiment YAML
                config_hash=config_hash(cfg), runner=process_record(),
                log=RUN_FILES['log'], notebook=RUN_FILES['notebook'], **(record or {}))
     finalize_run(run.path, run.path.parent)  # in the index from the start: a killed run leaves a row that says so
-    params = dict(config=_rel(resolve_path(config, root), root), overrides=list(overrides), run_dir=_rel(run.path, root))
+    params = dict(config=rel_to(resolve_path(config, root), root), overrides=list(overrides), run_dir=rel_to(run.path, root))
     log = open(run.file('log'), 'a', encoding='utf-8')
     try:
         pm.execute_notebook(template_path(root), run.file('notebook'), parameters=params, cwd=str(root),

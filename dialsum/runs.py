@@ -13,18 +13,19 @@ from typing import Optional, Union
 
 import yaml
 
-from .config import (Config, ConfigError, DialsumError, config_dict, config_hash, project_root, resolve_path)
+from .config import Config, ConfigError, DialsumError, config_dict, config_hash, project_root, resolve_path
 from .files import atomic_write, process_record, write_error, write_json
 from .redaction import redact, refuse_secrets
 
 # %% auto #0
-__all__ = ['RUN_FILES', 'CHECKPOINT_DIR', 'NAME_MAX', 'STAMP_ROOM', 'VERSIONED', 'safe_name', 'new_run_dir', 'read_metadata',
-           'listing', 'CheckpointError', 'resolve_run', 'run_path', 'update_metadata', 'rel_to', 'utcnow', 'git_commit',
-           'environment', 'save_config', 'Run', 'start_run']
+__all__ = ['RUN_FILES', 'INDEX_FILE', 'CHECKPOINT_DIR', 'NAME_MAX', 'STAMP_ROOM', 'VERSIONED', 'safe_name', 'new_run_dir',
+           'read_metadata', 'listing', 'CheckpointError', 'resolve_run', 'run_path', 'indexed_run', 'named_run',
+           'update_metadata', 'rel_to', 'utcnow', 'git_commit', 'environment', 'save_config', 'Run', 'start_run']
 
 # %% ../nbs/01a_runs.ipynb #b07acde4
 RUN_FILES = dict(config='config.yaml', metadata='metadata.json', metrics='metrics.json', dev_predictions='predictions_dev.csv',
                  submission='submission.csv', notebook='run.ipynb', log='run.log', checkpoints='checkpoints')
+INDEX_FILE = 'index.csv'  # the runs folder's index of its runs (`dialsum.submissions` reads and writes it)
 
 CHECKPOINT_DIR = re.compile(r'^checkpoint-(\d+)$')  # the trainer's checkpoint folders: checkpoints/checkpoint-<step>
 NAME_MAX = 120  # characters of a run folder's name
@@ -138,6 +139,32 @@ def run_path(runs_dir:Union[str, Path], # the runs folder
         if got != experiment:
             raise ConfigError(f"run {s!r} is a run of experiment {got!r}, not {experiment!r}; resume it with its own config")
     return p
+
+# %% ../nbs/01a_runs.ipynb #f0623007
+def indexed_run(runs_dir:Union[str, Path], # the runs folder with index.csv
+                run_id:str, # a run_id read from that index
+               )->Optional[Path]:
+    "The run folder of the index row `run_id` (None when it is gone); a `ConfigError` when the id is not a folder name inside `runs_dir`."
+    runs_dir, s = Path(runs_dir), str(run_id)
+    if s.strip() and '..' not in s and not any(c in s for c in '/\\\x00'):
+        if not (runs_dir/s/RUN_FILES['metadata']).is_file(): return None
+        try: return run_path(runs_dir, s)
+        except ConfigError as e: why = str(e)
+    else: why = 'a run_id is the name of a folder inside the runs folder, never a path'
+    raise ConfigError(f"{runs_dir/INDEX_FILE}: run_id {s!r} is not a run of {runs_dir} ({why}); the index was edited by hand or "
+                      "damaged: correct that run_id or delete its row")
+
+
+# %% ../nbs/01a_runs.ipynb #cf0b8701
+def named_run(name:Union[str, Path], # a run folder as typed, a run folder name or an experiment (its newest run)
+              runs_dir:Union[str, Path, None]=None, # the runs folder names are looked up in (default: `runs`)
+             )->Path:
+    "The run folder `name` names: a folder as typed, else a run or experiment in the runs folder, never a path out of it."
+    s = str(name)
+    if not Path(s).expanduser().is_dir() and ('..' in Path(s).parts or '..' in s.split('\\')):
+        run_path(resolve_path(runs_dir or 'runs', project_root()), s)  # refuses it, saying why
+    return resolve_run(name, runs_dir)
+
 
 # %% ../nbs/01a_runs.ipynb #6c0a89aa
 def update_metadata(run_dir:Union[str, Path], # a run folder

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_submissions.ipynb #a3aa6553
 from __future__ import annotations
-import csv, io, json, math, re, traceback
+import csv, io, math, re, traceback
 from collections import Counter
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -13,15 +13,14 @@ import pandas as pd
 from filelock import FileLock, Timeout
 
 from .config import Columns, DialsumError
+from .files import atomic_write, clean_stale_temps, write_csv
 from .data import is_missing, read_split
-from .files import atomic_write, clean_stale_temps, write_csv, write_json
-from .runs import RUN_FILES, safe_name, utcnow, Run
+from .runs import INDEX_FILE, RUN_FILES, Run, read_metadata, safe_name, update_metadata, utcnow
 
 # %% auto #0
-__all__ = ['SUBMISSION_COLUMNS', 'INDEX_COLUMNS', 'ERROR_CHARS', 'INDEX_FILE', 'LOCK_TIMEOUT', 'LATEST_FILE', 'HISTORY_DIR',
-           'SubmissionError', 'cut_problem', 'submission_problems', 'test_file_fnames', 'index_row', 'update_index',
-           'read_index', 'promote', 'not_promoted_error', 'finalize_run', 'error_tail', 'exception_tail',
-           'record_failure']
+__all__ = ['SUBMISSION_COLUMNS', 'INDEX_COLUMNS', 'ERROR_CHARS', 'LOCK_TIMEOUT', 'LATEST_FILE', 'HISTORY_DIR', 'SubmissionError',
+           'cut_problem', 'submission_problems', 'test_file_fnames', 'index_row', 'update_index', 'read_index',
+           'promote', 'not_promoted_error', 'finalize_run', 'error_tail', 'exception_tail', 'record_failure']
 
 # %% ../nbs/08_submissions.ipynb #46aa1014
 class SubmissionError(DialsumError):
@@ -141,20 +140,6 @@ INDEX_COLUMNS = ['run_id', 'experiment', 'model', 'status', 'started', 'finished
                  'best_checkpoint', 'submission', 'config_hash', 'git_commit', 'error']
 ERROR_CHARS = 300
 
-def _metadata(run_dir:Path)->tuple[dict, Optional[str]]:
-    "The run's `metadata.json` and, when it is missing or unreadable, why."
-    p = Path(run_dir)/RUN_FILES['metadata']
-    if not p.is_file(): return {}, f"{p.name} missing"
-    try: md = json.loads(p.read_text(encoding='utf-8'))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e: return {}, f"{p.name} unreadable: {e}"
-    return (md, None) if isinstance(md, dict) else ({}, f"{p.name} is not a JSON object")
-
-def _update_metadata(run_dir:Path, **fields)->dict:
-    "Merge `fields` into the run's `metadata.json`, atomically, like `Run.update`."
-    md = {**_metadata(run_dir)[0], **fields}
-    write_json(Path(run_dir)/RUN_FILES['metadata'], md)
-    return md
-
 def _relpath(p, run_dir:Path)->str:
     "`p` relative to `run_dir` when it is inside it, else as recorded ('' for none)."
     if p in (None, ''): return ''
@@ -179,7 +164,7 @@ def index_row(run_dir:Union[str, Path], # a run folder with its metadata.json
              )->dict:
     "The index row of the run in `run_dir`, from its `metadata.json`."
     run_dir = Path(run_dir)
-    md, bad = _metadata(run_dir)
+    md, bad = read_metadata(run_dir)
     dev = md.get('dev') if isinstance(md.get('dev'), dict) else {}
     ci = dev.get('score_ci95')
     lo, hi = ci if isinstance(ci, (list, tuple)) and len(ci) == 2 else ('', '')
@@ -195,7 +180,7 @@ def index_row(run_dir:Union[str, Path], # a run folder with its metadata.json
     return {k: '' if row[k] is None else row[k] for k in INDEX_COLUMNS}
 
 # %% ../nbs/08_submissions.ipynb #a0c03e61
-INDEX_FILE, LOCK_TIMEOUT = 'index.csv', 120
+LOCK_TIMEOUT = 120
 
 def _read_raw(path:Path)->pd.DataFrame:
     "The index at `path` as strings, after checking its header is `INDEX_COLUMNS`."
@@ -273,7 +258,7 @@ def promote(run_dir:Union[str, Path], # the run folder with submission.csv
                 else cut_problem(len(test_fnames), max_test_samples) + [f"{path}: submission file not found"])
     out = dict(submission_valid=not problems, submission_problems=problems, promoted=False, history_path=None)
     if not problems:
-        md = _metadata(run_dir)[0]
+        md = read_metadata(run_dir)[0]
         try: run_id = safe_name(str(md.get('run_id') or run_dir.name))
         except DialsumError: run_id = safe_name(run_dir.name)
         runs_dir.mkdir(parents=True, exist_ok=True)
@@ -284,7 +269,7 @@ def promote(run_dir:Union[str, Path], # the run folder with submission.csv
                 atomic_write(runs_dir/LATEST_FILE, raw)
         except Timeout: raise SubmissionError(f"{runs_dir/(LATEST_FILE + '.lock')}: waited {LOCK_TIMEOUT} s for the promotion lock") from None
         out.update(promoted=True, history_path=str(hist))
-    _update_metadata(run_dir, **out)
+    update_metadata(run_dir, **out)
     return out
 
 # %% ../nbs/08_submissions.ipynb #3b287c0e
@@ -306,11 +291,11 @@ def finalize_run(run_dir:Union[str, Path], # the finished (completed or failed) 
                  complete:bool=False, # the run's steps all succeeded: promote, and only then mark it completed
                 )->dict:
     "Promote a completed run's valid submission, then write the run's row to the index; return the row."
-    tried = (complete or _metadata(run_dir)[0].get('status') == 'completed') and test_fnames is not None
+    tried = (complete or read_metadata(run_dir)[0].get('status') == 'completed') and test_fnames is not None
     out = promote(run_dir, runs_dir, test_fnames, sample_submission, max_test_samples) if tried else {}
     if out.get('promoted'):
         if complete: Run(run_dir, None).update(status='completed')
-    elif complete or tried: Run(run_dir, None).update(status='failed', finished=_metadata(run_dir)[0].get('finished') or utcnow(),
+    elif complete or tried: Run(run_dir, None).update(status='failed', finished=read_metadata(run_dir)[0].get('finished') or utcnow(),
                                                       error=not_promoted_error(run_dir, out.get('submission_problems')))
     row = index_row(run_dir)
     update_index(runs_dir, row)

@@ -4,23 +4,23 @@
 
 # %% ../nbs/10_sweep.ipynb #75e0b0a4
 from __future__ import annotations
-import functools, glob, os, re, socket, subprocess, sys, time, unicodedata
+import functools, glob, os, re, subprocess, sys, time, unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
-from .config import (ConfigError, DialsumError, OutputConfig, apply_overrides, config_dict, config_hash, load_config,
-                            project_root, read_layers, resolve_path)
+from .config import (ConfigError, DialsumError, OutputConfig, apply_overrides, config_dict, config_hash,
+                            load_config, project_root, read_layers, resolve_path)
 from .files import process_record
-from .runs import RUN_FILES, new_run_dir, safe_name, utcnow, Run
-from .runner import live_status, mark_interrupted, recoverable, recovery_fingerprint, run_experiment
 from .redaction import refuse_secrets, scrub_file
-from .runs import run_path
+from .runs import (CHECKPOINT_DIR, RUN_FILES, Run, indexed_run, new_run_dir, rel_to,
+                          safe_name, utcnow)
 from .checkpoints import resume_problems
-from .submissions import INDEX_FILE, error_tail, finalize_run, read_index, record_failure
+from .submissions import error_tail, finalize_run, read_index, record_failure
+from .runner import live_status, mark_interrupted, recoverable, recovery_fingerprint, run_experiment
 
 # %% auto #0
-__all__ = ['NO_GPU', 'expand_configs', 'GpuWaitError', 'cuda0_nvml_index', 'nvml_query', 'wait_for_gpu', 'indexed_run',
+__all__ = ['NO_GPU', 'expand_configs', 'GpuWaitError', 'cuda0_nvml_index', 'nvml_query', 'wait_for_gpu',
            'newest_complete_checkpoint', 'resume_action', 'record_unstarted', 'accelerate_run', 'SweepEntry',
            'one_line', 'run_sweep', 'text_table', 'sweep_table', 'sweep_exit_code']
 
@@ -124,19 +124,6 @@ def wait_for_gpu(min_free_gb:float, # free memory needed on GPU 0, GB; 0: do not
     return None if info is None else {**info, 'waited_s': round(clock() - t0, 1)}
 
 # %% ../nbs/10_sweep.ipynb #719c46d1
-def indexed_run(runs_dir:Union[str, Path], # the runs folder with index.csv
-                run_id:str, # a run_id read from that index
-               )->Optional[Path]:
-    "The run folder of the index row `run_id` (None when it is gone); a `ConfigError` when the id is not a folder name inside `runs_dir`."
-    runs_dir, s = Path(runs_dir), str(run_id)
-    if s.strip() and '..' not in s and not any(c in s for c in '/\\\x00'):
-        if not (runs_dir/s/RUN_FILES['metadata']).is_file(): return None
-        try: return run_path(runs_dir, s)
-        except ConfigError as e: why = str(e)
-    else: why = 'a run_id is the name of a folder inside the runs folder, never a path'
-    raise ConfigError(f"{runs_dir/INDEX_FILE}: run_id {s!r} is not a run of {runs_dir} ({why}); the index was edited by hand or "
-                      "damaged: correct that run_id or delete its row")
-
 def _promoted_or_unchecked(md:dict)->bool:
     "Whether a completed run's submission counts: not found invalid and not left unpromoted."
     return md.get('submission_valid') is not False and md.get('promoted') is not False
@@ -144,8 +131,9 @@ def _promoted_or_unchecked(md:dict)->bool:
 def newest_complete_checkpoint(run_dir:Path)->Optional[Path]:
     "The run's newest checkpoint that a resume can continue from, or None."
     ck = Path(run_dir)/RUN_FILES['checkpoints']
-    done = [p for p in (ck.glob('checkpoint-*') if ck.is_dir() else []) if p.is_dir() and p.name[11:].isdigit() and not resume_problems(p)]
-    return max(done, key=lambda p: int(p.name[11:])) if done else None
+    done = {int(m[1]): p for p in (ck.iterdir() if ck.is_dir() else []) if p.is_dir() and (m := CHECKPOINT_DIR.match(p.name))
+            and not resume_problems(p)}
+    return done[max(done)] if done else None
 
 def resume_action(runs_dir:Union[str, Path], # the runs folder with index.csv
                   chash:str, # the config hash of the config to run
@@ -167,11 +155,6 @@ def resume_action(runs_dir:Union[str, Path], # the runs folder with index.csv
     return 'run', None
 
 # %% ../nbs/10_sweep.ipynb #4a9e489a
-def _rel(p:Path, root:Path)->str:
-    "`p` relative to `root` when it is inside it (records stay free of absolute paths)."
-    try: return str(Path(p).resolve().relative_to(Path(root).resolve()))
-    except ValueError: return str(p)
-
 def record_unstarted(config:Union[str, Path], # the config file that failed
                      overrides:Sequence[str], # the sweep's overrides
                      root:Union[str, Path], # the project folder
@@ -194,7 +177,7 @@ def record_unstarted(config:Union[str, Path], # the config file that failed
     name = experiment or safe_name(re.sub(r'[^A-Za-z0-9_-]+', '_', path.stem).strip('_-')[:60] or 'config')
     read_index(runs_dir)  # an index that cannot take the row: no folder is left behind without one
     run = Run(new_run_dir(runs_dir, name).resolve(), cfg)
-    run.update(run_id=run.path.name, experiment=experiment, started=started or utcnow(), config=_rel(path, root),
+    run.update(run_id=run.path.name, experiment=experiment, started=started or utcnow(), config=rel_to(path, root),
                overrides=list(overrides), config_hash=config_hash(cfg) if cfg else '', stage='before the run started')
     record_failure(run.path, f"{type(err).__name__}: {err}", seconds=round(seconds, 2))  # status, error, index row: the one writer
     return run.path
@@ -217,7 +200,7 @@ def accelerate_run(config:Union[str, Path], # the experiment YAML
     run = Run((Path(run_dir) if run_dir else new_run_dir(runs_dir, cfg.experiment)).resolve(), cfg)
     acc = resolve_path(accelerate_config, root) if accelerate_config else None
     cmd = accelerate_command(resolve_path(config, root), list(overrides), acc, num_processes, run.path)
-    launcher = dict(accelerate_config=_rel(acc, root) if acc else None, num_processes=num_processes)
+    launcher = dict(accelerate_config=rel_to(acc, root) if acc else None, num_processes=num_processes)
     run.update(run_id=run.path.name, experiment=cfg.experiment, status='running', started=run.metadata.get('started', utcnow()),
                config_hash=config_hash(cfg), runner=process_record(), log=RUN_FILES['log'], launcher=launcher, **(record or {}))
     finalize_run(run.path, run.path.parent)  # in the index from the start, like a papermill run
