@@ -19,7 +19,7 @@ from .config import (Columns, Config, DialsumError, config_dict, config_hash, lo
 from .files import atomic_write, process_alive, process_record, write_csv
 from .redaction import refuse_secrets, scrub_file
 from .data import clean_split, read_split
-from .runs import RUN_FILES, CheckpointError, Run, new_run_dir, rel_to, resolve_run, run_path, safe_name, utcnow
+from .runs import RUN_FILES, CheckpointError, Run, indexed_run, new_run_dir, rel_to, resolve_run, utcnow
 from .checkpoints import checkpoint_problems, find_checkpoint
 from .submissions import (error_tail, finalize_run, read_index, record_failure, submission_problems,
                                  test_file_fnames)
@@ -115,8 +115,10 @@ def mark_interrupted(runs_dir:Union[str, Path], # the runs folder with index.csv
     runs_dir, out = Path(runs_dir), []
     ix = read_index(runs_dir)
     for rid in ix.loc[ix.status == 'running', 'run_id']:
-        try: run = Run(run_path(runs_dir, safe_name(rid)), None)  # an id from an edited index cannot lead outside runs_dir
+        try: d = indexed_run(runs_dir, rid)  # an id from an edited index cannot lead outside runs_dir
         except DialsumError: continue  # not a run folder of runs_dir: nothing of it is touched
+        if d is None: continue  # its folder is gone
+        run = Run(d, None)
         if live_status(md := run.metadata) != 'interrupted': continue
         who = ', '.join(f"pid {r['pid']} on {r['host']}" for r in run_processes(md))
         run.update(status='interrupted', marked_interrupted=utcnow(),

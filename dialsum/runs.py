@@ -226,9 +226,7 @@ class Run:
     def file(self, key:str)->Path: return self.path/RUN_FILES[key]
     def rel(self, p)->Optional[str]:
         "`p` relative to the run folder when inside it, so records survive moving the folder."
-        if p is None: return None
-        try: return str(Path(p).resolve().relative_to(self.path))
-        except ValueError: return str(p)
+        return None if p is None else rel_to(p, self.path)
     @property
     def metadata(self)->dict:
         return read_metadata(self.path)[0]
