@@ -23,6 +23,7 @@ __all__ = ['default_runs_dir', 'runs_frame', 'runs_table', 'best_run', 'compare_
 # %% ../nbs/10a_queries.ipynb #833300e2
 def default_runs_dir()->Path: return resolve_path('runs', project_root())
 
+# %% ../nbs/10a_queries.ipynb #73fd850d
 def runs_frame(runs_dir:Union[str, Path], # the runs folder with index.csv
                status:Optional[str]=None, # keep only runs with this status (after reading dead `running` runs as `interrupted`)
                experiment:Optional[str]=None, # keep only runs of this experiment
@@ -36,6 +37,7 @@ def runs_frame(runs_dir:Union[str, Path], # the runs folder with index.csv
     if experiment: ix = ix[ix.experiment == experiment]
     return ix.sort_values(['dev_score', 'started'], ascending=[False, False], na_position='last', kind='stable').reset_index(drop=True)
 
+# %% ../nbs/10a_queries.ipynb #c8ac3cdc
 def _f(v, fmt='{:.2f}')->str: return '-' if v is None or (isinstance(v, float) and math.isnan(v)) or v == '' else fmt.format(v)
 
 def runs_table(df:pd.DataFrame, # from `runs_frame`
@@ -47,6 +49,7 @@ def runs_table(df:pd.DataFrame, # from `runs_frame`
                             seconds=_f(r.seconds, '{:.0f}'), started=r.started or '-', warn=getattr(r, 'warn', '') or '-', error=one_line(r.error, error_chars))
                        for r in df.itertuples()])
 
+# %% ../nbs/10a_queries.ipynb #7f19d43b
 def best_run(runs_dir:Union[str, Path], # the runs folder with index.csv
             )->dict:
     "The completed run with the best dev score and a valid submission: its index row, with `submission_path`."
@@ -84,6 +87,7 @@ def compare_runs(a:Union[str, Path], b:Union[str, Path], # run folders or experi
     return dict(a=ra, b=rb, score_a=float(m.score_a.mean()), score_b=float(m.score_b.mean()), diff=float(m['diff'].mean()),
                 lo=lo, hi=hi, n=len(m), changed=int((m['diff'] != 0).sum()), rows=rows.rename(columns={'reference_a': 'reference'}))
 
+# %% ../nbs/10a_queries.ipynb #b87dd907
 def compare_text(c:dict, # from `compare_runs`
                  chars:int=40, # predictions are cut to this width
                 )->str:
