@@ -28,6 +28,8 @@ RUN_FILES = dict(config='config.yaml', metadata='metadata.json', metrics='metric
 INDEX_FILE = 'index.csv'  # the runs folder's index of its runs (`dialsum.submissions` reads and writes it)
 
 CHECKPOINT_DIR = re.compile(r'^checkpoint-(\d+)$')  # the trainer's checkpoint folders: checkpoints/checkpoint-<step>
+
+# %% ../nbs/01a_runs.ipynb #ef7e9652
 NAME_MAX = 120  # characters of a run folder's name
 STAMP_ROOM = len('_20260101-000000-9999')  # what `new_run_dir` adds to an experiment's name
 _NAME = re.compile(rf'^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{NAME_MAX - 1}}}$')
@@ -40,6 +42,7 @@ def safe_name(name:str, # an experiment or run name
         raise ConfigError(f"name {name!r} cannot be a folder name: use letters, digits, '_', '.', '-' (no '..', no '/')")
     return name
 
+# %% ../nbs/01a_runs.ipynb #68b9c8c0
 def new_run_dir(runs_dir:Union[str, Path], # the runs folder
                 experiment:str, # the experiment's name
                 now:Optional[datetime]=None, # the start time (default: now)
