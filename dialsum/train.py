@@ -14,8 +14,8 @@ from torch.utils.data import Sampler
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
 
 from .config import Config, TrainingConfig
-from .features import (decode_summaries, generation_inputs, generation_kwargs, generate_from_features, length_order,
-                              make_collator, make_features)
+from .features import make_collator
+from .inference import generation_inputs, generate_from_features, length_order
 from .metrics import competition_score
 from .models import param_counts
 
