@@ -12,9 +12,9 @@ import pandas as pd
 
 from .config import DialsumError, load_config, project_root, resolve_path
 from .checkpoints import resolve_run
-from .metrics import bootstrap_ci
+from .metrics import SCORE, bootstrap_ci, score_line
 from .records import RUN_FILES
-from .runner import live_status, predict_run, run_experiment
+from .runner import live_status, run_experiment
 from .safety import redact, run_path
 from .submissions import read_index
 from .sweep import indexed_run, one_line, run_sweep, sweep_exit_code, sweep_table, text_table
@@ -126,7 +126,7 @@ def _cmd_run(a)->int:
         print(f"FAILED {run.path}\n  {md.get('error')}\n  see {run.file('notebook')} and {run.file('log')}", file=sys.stderr)
         return 1
     d = md.get('dev') if isinstance(md.get('dev'), dict) else {}
-    score = f"dev score {d['score']:.2f} (R1 {d['rouge1']:.2f} R2 {d['rouge2']:.2f} RL {d['rougeL']:.2f})" if d.get('score') is not None else 'no dev scores'
+    score = score_line(d) if d.get(SCORE) is not None else 'no dev scores'
     if md.get('promoted') is False or md.get('submission_valid') is False:  # the sweep counts this as a failure too
         print(f"completed {run.path}, but its submission was NOT promoted: it is not a valid submission\n  {score}\n  "
               + '\n  '.join(md.get('submission_problems') or ['(no reason recorded)']) + f"\n  see {run.file('metadata')}", file=sys.stderr)
@@ -147,6 +147,7 @@ def _cmd_sweep(a)->int:
     return sweep_exit_code(entries)
 
 def _cmd_predict(a)->int:
+    from dialsum.inference import predict_run  # torch and transformers (seconds): only for this command
     p = predict_run(a.run, a.input, a.output, a.checkpoint, a.config, a.runs_dir, progress=a.progress, force=a.force)
     print(f"run        {p.run_dir or '-'}\ncheckpoint {p.checkpoint}\n  chosen:  {p.reason}\ninput      {p.input} ({p.rows} rows)")
     if p.problems:

@@ -5,7 +5,9 @@
 # %% ../nbs/05_inference.ipynb #f8b6df85
 from __future__ import annotations
 import contextlib
-from typing import Optional
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
 
 import numpy as np
 import pandas as pd
@@ -13,15 +15,20 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache, EncoderDecoderCache
 
-from .config import Config, GenerationConfig, HUB_GENERATE
-from .data import model_inputs, references
+from .checkpoints import CheckpointError, checkpoint_problems, find_checkpoint, resolve_run
+from .config import Config, DialsumError, GenerationConfig, HUB_GENERATE, load_config, project_root, resolve_path
+from .data import load_split, model_inputs, references, split_columns, split_paths
 from .features import make_features, prompt_for
-from .metrics import score_rows
+from .lora import load_checkpoint
+from .metrics import METRICS, score_rows
 from .models import end_token_ids
+from .records import RUN_FILES, write_csv
+from .submissions import submission_problems, test_file_fnames
 
 # %% auto #0
 __all__ = ['generation_kwargs', 'decode_summaries', 'SharedCrossCache', 'beam_cache', 'generation_inputs', 'length_order',
-           'generate_from_features', 'generate_summaries', 'predict', 'score_predictions']
+           'generate_from_features', 'generate_summaries', 'predict', 'score_predictions', 'read_input',
+           'choose_checkpoint', 'load_for_inference', 'refuse_output', 'Prediction', 'predict_run']
 
 # %% ../nbs/05_inference.ipynb #70230384
 def generation_kwargs(gen:GenerationConfig, # the config's generation section
@@ -156,5 +163,106 @@ def score_predictions(df:pd.DataFrame, # a dev split with references
                           'reference': [r[0] for r in refs], 'n_references': [len(r) for r in refs]})
     if 'topic' in df: table['topic'] = df['topic'].values
     table = pd.concat([table, rows.reset_index(drop=True)], axis=1)
-    scores = {k: float(rows[k].mean()) for k in ('rouge1', 'rouge2', 'rougeL', 'score')}
+    scores = {k: float(rows[k].mean()) for k in METRICS}
     return scores, table
+
+# %% ../nbs/05_inference.ipynb #eae1abf3
+def read_input(path:Union[str, Path], # a CSV shaped like the competition's
+               split:str, # 'dev' or 'test'
+               cfg:Config, # the run's config: columns and cleaning
+               limit:Optional[int]=None, # rows kept (the config's max_*_samples), None for all
+              )->pd.DataFrame:
+    "A split read, checked and cleaned as the run's `load_splits` does, cut to `limit` rows."
+    return load_split(Path(path), split, cfg.data)[0].iloc[:limit]
+
+# %% ../nbs/05_inference.ipynb #47c8b347
+def choose_checkpoint(run_dir:Union[str, Path, None], # a run folder
+                      checkpoint:Union[str, Path, None]=None, # a checkpoint folder to use instead of the run's best
+                     )->tuple[Path, str]:
+    "The checkpoint to predict with, and why."
+    if checkpoint:
+        p = Path(checkpoint)
+        if probs := checkpoint_problems(p): raise CheckpointError(f"{p}: not a usable checkpoint: {'; '.join(probs)}")
+        return p.resolve(), 'given with --checkpoint'
+    if run_dir is None: raise DialsumError('give a run folder or experiment name (--run), or a checkpoint (--checkpoint)')
+    c = find_checkpoint(run_dir)
+    return c.path, c.reason + ''.join(f"; skipped {p.name}: {r}" for p, r in c.skipped)
+
+# %% ../nbs/05_inference.ipynb #3f99e2b8
+def load_for_inference(checkpoint:Path, # a checkpoint folder (`choose_checkpoint`)
+                       cfg:Config, # the config it was trained with (quantization, use_cpu)
+                      )->tuple:
+    "Tokenizer and model of `checkpoint` (a whole model, or LoRA adapters on their base), on the GPU when there is one and the config allows it."
+    tok, model = load_checkpoint(checkpoint, cfg)
+    if cfg.model.quantization: return tok, model  # 4-bit weights are placed on their GPU when loaded
+    return tok, (model.to('cuda') if torch.cuda.is_available() and not cfg.training.use_cpu else model)
+
+# %% ../nbs/05_inference.ipynb #60e827aa
+_RECORDS = ('index.csv', 'latest_submission.csv')
+
+def _records_of(runs:Path)->bool: return (runs/'index.csv').is_file() or (runs/'history').is_dir()
+
+def refuse_output(output:Union[str, Path], # the file `predict` is asked to write
+                  input:Union[str, Path], # the CSV it reads
+                  run_dir:Optional[Path]=None, # the run it predicts with
+                  runs_dir:Union[str, Path, None]=None, # the runs folder named on the command line
+                  root:Union[str, Path, None]=None, # the project folder (its runs/ is protected too)
+                  force:bool=False, # an existing file that is none of dialsum's records may be replaced
+                 )->Path:
+    "`output` when `predict` may write it; a `DialsumError` saying why not when it is the input or one of dialsum's records."
+    dest = Path(output).expanduser().absolute()
+    real, runs = dest.resolve(), {Path(p).resolve() for p in (runs_dir, run_dir and Path(run_dir).parent,
+                                                              root and resolve_path('runs', Path(root))) if p}
+    no = f"{output}: dialsum predict does not write here: it is"
+    if real.is_dir(): raise DialsumError(f"{output}: is a folder; give a file name for --output, e.g. {Path(output)/'predictions.csv'}")
+    if real == Path(input).resolve(): raise DialsumError(f"{no} the input it reads (--input); choose another --output file")
+    for a in real.parents:
+        if (a/RUN_FILES['metadata']).is_file() or (a/RUN_FILES['config']).is_file() and (a/RUN_FILES['checkpoints']).is_dir():
+            raise DialsumError(f"{no} inside the run folder {a}, whose files are that run's record (compare, best and recovery read "
+                               "them); write outside run folders, e.g. --output predictions.csv")
+        if a.name == 'history' and (a.parent in runs or _records_of(a.parent)):
+            raise DialsumError(f"{no} in {a}, the promoted submissions, which are never overwritten; choose another --output file")
+    if real.name in _RECORDS and (real.parent in runs or _records_of(real.parent)):
+        raise DialsumError(f"{no} {real.name} of the runs folder {real.parent}, written by runs only; choose another --output file")
+    if real.exists() and not force: raise DialsumError(f"{output}: already exists; give --force to replace it, or another --output file")
+    return dest
+
+
+# %% ../nbs/05_inference.ipynb #fae2ab75
+@dataclass
+class Prediction:
+    "What `predict_run` did: from which run and checkpoint (and why), on which input, into which file, and its problems."
+    run_dir:Optional[Path]; checkpoint:Path; reason:str; input:Path; output:Path; rows:int
+    problems:list = field(default_factory=list) # reasons the output is not a valid submission for the input; empty: valid
+
+# %% ../nbs/05_inference.ipynb #44adf210
+def _run_of(checkpoint)->Optional[Path]:
+    "The run folder holding `checkpoint` (`<run>/checkpoints/checkpoint-N`), if it is one."
+    d = Path(checkpoint).resolve().parent.parent if checkpoint else None
+    return d if d and (d/RUN_FILES['config']).is_file() else None
+
+def predict_run(run:Union[str, Path, None]=None, # a run folder or experiment name (its newest run)
+                input:Union[str, Path, None]=None, # the CSV to summarize (default: the run's test split)
+                output:Union[str, Path, None]=None, # where to write `fname,summary` (default: the run's submission.csv)
+                checkpoint:Union[str, Path, None]=None, # a checkpoint folder (default: the run's best complete one)
+                config:Union[str, Path, None]=None, # config for lengths and generation (default: the run's config.yaml)
+                runs_dir:Union[str, Path, None]=None, # where experiment names are looked up (default: runs/)
+                root:Union[str, Path, None]=None, # the project folder (default: found from the working directory)
+                progress:bool=False, # show a progress bar
+                force:bool=False, # replace an existing `output` (never one of dialsum's records, nor the input)
+               )->Prediction:
+    "Summarize `input` with a run's best (or the given) checkpoint, write `output` atomically and check it."
+    root = Path(root) if root else project_root()
+    run_dir = resolve_run(run, runs_dir) if run else _run_of(checkpoint)
+    ckpt, reason = choose_checkpoint(run_dir, checkpoint)
+    cfg_path = config or (run_dir/RUN_FILES['config'] if run_dir else None)
+    if cfg_path is None: raise DialsumError(f"{ckpt}: not inside a run folder; give the config it was trained with (--config)")
+    cfg = load_config(cfg_path, root=root)
+    if input is None and run_dir is None: raise DialsumError('no run folder to take the test split from; give --input')
+    src = Path(input) if input else split_paths(cfg.data, root, run_dir)['test']
+    cut = None if input else cfg.data.max_test_samples
+    df = read_input(src, 'test', cfg, cut)
+    dest = refuse_output(output, src, run_dir, runs_dir, root, force) if output else run_dir/RUN_FILES['submission']
+    tok, model = load_for_inference(ckpt, cfg)
+    write_csv(dest, predict(model, tok, df, cfg, progress))
+    return Prediction(run_dir, ckpt, reason, src, dest, len(df), submission_problems(dest, test_file_fnames(src, split_columns(cfg.data)), max_test_samples=cut))

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09a_pipeline.ipynb #3d9f3e89
 from __future__ import annotations
-import argparse, shlex, shutil, sys, tempfile, time
+import argparse, shutil, sys, tempfile, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -16,11 +16,12 @@ from transformers import set_seed
 
 from .checkpoints import CheckpointError
 from .config import Config, DialsumError, load_config, project_root, resolve_path
-from .data import SPLITS, Columns, Splits, demo_rows, demo_slots_kept, load_splits, model_inputs, read_split, references
+from .data import (SPLITS, Splits, demo_rows, demo_slots_kept, load_splits, model_inputs, read_split,
+                          references, split_columns)
 from .features import features
 from .inference import predict, score_predictions
 from .lora import apply_lora, merge_for_inference
-from .metrics import bootstrap_ci
+from .metrics import bootstrap_ci, score_line
 from .diagnostics import diagnostic_warnings, encoder_check, prediction_diagnostics, warning_flags
 from .models import load_model, param_counts
 from .records import Run, start_run, utcnow, write_csv, write_json
@@ -166,13 +167,8 @@ def watch_cells(ctx:Context)->bool:
 # %% ../nbs/09a_pipeline.ipynb #5822f8be
 def read_data(ctx:Context)->Splits:
     "The cleaned splits; demo data is written by the main process and read by the others."
-    data = ctx.cfg.data
-    with ctx.state.main_process_first():
-        if data.demo and not ctx.main:  # read what the main process wrote into the run folder
-            d = ctx.run.path/'data'
-            data = data.model_copy(update=dict(demo=None, columns=Columns(), sample_submission=None,
-                                               **{s: str(d/f'{s}.csv') for s in ('train', 'dev', 'test')}))
-        return load_splits(data, ctx.root, ctx.run.path)
+    with ctx.state.main_process_first():  # the others read what the main process wrote into the run folder
+        return load_splits(ctx.cfg.data, ctx.root, ctx.run.path, write_demo=ctx.main)
 
 def build_model(ctx:Context, splits:Splits)->tuple:
     "Tokenizer and model as the config says (built or loaded, then LoRA); the device report and the disk check printed and recorded."
@@ -258,13 +254,12 @@ def finish(ctx:Context, scores:dict, result:dict, splits:Splits)->dict:
                    submission=run.rel(run.file('submission')), peak_gpu_memory_gb=peak_gpu_memory_gb())
         # the run folder's parent (runs/) holds the index, history/ and latest_submission.csv
         # checked against every fname of the test file (a split cut by data.max_test_samples is not promoted)
-        cols = Columns() if ctx.cfg.data.demo else ctx.cfg.data.columns
+        cols = split_columns(ctx.cfg.data)
         finalize_run(run.path, run.path.parent, test_file_fnames(splits.paths['test'], cols), splits.paths.get('sample_submission'),
                      ctx.cfg.data.max_test_samples, complete=True)  # completed once promoted and indexed
         md = run.metadata
         print('submission', 'promoted' if md.get('promoted') else f"NOT promoted: {md.get('submission_problems')}")
-        if scores: print(f"dev score {scores['score']:.2f} (R1 {scores['rouge1']:.2f} R2 {scores['rouge2']:.2f} "
-                         f"RL {scores['rougeL']:.2f}) -> {run.path}")
+        if scores: print(f"{score_line(scores)} -> {run.path}")
         if md.get('warn'): print(f"warnings: {md['warn']} (metrics.json: diagnostics)")
     ctx.state.wait_for_everyone()
     return metrics
