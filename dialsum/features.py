@@ -11,7 +11,7 @@ from transformers import DataCollatorForSeq2Seq
 
 from .config import Config, ConfigError, ModelConfig
 from .data import model_inputs
-from .models import chat_end_token
+from .models import chat_end_token, family_of
 
 # %% auto #0
 __all__ = ['use_chat_template', 'prompt_parts', 'prompt_for', 'make_features', 'features', 'make_collator']
@@ -54,7 +54,7 @@ def prompt_for(tokenizer, # the model's tokenizer
                cfg:Config, # the experiment config
               )->Optional[tuple]:
     "`prompt_parts` for a decoder-only config, None for a seq2seq one."
-    return prompt_parts(tokenizer, cfg.model) if cfg.model.family == 'causal' else None
+    return prompt_parts(tokenizer, cfg.model) if family_of(cfg).prompted else None
 
 # %% ../nbs/03a_features.ipynb #bbfbd09c
 def make_features(tokenizer, # the model's tokenizer
@@ -113,5 +113,4 @@ def make_collator(tokenizer, # the model's tokenizer
                   model, # the model (or its peft wrapper)
                  ):
     "Pad per batch; labels padded with -100; seq2seq decoder inputs made by the model from the labels."
-    causal = not model.config.is_encoder_decoder
-    return DataCollatorForSeq2Seq(tokenizer, model=None if causal else model, label_pad_token_id=-100)
+    return DataCollatorForSeq2Seq(tokenizer, model=model if family_of(model).collator_model else None, label_pad_token_id=-100)

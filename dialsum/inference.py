@@ -21,7 +21,7 @@ from .data import load_split, model_inputs, references, split_columns, split_pat
 from .features import make_features, prompt_for
 from .lora import load_checkpoint
 from .metrics import METRICS, score_rows
-from .models import end_token_ids
+from .models import end_token_ids, family_of
 from .records import RUN_FILES, write_csv
 from .submissions import submission_problems, test_file_fnames
 
@@ -62,7 +62,7 @@ def beam_cache(model, # the model about to generate
                gen:GenerationConfig, # the generation settings
               )->Optional[EncoderDecoderCache]:
     "A cache for one batch of encoder-decoder beam search that does not reorder the cross-attention keys; None otherwise."
-    if not model.config.is_encoder_decoder or gen.num_beams == 1 or gen.strategy in HUB_GENERATE: return None
+    if not family_of(model).encoder_decoder or gen.num_beams == 1 or gen.strategy in HUB_GENERATE: return None
     return EncoderDecoderCache(DynamicCache(), SharedCrossCache())
 
 # %% ../nbs/05_inference.ipynb #af2292c1
@@ -97,25 +97,25 @@ def generate_from_features(model, tokenizer, # a seq2seq or decoder-only model a
                            distributed:bool=False, # deal the batches out to the processes of a distributed run
                           )->list[str]:
     "Summaries for `feats`, in their order, generated in length-sorted batches."
-    causal, out = not model.config.is_encoder_decoder, [None]*len(feats)
+    fam, out = family_of(model), [None]*len(feats)
     order = length_order(feats)
     batches = list(enumerate(order[i:i+gen.batch_size] for i in range(0, len(order), gen.batch_size)))
     mine, st = _sharded(batches, distributed)
     kw = generation_kwargs(gen)
     kw.update(eos_token_id=end_token_ids(tokenizer, model))  # the model's, the tokenizer's, a chat model's end of turn
-    if causal: kw.update(pad_token_id=tokenizer.pad_token_id)
+    if not fam.encoder_decoder: kw.update(pad_token_id=tokenizer.pad_token_id)
     if st is not None and st.distributed_type.name in ('DEEPSPEED', 'FSDP'): kw['synced_gpus'] = True
     model.eval()
     done = []
     with torch.inference_mode():
         for k, idx in tqdm(mine, desc='generate', disable=not progress):
             batch = tokenizer.pad([{'input_ids': feats[i]['input_ids'], 'attention_mask': feats[i]['attention_mask']} for i in idx],
-                                  padding_side='left' if causal else 'right', return_tensors='pt').to(model.device)
+                                  padding_side=fam.generation_padding, return_tensors='pt').to(model.device)
             with torch.random.fork_rng(devices=[model.device] if model.device.type == 'cuda' else []) if gen.do_sample else contextlib.nullcontext():
                 if gen.do_sample: torch.manual_seed(seed + k)  # the training's random state is left as it was
                 cache = beam_cache(model, gen)
                 ids = model.generate(**batch, **kw, **({'past_key_values': cache} if cache is not None else {}))
-            if causal: ids = ids[:, batch['input_ids'].shape[1]:]  # only the new tokens
+            if not fam.encoder_decoder: ids = ids[:, batch['input_ids'].shape[1]:]  # only the new tokens
             done.append((k, idx, decode_summaries(tokenizer, ids.cpu())))
     if st is not None:
         from accelerate.utils import gather_object

@@ -23,7 +23,7 @@ from .inference import predict, score_predictions
 from .lora import apply_lora, merge_for_inference
 from .metrics import bootstrap_ci, score_line
 from .diagnostics import diagnostic_warnings, encoder_check, prediction_diagnostics, warning_flags
-from .models import load_model, param_counts
+from .models import family_of, load_model, param_counts
 from .records import Run, start_run, utcnow, write_csv, write_json
 from .safety import WriteError, check_disk, remove_torn, resume_point, unsafe_pickle, write_failure
 from .submissions import (_sample_problems, error_tail, exception_tail, finalize_run, read_index, record_failure,
@@ -277,7 +277,7 @@ def diagnose(ctx:Context, model, tok, splits:Splits, scores:dict, # from the ste
     if cfg.data.demo:  # the demo knows the slot values each summary must name
         slots = demo_rows('dev', cfg.data.demo.n_dev, cfg.data.demo.seed).set_index('fname').slots
         d['slots_kept_share'] = round(sum(demo_slots_kept(preds, [slots[f] for f in table['fname']])) / len(preds), 4)
-    if model.config.is_encoder_decoder:
+    if family_of(model).encoder_decoder:
         rows = splits.dev.drop_duplicates('dialogue').head(8)
         d['encoder'] = encoder_check(model, tok, features(tok, rows, cfg))
     e = d.get('encoder') or {}

@@ -17,7 +17,7 @@ from .config import Config, TrainingConfig
 from .features import make_collator
 from .inference import generation_inputs, generate_from_features, length_order
 from .metrics import SCORE, competition_score
-from .models import param_counts
+from .models import family_of, param_counts
 
 # %% auto #0
 __all__ = ['on_cpu', 'resolve_precision', 'peak_gpu_memory_gb', 'device_report', 'LengthBucketSampler', 'DialsumTrainer',
@@ -110,7 +110,7 @@ class DialsumTrainer(Trainer):
         ds = self.train_dataset if train_dataset is None else train_dataset
         if self.cfg is None or self.cfg.training.train_sampling_strategy != 'length_buckets' or ds is None:
             return super()._get_train_sampler(train_dataset)
-        labels = [len(f['labels']) for f in ds] if self.model.config.is_encoder_decoder and 'labels' in ds[0] else None
+        labels = [len(f['labels']) for f in ds] if family_of(self.model).encoder_decoder and 'labels' in ds[0] else None
         return LengthBucketSampler([len(f['input_ids']) for f in ds], labels, self._train_batch_size, seed=self.args.seed)
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix='eval'):
