@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .metrics import morphs, score_rows
+from .metrics import SCORE, morphs, score_rows
 from .models import family_of
 
 # %% auto #0
@@ -27,7 +27,7 @@ def constant_baseline(refs:Sequence[str], # the first reference of each dev row
     cands = sorted(set(refs))
     if len(cands) > max_candidates: cands = list(np.random.default_rng(seed).choice(cands, max_candidates, replace=False))
     wrapped = [[r] for r in refs]
-    best = max((float(score_rows([c] * len(refs), wrapped)['score'].mean()), c) for c in cands)
+    best = max((float(score_rows([c] * len(refs), wrapped)[SCORE].mean()), c) for c in cands)
     return round(best[0], 4), best[1]
 
 # %% ../nbs/03b_diagnostics.ipynb #af7cce29

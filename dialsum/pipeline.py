@@ -21,7 +21,7 @@ from .data import (SPLITS, Splits, demo_rows, demo_slots_kept, load_splits, mode
 from .features import features
 from .inference import predict, score_predictions
 from .lora import apply_lora, merge_for_inference
-from .metrics import bootstrap_ci, score_line
+from .metrics import SCORE, bootstrap_ci, score_line
 from .diagnostics import diagnostic_warnings, encoder_check, prediction_diagnostics, warning_flags
 from .models import family_of, load_model, param_counts
 from .records import Run, start_run, utcnow, write_csv, write_json
@@ -221,7 +221,7 @@ def score_dev(ctx:Context, model, tok, splits:Splits)->tuple[dict, Optional[pd.D
     t = time.perf_counter()
     pred = predict(model, tok, splits.dev, ctx.cfg, progress=ctx.main, distributed=True)
     scores, table = score_predictions(splits.dev, pred)
-    scores['score_ci95'] = bootstrap_ci(table['score'].values)
+    scores['score_ci95'] = bootstrap_ci(table[SCORE].values)
     ctx.write('dev_predictions', table)
     ctx.infer_seconds += time.perf_counter() - t
     return scores, table
@@ -273,7 +273,7 @@ def diagnose(ctx:Context, model, tok, splits:Splits, scores:dict, # from the ste
     cfg, preds = ctx.cfg, table['prediction'].astype(str).tolist()
     limit = cfg.generation.max_new_tokens
     hits = [len(tok(p, add_special_tokens=False)['input_ids']) >= limit - 1 for p in preds]
-    d = prediction_diagnostics(preds, table['reference'].astype(str).tolist(), hits, scores.get('score'))
+    d = prediction_diagnostics(preds, table['reference'].astype(str).tolist(), hits, scores.get(SCORE))
     if cfg.data.demo:  # the demo knows the slot values each summary must name
         slots = demo_rows('dev', cfg.data.demo.n_dev, cfg.data.demo.seed).set_index('fname').slots
         d['slots_kept_share'] = round(sum(demo_slots_kept(preds, [slots[f] for f in table['fname']])) / len(preds), 4)
