@@ -24,6 +24,7 @@ from .lora import apply_lora, merge_for_inference
 from .metrics import SCORE, bootstrap_ci, score_line
 from .diagnostics import diagnostic_warnings, encoder_check, prediction_diagnostics, warning_flags
 from .models import family_of, load_model, param_counts
+from .plots import plot_curves, plot_scores
 from .records import Run, start_run, utcnow, write_csv, write_json
 from .safety import WriteError, check_disk, remove_torn, resume_point, unsafe_pickle, write_failure
 from .submissions import (_sample_problems, error_tail, exception_tail, finalize_run, read_index, record_failure,
@@ -236,7 +237,6 @@ def write_submission(ctx:Context, model, tok, splits:Splits)->pd.DataFrame:
 
 def pictures(ctx:Context, splits:Splits)->list[Path]:
     "The training curves and the dev scores drawn into the run folder (main process only); a picture that fails is reported, not raised."
-    from dialsum.plots import plot_curves, plot_scores
     out = []
     for plot in ((lambda: plot_curves(ctx.run.path), lambda: plot_scores(ctx.run.path, splits.dev)) if ctx.main else ()):
         try: out.append(Path(plot()))
