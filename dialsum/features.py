@@ -113,4 +113,5 @@ def make_collator(tokenizer, # the model's tokenizer
                   model, # the model (or its peft wrapper)
                  ):
     "Pad per batch; labels padded with -100; seq2seq decoder inputs made by the model from the labels."
-    return DataCollatorForSeq2Seq(tokenizer, model=model if family_of(model).collator_model else None, label_pad_token_id=-100)
+    return DataCollatorForSeq2Seq(tokenizer, model=model if family_of(model).collator_model else None,
+                                  label_pad_token_id=-100)

@@ -49,7 +49,7 @@ FAMILIES = {f.name: f for f in (
            generation_padding='left'))}
 
 # %% ../nbs/02_models.ipynb #493d2a60
-def family_of(x:Union[Config, ModelConfig, str, torch.nn.Module], # a config, its model section, a family name, or a model
+def family_of(x:Union[Config, ModelConfig, str, torch.nn.Module], # a config, model section, name or model
              )->Family:
     "The `FAMILIES` row of a config, a family name, or a loaded model."
     if isinstance(x, Config): x = x.model
