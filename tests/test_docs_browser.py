@@ -79,7 +79,8 @@ def test_pages_without_progress_bars(tmp_path, monkeypatch):
     kept = 'warning: dialsum keeps this\n'
     bar = '\rLoading weights:   0%|          | 0/50 [00:00<?, ?it/s]\rLoading weights: 100%|##########| 50/50 [00:00]\n'
     lib = '/venv/lib/python3.11/site-packages/transformers/x.py:33: FutureWarning: deprecated\n  warnings.warn(\n'
-    assert quiet_stderr(kept + bar + lib + '12it [00:01, 3.40it/s]\n') == kept
+    cleared = '\r                                     \r\x1b[A\r                    \r\n'  # a finished bar, erased
+    assert quiet_stderr(kept + bar + lib + cleared + '12it [00:01, 3.40it/s]\n') == kept
     monkeypatch.chdir(ROOT); monkeypatch.setenv('IN_TEST', '1')
     nbs, src = ROOT/'nbs', _module_nb('lora')  # its lessons save and load tiny models: both kinds of bar, and warnings
     page, _ = build_page(src, tmp_path, _page_names(nbs, notebooks(nbs)), execute=True, strict=True)

@@ -36,6 +36,7 @@ SECTIONS = [('Home', lambda p: p.name == 'index.ipynb'), ('Tutorials', lambda p:
 TAGS = {'echo': ('false', 'remove_input'), 'output': ('false', 'remove_output'), 'include': ('false', 'remove_cell')}
 # a tqdm bar (`50%|#####     | 5/10 [...]`, or a count without a total: `12it [00:01, ...]`), with every redraw on one line
 PROGRESS = re.compile(r'\d+%\|[^|\n]*\|\s*[\d.]+[kMG]?/[\d.]+[kMG]?|\b\d+(?:it|B) \[\d+:\d+')
+ANSI = re.compile(r'\x1b\[[0-9;?]*[A-Za-z]')  # terminal control: cursor up (`ESC[A`), erase line...
 # the first line of a warning raised inside an installed package (`.../site-packages/x/y.py:12: FutureWarning: ...`)
 LIB_WARNING = re.compile(r'^\S*[/\\](?:site|dist)-packages[/\\]\S*?:\d+: \w+: ')
 
@@ -73,11 +74,16 @@ def _exec_proc(full:bool, skip_flags:set, strict:bool):
     return exec_cells
 
 
+def _erased(line:str)->bool:
+    "Whether `line` only moves the cursor and blanks the screen, as tqdm does when it clears a finished bar."
+    return bool(re.search(r'[\r\x1b]', line)) and not ANSI.sub('', line).strip()
+
+
 def quiet_stderr(text:str)->str:
     "`text`, what a cell printed to stderr, without progress bars and without the warnings installed packages raise."
     lines, out, i = text.split('\n'), [], 0
     while i < len(lines):
-        if PROGRESS.search(lines[i]): i += 1
+        if PROGRESS.search(lines[i]) or _erased(lines[i]): i += 1
         elif LIB_WARNING.match(lines[i]):  # its message, then the source line that warned, indented by two spaces
             i = next((j for j in range(i + 1, min(i + 8, len(lines))) if lines[j].startswith('  ')), i) + 1
         else: out.append(lines[i]); i += 1
