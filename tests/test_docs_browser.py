@@ -158,7 +158,9 @@ JS_PAGE = """return {links: Array.from(document.querySelectorAll('a[href]')).map
   images: document.querySelectorAll('article img').length,
   highlighted: document.querySelectorAll('article .highlight-ipynb span, article .highlight span').length,
   article_links: Array.from(document.querySelectorAll('article a[href]')).map(a => a.href),
-  text: document.querySelector('article') ? document.querySelector('article').innerText : ''}"""
+  text: document.querySelector('article') ? document.querySelector('article').innerText : '',
+  scrolled_code: Array.from(document.querySelectorAll('article pre')).filter(p => p.scrollWidth > p.clientWidth + 1)
+    .map(p => Math.max(...p.innerText.split('\\n').map(l => l.length)))}"""
 
 
 @pytest.fixture(scope='module')
@@ -194,6 +196,14 @@ def test_every_page_loads_without_errors(site, server, crawl):
     assert not shown, f"pages that show a Python traceback: {sorted(shown)}"
     noisy = [p for p, i in pages.items() if _noisy(i['text'])]
     assert not noisy, f"pages that show progress bars or library warnings: {sorted(noisy)}"
+
+
+@slow
+def test_code_fits_the_page(crawl):
+    "In a 1280-pixel window, a code block of lines up to 120 characters (the notebooks' limit) never scrolls sideways."
+    pages, _ = crawl
+    scrolled = {p: n for p, i in pages.items() if (n := sorted(n for n in i['scrolled_code'] if n <= 120))}
+    assert not scrolled, f"pages whose code of at most 120 characters a line does not fit (longest lines): {scrolled}"
 
 
 @slow
