@@ -22,11 +22,15 @@ from dialsum.config import Config, GenerationConfig, ModelConfig, TrainingConfig
 from dialsum.data import clean_split, model_inputs, read_split
 from dialsum.models import load_pretrained
 from dialsum.train import make_trainer
-try:  # the features module holds them since the model families came in; dialsum.train/inference before
-    from dialsum.features import decode_summaries, generate_summaries, generation_kwargs, make_features
+try:  # generation lives in dialsum.inference since issue 12, in dialsum.features before, dialsum.train before that
+    from dialsum.features import make_features
+    from dialsum.inference import decode_summaries, generate_summaries, generation_kwargs
 except ImportError:
-    from dialsum.inference import generate_summaries
-    from dialsum.train import decode_summaries, generation_kwargs, make_features
+    try:
+        from dialsum.features import decode_summaries, generate_summaries, generation_kwargs, make_features
+    except ImportError:
+        from dialsum.inference import generate_summaries
+        from dialsum.train import decode_summaries, generation_kwargs, make_features
 
 ROOT = Path(__file__).resolve().parents[1]
 

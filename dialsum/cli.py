@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .config import DialsumError, load_config, project_root, resolve_path
+from .metrics import SCORE, score_line
 from .redaction import redact
 from .runs import run_path
-from .runner import predict_run, run_experiment
+from .runner import run_experiment
 from .sweep import run_sweep, sweep_exit_code, sweep_table
 from .queries import best_run, compare_runs, compare_text, default_runs_dir, runs_frame, runs_table
 
@@ -35,7 +36,7 @@ def _cmd_run(a)->int:
         print(f"FAILED {run.path}\n  {md.get('error')}\n  see {run.file('notebook')} and {run.file('log')}", file=sys.stderr)
         return 1
     d = md.get('dev') if isinstance(md.get('dev'), dict) else {}
-    score = f"dev score {d['score']:.2f} (R1 {d['rouge1']:.2f} R2 {d['rouge2']:.2f} RL {d['rougeL']:.2f})" if d.get('score') is not None else 'no dev scores'
+    score = score_line(d) if d.get(SCORE) is not None else 'no dev scores'
     if md.get('promoted') is False or md.get('submission_valid') is False:  # the sweep counts this as a failure too
         print(f"completed {run.path}, but its submission was NOT promoted: it is not a valid submission\n  {score}\n  "
               + '\n  '.join(md.get('submission_problems') or ['(no reason recorded)']) + f"\n  see {run.file('metadata')}", file=sys.stderr)
@@ -56,6 +57,7 @@ def _cmd_sweep(a)->int:
     return sweep_exit_code(entries)
 
 def _cmd_predict(a)->int:
+    from dialsum.inference import predict_run  # torch and transformers (seconds): only for this command
     p = predict_run(a.run, a.input, a.output, a.checkpoint, a.config, a.runs_dir, progress=a.progress, force=a.force)
     print(f"run        {p.run_dir or '-'}\ncheckpoint {p.checkpoint}\n  chosen:  {p.reason}\ninput      {p.input} ({p.rows} rows)")
     if p.problems:

@@ -18,7 +18,7 @@ from .files import atomic_write
 # %% auto #0
 __all__ = ['SPEAKER_TAGS', 'MASK_TAGS', 'TAGS', 'NORMALIZE_STEPS', 'SPLITS', 'DataError', 'normalize_text', 'is_missing',
            'read_split', 'clean_text', 'clean_split', 'model_inputs', 'references', 'demo_rows', 'make_demo_data',
-           'demo_slots_kept', 'Splits', 'load_splits']
+           'demo_slots_kept', 'Splits', 'split_paths', 'split_columns', 'load_split', 'load_splits']
 
 # %% ../nbs/01_data.ipynb #2c97b31a
 SPEAKER_TAGS = [f'#Person{i}#' for i in range(1, 8)]
@@ -375,22 +375,50 @@ def _copies(df:pd.DataFrame, train:pd.DataFrame)->dict:
     hits = [(f, seen[t]) for f, t in zip(df.fname, df.dialogue) if t in seen]
     return dict(rows=len(hits), first=[f"{f} = {g}" for f, g in hits[:5]])
 
+# %% ../nbs/01_data.ipynb #7f0189c6
+def split_paths(data:DataConfig, # the config's data section
+                root:Path, # project folder: relative paths start here
+                run_dir:Optional[Path]=None, # the run folder; the demo data is in `run_dir/'data'`
+               )->dict[str, Optional[Path]]:
+    "The files of train, dev, test and sample_submission (None where the config names none)."
+    names = (*SPLITS, 'sample_submission')
+    if not data.demo: return {s: resolve_path(getattr(data, s), Path(root)) for s in names}
+    if run_dir is None:
+        raise DataError("data.demo is set but no out_dir was given to write the demo data into; pass the run folder")
+    return {s: Path(run_dir)/'data'/f'{s}.csv' for s in names}
+
+# %% ../nbs/01_data.ipynb #fa5703e4
+def split_columns(data:DataConfig, # the config's data section
+                 )->Columns:
+    "The column names of a run's CSV files: the competition's for the demo data, else `data.columns`."
+    return Columns() if data.demo else data.columns
+
+# %% ../nbs/01_data.ipynb #40c95c97
+def load_split(path:Path, # a CSV shaped like the competition's
+               split:str, # 'train', 'dev' or 'test'
+               data:DataConfig, # the config's data section: columns and cleaning
+              )->tuple[pd.DataFrame, dict]:
+    "The split read, checked and cleaned (all rows), and the cleaning report with the reader's `notes`."
+    raw = read_split(path, split, split_columns(data))
+    df, cr = clean_split(raw, data.newline_literals, data.collapse_whitespace)
+    if problems := _emptied(path, raw, df, split, data):
+        raise DataError(f"{path}:\n" + '\n'.join(f"  {p}" for p in problems))
+    return df, {**cr, 'notes': raw.attrs.get('notes', [])}
+
+# %% ../nbs/01_data.ipynb #931c22b7
 def load_splits(data:DataConfig, # the config's data section
                 root:Path, # project folder: relative paths start here
                 out_dir:Optional[Path]=None, # run folder; the demo data is written to `out_dir/'data'`
+                write_demo:bool=True, # write the demo data (False: read what another process wrote)
                )->Splits:
     "Read (or, with `data.demo`, generate) the splits; clean them and cut them to `max_*_samples` as configured."
-    if data.demo:
-        if out_dir is None: raise DataError("data.demo is set but no out_dir was given to write the demo data into; pass the run folder")
-        paths, columns = make_demo_data(Path(out_dir)/'data', **data.demo.model_dump()), Columns()
-    else: paths, columns = {s: resolve_path(getattr(data, s), Path(root)) for s in (*SPLITS, 'sample_submission')}, data.columns
+    paths = split_paths(data, root, out_dir)
+    if data.demo and write_demo: make_demo_data(Path(out_dir)/'data', **data.demo.model_dump())
     res, train = Splits(paths=paths), None
     for s in SPLITS:
         if paths[s] is None: res.report[s] = None; continue
-        raw = read_split(paths[s], s, columns)
-        notes, limit = raw.attrs.get('notes', []), getattr(data, f'max_{s}_samples')
-        df, cr = clean_split(raw, data.newline_literals, data.collapse_whitespace)
-        if problems := _emptied(paths[s], raw, df, s, data): raise DataError(f"{paths[s]}:\n" + '\n'.join(f"  {p}" for p in problems))
+        df, cr = load_split(paths[s], s, data)
+        notes, limit = cr['notes'], getattr(data, f'max_{s}_samples')
         setattr(res, s, df.iloc[:limit])
         res.report[s] = dict(file=str(paths[s]), rows_read=len(df), rows_kept=len(df.iloc[:limit]), max_samples=limit,
                              cleaning=cr['changed'], normalized=cr['normalized'], unknown_tags=cr['unknown_tags'], notes=notes)

@@ -5,14 +5,13 @@
 # %% ../nbs/03b_diagnostics.ipynb #3a6d6f83
 from __future__ import annotations
 import re
-from collections import Counter
 from typing import Optional, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 
-from .metrics import morphs, score_rows
+from .metrics import SCORE, morphs, score_rows
+from .models import family_of
 
 # %% auto #0
 __all__ = ['THRESHOLDS', 'constant_baseline', 'prediction_diagnostics', 'encoder_check', 'diagnostic_warnings', 'warning_flags']
@@ -28,7 +27,7 @@ def constant_baseline(refs:Sequence[str], # the first reference of each dev row
     cands = sorted(set(refs))
     if len(cands) > max_candidates: cands = list(np.random.default_rng(seed).choice(cands, max_candidates, replace=False))
     wrapped = [[r] for r in refs]
-    best = max((float(score_rows([c] * len(refs), wrapped)['score'].mean()), c) for c in cands)
+    best = max((float(score_rows([c] * len(refs), wrapped)[SCORE].mean()), c) for c in cands)
     return round(best[0], 4), best[1]
 
 # %% ../nbs/03b_diagnostics.ipynb #af7cce29
@@ -63,7 +62,7 @@ def encoder_check(model, tokenizer, # a seq2seq model (None for a decoder-only o
                   pairs:int=4, # pairs of rows compared
                  )->Optional[dict]:
     "Encoder state distance and spread, and the loss gap of each summary given another dialogue, averaged over pairs."
-    if not model.config.is_encoder_decoder or len(feats) < 2: return None
+    if not family_of(model).encoder_decoder or len(feats) < 2: return None
     was_training, dev = model.training, model.device
     model.eval()
     def t(x): return torch.tensor([x], device=dev)

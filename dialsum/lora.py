@@ -4,7 +4,6 @@
 
 # %% ../nbs/02a_lora.ipynb #f89e2b56
 from __future__ import annotations
-import json
 from pathlib import Path
 from typing import Optional, Union
 
@@ -17,7 +16,7 @@ from transformers.pytorch_utils import Conv1D
 from .checkpoints import adapter_base
 from .config import Config, LoraConfig
 from .data import TAGS
-from .models import TOKENIZER_FILES, ModelError, load_pretrained
+from .models import TOKENIZER_FILES, ModelError, family_of, load_pretrained
 
 # %% auto #0
 __all__ = ['linear_names', 'lora_targets', 'apply_lora', 'merge_for_inference', 'load_checkpoint']
@@ -58,14 +57,14 @@ def apply_lora(model, # a transformers model, tags already added
                cfg:Config, # the experiment config (its lora, model and training sections)
               )->PeftModel:
     "`model` with LoRA adapters as `cfg.lora` says, the tag embeddings trainable, the rest frozen."
-    lora, causal = cfg.lora, cfg.model.family == 'causal'
+    lora = cfg.lora
     targets = lora_targets(model, lora)
     if cfg.model.quantization:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.training.gradient_checkpointing,
                                                 gradient_checkpointing_kwargs={'use_reentrant': False})
     out = _output_name(model)
     pc = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
-                        task_type=TaskType.CAUSAL_LM if causal else TaskType.SEQ_2_SEQ_LM,
+                        task_type=TaskType(family_of(cfg).task_type),
                         trainable_token_indices=tokenizer.convert_tokens_to_ids(TAGS), modules_to_save=[out] if out else None)
     return get_peft_model(model, pc)
 
@@ -96,6 +95,6 @@ def load_checkpoint(path:Union[str, Path], # a checkpoint folder: a whole model,
     if len(base_tok) != len(tokenizer):
         raise ModelError(f"{path}: its tokenizer has {len(tokenizer)} tokens, its base model's {len(base_tok)} (tags included); "
                          "the adapters belong to another base model")
-    if m.family == 'causal': tokenizer.padding_side = 'right'
+    if not family_of(m).encoder_decoder: tokenizer.padding_side = 'right'  # as `load_pretrained` sets it
     model = PeftModel.from_pretrained(model, str(path))
     return tokenizer, merge_for_inference(model.eval(), cfg)

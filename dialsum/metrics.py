@@ -13,9 +13,17 @@ from mecab import MeCab
 from mecab.utils import create_lattice
 
 from .config import DialsumError
+from .data import normalize_text
 
 # %% auto #0
-__all__ = ['morphs', 'rouge_f1', 'score_rows', 'competition_score', 'bootstrap_ci']
+__all__ = ['ROUGE', 'SCORE', 'METRICS', 'LABELS', 'morphs', 'rouge_f1', 'score_rows', 'competition_score', 'score_line',
+           'bootstrap_ci']
+
+# %% ../nbs/03_metrics.ipynb #41b93f4a
+ROUGE = ('rouge1', 'rouge2', 'rougeL')  # the ROUGE F1s the competition averages, per row and per run
+SCORE = 'score'  # their mean: the competition's metric, which picks the best checkpoint and the best run
+METRICS = (*ROUGE, SCORE)  # every score of a prediction, in the order tables, the index and score lines show them
+LABELS = {'rouge1': 'R1', 'rouge2': 'R2', 'rougeL': 'RL', SCORE: SCORE}  # the short names score lines print
 
 # %% ../nbs/03_metrics.ipynb #48843a11
 @lru_cache(maxsize=1)
@@ -29,8 +37,7 @@ def morphs(text:str, # any text; whitespace only separates morphemes
     if not isinstance(text, str):
         raise DialsumError(f'expected a text, got {text!r} ({type(text).__name__}); an empty summary read from a CSV '
                            'comes back as NaN unless the file is read with keep_default_na=False')
-    from dialsum.data import normalize_text  # NFC, no NUL or zero-width characters: the score never depends on how a text is stored
-    text = normalize_text(text)
+    text = normalize_text(text)  # NFC, no NUL or zero-width characters: the score never depends on how a text is stored
     lattice, tagger = create_lattice(text), _analyzer()._tagger
     if not tagger.parse(lattice): raise DialsumError(f'Mecab-ko could not analyse {text[:80]!r}: {tagger.what()}')
     return [line.partition('\t')[0] for line in lattice.to_string().split('\n')[:-2]]  # `surface\tfeature` lines, then 'EOS'
@@ -96,7 +103,7 @@ def _f1(overlap:int, # n-grams (or LCS words) shared
 # %% ../nbs/03_metrics.ipynb #3129d439
 def _f1s(hyp:_Text, ref:_Text)->dict:
     "ROUGE-1, ROUGE-2 and ROUGE-L F1 of one prediction against one reference; 0 where either is empty."
-    if not hyp.sents or not ref.sents: return dict(rouge1=0.0, rouge2=0.0, rougeL=0.0)
+    if not hyp.sents or not ref.sents: return dict.fromkeys(ROUGE, 0.0)
     common = hyp.unigrams & ref.unigrams
     union = set()
     for r in ref.sents:
@@ -106,9 +113,9 @@ def _f1s(hyp:_Text, ref:_Text)->dict:
             if union.issuperset(masks.keys() & r_words): continue
             union |= _lcs_words(r, h, masks)
     n_hyp, n_ref = len(hyp.unigrams), len(ref.unigrams)
-    return dict(rouge1=_f1(len(common), n_hyp, n_ref),
-                rouge2=_f1(len(hyp.bigrams & ref.bigrams), len(hyp.bigrams), len(ref.bigrams)),
-                rougeL=_f1(len(union), n_hyp, n_ref))
+    return dict(zip(ROUGE, (_f1(len(common), n_hyp, n_ref),
+                            _f1(len(hyp.bigrams & ref.bigrams), len(hyp.bigrams), len(ref.bigrams)),
+                            _f1(len(union), n_hyp, n_ref))))
 
 def rouge_f1(pred_tokens:list[str], # morphemes of the prediction
              ref_tokens:list[str], # morphemes of the reference
@@ -117,8 +124,6 @@ def rouge_f1(pred_tokens:list[str], # morphemes of the prediction
     return _f1s(_Text(pred_tokens), _Text(ref_tokens))
 
 # %% ../nbs/03_metrics.ipynb #12260302
-_KEYS = ('rouge1', 'rouge2', 'rougeL')
-
 def score_rows(preds:Sequence[str], # one predicted summary per row
                refs:Sequence[Sequence[str]], # per row, its reference summaries (one or more)
               )->pd.DataFrame:
@@ -135,9 +140,9 @@ def score_rows(preds:Sequence[str], # one predicted summary per row
         if not len(rs): raise DialsumError(f'row {i}: no reference summary to score against')
         try: fs = [_f1s(text(p), text(r)) for r in rs]
         except DialsumError as e: raise DialsumError(f'row {i}: {e}') from None
-        rows.append([100 * sum(f[k] for f in fs) / len(fs) for k in _KEYS])
-    df = pd.DataFrame(rows, columns=list(_KEYS), dtype=float)
-    df['score'] = df[list(_KEYS)].mean(axis=1)
+        rows.append([100 * sum(f[k] for f in fs) / len(fs) for k in ROUGE])
+    df = pd.DataFrame(rows, columns=list(ROUGE), dtype=float)
+    df[SCORE] = df[list(ROUGE)].mean(axis=1)
     return df
 
 # %% ../nbs/03_metrics.ipynb #db6279a3
@@ -148,6 +153,13 @@ def competition_score(preds:Sequence[str], # one predicted summary per row
     df = score_rows(preds, refs)
     if not len(df): raise DialsumError('no predictions to score')
     return {k: float(df[k].mean()) for k in df.columns}
+
+# %% ../nbs/03_metrics.ipynb #c1e574a1
+def score_line(scores:dict, # dev scores holding every name in `METRICS` (e.g. `competition_score`'s)
+              )->str:
+    "One line of dev scores: `dev score 41.20 (R1 55.10 R2 30.40 RL 38.10)`."
+    parts = ' '.join(f"{LABELS[k]} {scores[k]:.2f}" for k in ROUGE)
+    return f"dev {SCORE} {scores[SCORE]:.2f} ({parts})"
 
 # %% ../nbs/03_metrics.ipynb #180c7101
 def bootstrap_ci(values:Sequence[float], # per-row values, e.g. `score_rows(...)['score']`

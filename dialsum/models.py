@@ -5,8 +5,9 @@
 # %% ../nbs/02_models.ipynb #ec2e2c91
 from __future__ import annotations
 import hashlib, json, os, pickle, re, shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from safetensors import safe_open
@@ -15,18 +16,46 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqL
                           BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, T5Config,
                           T5ForConditionalGeneration)
 
-from .config import DialsumError, ModelConfig, ScratchModel, resolve_path
+from .config import Config, DialsumError, ModelConfig, ScratchModel, resolve_path
 from .data import TAGS
 
 # %% auto #0
-__all__ = ['SCRATCH_MARKER', 'HUB_ID', 'TOKENIZER_FILES', 'SAFE_WEIGHTS', 'PICKLE_WEIGHTS', 'FAMILY_CLASSES', 'ModelError',
-           'param_counts', 'keep_text_at_tags', 'add_tag_tokens', 'train_tokenizer', 'build_scratch_model',
+__all__ = ['FAMILIES', 'SCRATCH_MARKER', 'HUB_ID', 'TOKENIZER_FILES', 'SAFE_WEIGHTS', 'PICKLE_WEIGHTS', 'ModelError', 'Family',
+           'family_of', 'param_counts', 'keep_text_at_tags', 'add_tag_tokens', 'train_tokenizer', 'build_scratch_model',
            'encoder_specials', 'chat_end_token', 'end_token_ids', 'quantization_config', 'load_pretrained',
            'load_model', 'check_model', 'is_4bit']
 
 # %% ../nbs/02_models.ipynb #2f62c8cd
 class ModelError(DialsumError):
     "A model, tokenizer or model folder that cannot be used as it is: the message names it and what to do."
+
+# %% ../nbs/02_models.ipynb #b5126e08
+@dataclass(frozen=True)
+class Family:
+    "What a model family does differently, from loading to generation."
+    name:str # `model.family` in the config
+    auto_class:type # the transformers `Auto` class that loads it
+    task_type:str # peft's `TaskType` for its LoRA adapters
+    encoder_decoder:bool # an encoder reads the dialogue and a decoder writes the summary (else one sequence)
+    prompted:bool # its features are a prompt then the summary, the prompt labelled -100 (else encoder input + labels)
+    collator_model:bool # the collator needs the model, to make the decoder inputs from the labels
+    generation_padding:str # the side generation batches are padded on ('left': the prompt ends where generation starts)
+
+# %% ../nbs/02_models.ipynb #e96dc364
+FAMILIES = {f.name: f for f in (
+    Family('seq2seq', AutoModelForSeq2SeqLM, 'SEQ_2_SEQ_LM', encoder_decoder=True, prompted=False, collator_model=True,
+           generation_padding='right'),
+    Family('causal', AutoModelForCausalLM, 'CAUSAL_LM', encoder_decoder=False, prompted=True, collator_model=False,
+           generation_padding='left'))}
+
+# %% ../nbs/02_models.ipynb #493d2a60
+def family_of(x:Union[Config, ModelConfig, str, torch.nn.Module], # a config, model section, name or model
+             )->Family:
+    "The `FAMILIES` row of a config, a family name, or a loaded model."
+    if isinstance(x, Config): x = x.model
+    if isinstance(x, ModelConfig): x = x.family
+    if isinstance(x, str): return FAMILIES[x]
+    return FAMILIES['seq2seq' if x.config.is_encoder_decoder else 'causal']
 
 # %% ../nbs/02_models.ipynb #b24a2a54
 def param_counts(model:torch.nn.Module, # any torch model
@@ -246,7 +275,7 @@ def end_token_ids(tokenizer, model, # a loaded tokenizer and model
     eos = model.generation_config.eos_token_id
     ids = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
     if tokenizer.eos_token_id is not None: ids.add(tokenizer.eos_token_id)
-    if not model.config.is_encoder_decoder and (t := chat_end_token(tokenizer)) is not None: ids.add(t)
+    if not family_of(model).encoder_decoder and (t := chat_end_token(tokenizer)) is not None: ids.add(t)
     return sorted(ids)
 
 # %% ../nbs/02_models.ipynb #b17a1536
@@ -308,8 +337,6 @@ def quantization_config()->BitsAndBytesConfig:
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type='nf4', bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=torch.bfloat16)
 
-FAMILY_CLASSES = {'seq2seq': AutoModelForSeq2SeqLM, 'causal': AutoModelForCausalLM}
-
 def load_pretrained(name_or_path:str, # hub id (`owner/name`) or local model folder
                     trust_remote_code:bool=False, # run Python code shipped with the model (only if you trust it)
                     allow_pickle:bool=False, # accept pickle weights (pytorch_model.bin) when there are no safetensors
@@ -334,19 +361,20 @@ def load_pretrained(name_or_path:str, # hub id (`owner/name`) or local model fol
     except (OSError, ValueError) as e: raise ModelError(_load_message(src, 'tokenizer', e, kw)) from None
     try: enc_dec = AutoConfig.from_pretrained(src, **kw).is_encoder_decoder
     except (OSError, ValueError) as e: raise ModelError(_load_message(src, 'model', e, kw)) from None
-    if enc_dec != (family == 'seq2seq'):  # AutoModelForCausalLM would load BART's decoder alone, without a word
+    fam = family_of(family)
+    if enc_dec != fam.encoder_decoder:  # AutoModelForCausalLM would load BART's decoder alone, without a word
         other = 'seq2seq' if enc_dec else 'causal'
         raise ModelError(f"{src}: an {'encoder-decoder' if enc_dec else 'decoder-only'} model, not {family}; set model.family: {other}")
     if quantization == '4bit':  # each process of a multi-GPU run puts its copy on its own GPU
         kw.update(quantization_config=quantization_config(), device_map={'': int(os.environ.get('LOCAL_RANK', 0))})
-    try: model = FAMILY_CLASSES[family].from_pretrained(src, use_safetensors=None if allow_pickle else True,
+    try: model = fam.auto_class.from_pretrained(src, use_safetensors=None if allow_pickle else True,
                                                         dtype=torch.bfloat16 if quantization else torch.float32, **kw)
     except (OSError, ValueError, ImportError, pickle.UnpicklingError) as e: raise ModelError(_load_message(src, 'model', e, kw)) from None
-    if family == 'causal':
+    if not fam.encoder_decoder:
         if tokenizer.pad_token is None: tokenizer.pad_token = tokenizer.eos_token  # many LLMs have none; labels mask padding anyway
         tokenizer.padding_side = 'right'  # training batches; generation pads on the left explicitly
     add_tag_tokens(tokenizer, model)
-    if family == 'seq2seq': tokenizer.encoder_specials = encoder_specials(tokenizer, model.config)  # for make_features
+    if fam.encoder_decoder: tokenizer.encoder_specials = encoder_specials(tokenizer, model.config)  # for make_features
     ends = end_token_ids(tokenizer, model)
     model.generation_config.eos_token_id = ends if len(ends) > 1 else ends[0] if ends else None
     if model.generation_config.pad_token_id is None: model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -402,7 +430,7 @@ def check_model(cfg:ModelConfig, # the `model` section of the config
                ):
     "Raise a `ModelError` when the model has too few positions for `cfg`, is not 4-bit as asked, or lacks a required chat template."
     n_pos = getattr(model.config, 'max_position_embeddings', None)
-    causal = cfg.family == 'causal'
+    causal = family_of(cfg).prompted  # the summary follows the prompt in one sequence
     need = cfg.max_source_length + (cfg.max_target_length if causal else 0)
     if n_pos is not None and need > n_pos:
         what = 'model.max_source_length + model.max_target_length' if causal else 'model.max_source_length'

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09a_pipeline.ipynb #3d9f3e89
 from __future__ import annotations
-import argparse, shlex, shutil, sys, tempfile, time
+import argparse, shutil, sys, tempfile, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -16,13 +16,15 @@ from transformers import set_seed
 
 from .runs import CheckpointError
 from .config import Config, DialsumError, load_config, project_root, resolve_path
-from .data import SPLITS, Columns, Splits, demo_rows, demo_slots_kept, load_splits, model_inputs, read_split, references
+from .data import (SPLITS, Splits, demo_rows, demo_slots_kept, load_splits, model_inputs, read_split,
+                          references, split_columns)
 from .features import features
 from .inference import predict, score_predictions
 from .lora import apply_lora, merge_for_inference
-from .metrics import bootstrap_ci
+from .metrics import SCORE, bootstrap_ci, score_line
 from .diagnostics import diagnostic_warnings, encoder_check, prediction_diagnostics, warning_flags
-from .models import load_model, param_counts
+from .models import family_of, load_model, param_counts
+from .plots import plot_curves, plot_scores
 from .files import WriteError, write_csv, write_failure, write_json
 from .runs import Run, start_run, utcnow
 from .checkpoints import check_disk, remove_torn, resume_point, unsafe_pickle
@@ -167,13 +169,8 @@ def watch_cells(ctx:Context)->bool:
 # %% ../nbs/09a_pipeline.ipynb #5822f8be
 def read_data(ctx:Context)->Splits:
     "The cleaned splits; demo data is written by the main process and read by the others."
-    data = ctx.cfg.data
-    with ctx.state.main_process_first():
-        if data.demo and not ctx.main:  # read what the main process wrote into the run folder
-            d = ctx.run.path/'data'
-            data = data.model_copy(update=dict(demo=None, columns=Columns(), sample_submission=None,
-                                               **{s: str(d/f'{s}.csv') for s in ('train', 'dev', 'test')}))
-        return load_splits(data, ctx.root, ctx.run.path)
+    with ctx.state.main_process_first():  # the others read what the main process wrote into the run folder
+        return load_splits(ctx.cfg.data, ctx.root, ctx.run.path, write_demo=ctx.main)
 
 def build_model(ctx:Context, splits:Splits)->tuple:
     "Tokenizer and model as the config says (built or loaded, then LoRA); the device report and the disk check printed and recorded."
@@ -226,7 +223,7 @@ def score_dev(ctx:Context, model, tok, splits:Splits)->tuple[dict, Optional[pd.D
     t = time.perf_counter()
     pred = predict(model, tok, splits.dev, ctx.cfg, progress=ctx.main, distributed=True)
     scores, table = score_predictions(splits.dev, pred)
-    scores['score_ci95'] = bootstrap_ci(table['score'].values)
+    scores['score_ci95'] = bootstrap_ci(table[SCORE].values)
     ctx.write('dev_predictions', table)
     ctx.infer_seconds += time.perf_counter() - t
     return scores, table
@@ -241,7 +238,6 @@ def write_submission(ctx:Context, model, tok, splits:Splits)->pd.DataFrame:
 
 def pictures(ctx:Context, splits:Splits)->list[Path]:
     "The training curves and the dev scores drawn into the run folder (main process only); a picture that fails is reported, not raised."
-    from dialsum.plots import plot_curves, plot_scores
     out = []
     for plot in ((lambda: plot_curves(ctx.run.path), lambda: plot_scores(ctx.run.path, splits.dev)) if ctx.main else ()):
         try: out.append(Path(plot()))
@@ -259,13 +255,12 @@ def finish(ctx:Context, scores:dict, result:dict, splits:Splits)->dict:
                    submission=run.rel(run.file('submission')), peak_gpu_memory_gb=peak_gpu_memory_gb())
         # the run folder's parent (runs/) holds the index, history/ and latest_submission.csv
         # checked against every fname of the test file (a split cut by data.max_test_samples is not promoted)
-        cols = Columns() if ctx.cfg.data.demo else ctx.cfg.data.columns
+        cols = split_columns(ctx.cfg.data)
         finalize_run(run.path, run.path.parent, test_file_fnames(splits.paths['test'], cols), splits.paths.get('sample_submission'),
                      ctx.cfg.data.max_test_samples, complete=True)  # completed once promoted and indexed
         md = run.metadata
         print('submission', 'promoted' if md.get('promoted') else f"NOT promoted: {md.get('submission_problems')}")
-        if scores: print(f"dev score {scores['score']:.2f} (R1 {scores['rouge1']:.2f} R2 {scores['rouge2']:.2f} "
-                         f"RL {scores['rougeL']:.2f}) -> {run.path}")
+        if scores: print(f"{score_line(scores)} -> {run.path}")
         if md.get('warn'): print(f"warnings: {md['warn']} (metrics.json: diagnostics)")
     ctx.state.wait_for_everyone()
     return metrics
@@ -279,11 +274,11 @@ def diagnose(ctx:Context, model, tok, splits:Splits, scores:dict, # from the ste
     cfg, preds = ctx.cfg, table['prediction'].astype(str).tolist()
     limit = cfg.generation.max_new_tokens
     hits = [len(tok(p, add_special_tokens=False)['input_ids']) >= limit - 1 for p in preds]
-    d = prediction_diagnostics(preds, table['reference'].astype(str).tolist(), hits, scores.get('score'))
+    d = prediction_diagnostics(preds, table['reference'].astype(str).tolist(), hits, scores.get(SCORE))
     if cfg.data.demo:  # the demo knows the slot values each summary must name
         slots = demo_rows('dev', cfg.data.demo.n_dev, cfg.data.demo.seed).set_index('fname').slots
         d['slots_kept_share'] = round(sum(demo_slots_kept(preds, [slots[f] for f in table['fname']])) / len(preds), 4)
-    if model.config.is_encoder_decoder:
+    if family_of(model).encoder_decoder:
         rows = splits.dev.drop_duplicates('dialogue').head(8)
         d['encoder'] = encoder_check(model, tok, features(tok, rows, cfg))
     e = d.get('encoder') or {}

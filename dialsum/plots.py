@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_plots.ipynb #a093e4c4
 from __future__ import annotations
-import importlib.util, io, json, re
+import importlib.util, io, json
 from functools import cache
 from pathlib import Path
 from typing import Optional, Union
@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from .config import DialsumError
 from .data import clean_split, read_split
+from .metrics import SCORE
 from .files import atomic_write
 from .runs import RUN_FILES
 from .submissions import read_index
@@ -63,11 +64,6 @@ def save_figure(draw, # called with a new `Figure`; draws on it
     return atomic_write(path, buf.getvalue())
 
 # %% ../nbs/13_plots.ipynb #4385d7fe
-def _step(p:Path)->int:
-    "The step number in a `checkpoint-N` path (-1 for none)."
-    m = re.search(r'checkpoint-(\d+)', str(p))
-    return int(m[1]) if m else -1
-
 def trainer_state(run_dir:Union[str, Path], # a run folder
                  )->tuple[dict, Path]:
     "The most complete readable `trainer_state.json` of the run and its path."
@@ -89,16 +85,17 @@ def curve_frames(state:dict, # a trainer state, as read by `trainer_state`
     hist = [r for r in state.get('log_history') or [] if isinstance(r, dict) and 'step' in r]
     train = pd.DataFrame([{'step': r['step'], 'loss': r['loss']} for r in hist if 'loss' in r], columns=['step', 'loss'])
     evals = pd.DataFrame([r for r in hist if any(k.startswith('eval_') for k in r)])
-    if evals.empty: evals = pd.DataFrame(columns=['step', 'eval_loss', 'eval_score'])
+    if evals.empty: evals = pd.DataFrame(columns=['step', 'eval_loss', f'eval_{SCORE}'])
     return train, evals
 
 # %% ../nbs/13_plots.ipynb #a6e5bbd3
 def _best(state:dict, evals:pd.DataFrame)->Optional[tuple]:
     "(step, score) of the best evaluation: the trainer's own choice when recorded, else the highest score."
-    if 'eval_score' not in evals or evals['eval_score'].isna().all(): return None
-    at = evals[evals.step == state.get('best_global_step')].dropna(subset=['eval_score'])
-    r = at.iloc[-1] if len(at) else evals.loc[evals['eval_score'].idxmax()]
-    return int(r['step']), float(r['eval_score'])
+    k = f'eval_{SCORE}'  # the metric the trainer picks the best checkpoint by
+    if k not in evals or evals[k].isna().all(): return None
+    at = evals[evals.step == state.get('best_global_step')].dropna(subset=[k])
+    r = at.iloc[-1] if len(at) else evals.loc[evals[k].idxmax()]
+    return int(r['step']), float(r[k])
 
 def plot_curves(run_dir:Union[str, Path], # a run folder with `checkpoints/`
                )->Path:
@@ -119,8 +116,8 @@ def plot_curves(run_dir:Union[str, Path], # a run folder with `checkpoints/`
         if len(losses) and losses.min() > 0 and losses.max() / losses.min() > 20: a.set_yscale('log')
         a.set(xlabel='step', ylabel='loss', title='loss'); a.legend()
         if best:
-            e = evals.dropna(subset=['eval_score'])
-            b.plot(e.step, e.eval_score, 'o-', ms=4, color='C2', label='dev score')
+            e = evals.dropna(subset=[f'eval_{SCORE}'])
+            b.plot(e.step, e[f'eval_{SCORE}'], 'o-', ms=4, color='C2', label='dev score')
             b.plot(*best, '*', ms=16, color='C3', label=f'best {best[1]:.2f} (step {best[0]})')
             b.legend(loc='best')
         else: b.text(0.5, 0.5, 'no evaluation with a score in this run', ha='center', va='center', transform=b.transAxes)
@@ -133,7 +130,7 @@ def topic_scores(table:pd.DataFrame, # per-row scores with a `topic` column
                  top:int=15, # how many of the most frequent topics to keep
                 )->pd.DataFrame:
     "Mean score and row count of the `top` most frequent topics, lowest mean first."
-    t = table[table['topic'].astype(str).str.strip() != ''].groupby('topic')['score'].agg(['mean', 'count'])
+    t = table[table['topic'].astype(str).str.strip() != ''].groupby('topic')[SCORE].agg(['mean', 'count'])
     return t.sort_values(['count', 'mean'], ascending=[False, True]).head(top).sort_values('mean')
 
 def length_scores(table:pd.DataFrame, # per-row scores with a `chars` column (dialogue length)
@@ -142,7 +139,7 @@ def length_scores(table:pd.DataFrame, # per-row scores with a `chars` column (di
     "Mean score per dialogue-length bin: `chars` (the bin's median length), `score`, `count`."
     q = pd.qcut(table['chars'], min(bins, table['chars'].nunique()), duplicates='drop')
     g = table.groupby(q, observed=True)
-    return pd.DataFrame({'chars': g['chars'].median(), 'score': g['score'].mean(), 'count': g.size()}).reset_index(drop=True)
+    return pd.DataFrame({'chars': g['chars'].median(), SCORE: g[SCORE].mean(), 'count': g.size()}).reset_index(drop=True)
 
 # %% ../nbs/13_plots.ipynb #8e368420
 def _dev_split(run_dir:Path)->pd.DataFrame:
@@ -178,16 +175,16 @@ def plot_scores(run_dir:Union[str, Path], # a run folder with `predictions_dev.c
             a.set_yticks(range(len(ts)), [f'{t} ({n})' for t, n in zip(ts.index, ts['count'])])
             a.set_title(f'mean score, {len(ts)} most frequent of {table.topic.nunique()} topics (rows)')
         else: a.text(0.5, 0.5, 'the dev split has no topic column', ha='center', va='center', transform=a.transAxes)
-        a.axvline(table.score.mean(), ls='--', color='C3', label=f'all rows {table.score.mean():.2f}'); a.legend(loc='lower right')
+        a.axvline(table[SCORE].mean(), ls='--', color='C3', label=f'all rows {table[SCORE].mean():.2f}'); a.legend(loc='lower right')
         a.set_xlabel('competition score')
-        b.scatter(table.chars, table.score, s=12, alpha=0.5, label='one dialogue')
+        b.scatter(table.chars, table[SCORE], s=12, alpha=0.5, label='one dialogue')
         if len(table) >= 20:  # bins of at least 10 rows, else the means are noise
             ls = length_scores(table, min(6, len(table) // 10))
-            b.plot(ls.chars, ls.score, 'o-', color='C3', label='mean per length bin')
-        rho = table[['chars', 'score']].corr(method='spearman').iloc[0, 1] if len(table) > 2 else float('nan')
+            b.plot(ls.chars, ls[SCORE], 'o-', color='C3', label='mean per length bin')
+        rho = table[['chars', SCORE]].corr(method='spearman').iloc[0, 1] if len(table) > 2 else float('nan')
         b.set(xlabel='dialogue length (characters)', ylabel='competition score', title=f'score vs length (Spearman {rho:.2f})')
         b.legend()
-        fig.suptitle(f'{run_dir.name}: dev scores (mean {table.score.mean():.2f}, {len(table)} rows)')
+        fig.suptitle(f'{run_dir.name}: dev scores (mean {table[SCORE].mean():.2f}, {len(table)} rows)')
     return save_figure(draw, run_dir/'scores.png', size=(12, 4.5))
 
 # %% ../nbs/13_plots.ipynb #e0c62920
@@ -196,23 +193,23 @@ def plot_runs(runs_dir:Union[str, Path], # the runs folder with index.csv
               top:int=30, # at most this many runs, the best ones
              )->Path:
     "Write a chart of the completed runs in `runs_dir/index.csv`: dev score with its bootstrap 95% interval."
-    runs_dir = Path(runs_dir)
+    runs_dir, d = Path(runs_dir), f'dev_{SCORE}'  # the index's columns of the score and its interval
     idx = read_index(runs_dir)
-    done = idx[(idx.status == 'completed') & idx.dev_score.notna()].sort_values('dev_score', ascending=False)
+    done = idx[(idx.status == 'completed') & idx[d].notna()].sort_values(d, ascending=False)
     if done.empty:
         raise PlotError(f"{runs_dir/'index.csv'}: no completed run with a dev score ({len(idx)} rows); run an experiment first")
     shown = done.head(top).iloc[::-1]  # matplotlib draws the first row at the bottom
-    lo = (shown.dev_score - shown.dev_score_lo).fillna(0).clip(lower=0)
-    hi = (shown.dev_score_hi - shown.dev_score).fillna(0).clip(lower=0)
+    lo = (shown[d] - shown[d + '_lo']).fillna(0).clip(lower=0)
+    hi = (shown[d + '_hi'] - shown[d]).fillna(0).clip(lower=0)
     colors = {e: f'C{i % 10}' for i, e in enumerate(dict.fromkeys(done.experiment))}
 
     def draw(fig):
         ax = fig.subplots()
         best = done.iloc[0]
-        if pd.notna(best.dev_score_lo) and pd.notna(best.dev_score_hi):
-            ax.axvspan(best.dev_score_lo, best.dev_score_hi, color='C2', alpha=0.12, label=f'best run 95% interval')
+        if pd.notna(best[d + '_lo']) and pd.notna(best[d + '_hi']):
+            ax.axvspan(best[d + '_lo'], best[d + '_hi'], color='C2', alpha=0.12, label='best run 95% interval')
         for y, (r, l, h) in enumerate(zip(shown.itertuples(), lo, hi)):
-            ax.errorbar(r.dev_score, y, xerr=[[l], [h]], fmt='o', capsize=3, color=colors[r.experiment])
+            ax.errorbar(getattr(r, d), y, xerr=[[l], [h]], fmt='o', capsize=3, color=colors[r.experiment])
         ax.set_yticks(range(len(shown)), [f'{r.run_id} ({r.model})' if r.model else r.run_id for r in shown.itertuples()])
         ax.set(xlabel='dev competition score (bootstrap 95% interval)',
                title=f'{len(shown)} best of {len(done)} completed runs ({len(idx)} in the index)')

@@ -5,29 +5,25 @@
 # %% ../nbs/09_runner.ipynb #a9cabba6
 from __future__ import annotations
 import hashlib, os, socket, sys, time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-import pandas as pd
 import papermill as pm
 from papermill.exceptions import PapermillExecutionError
 from papermill.iorw import LocalHandler, papermill_io
 
-from .config import (Columns, Config, DialsumError, config_dict, config_hash, load_config, project_root,
-                            resolve_path)
+from .data import split_columns, split_paths
+from .metrics import SCORE, bootstrap_ci
+from .config import DialsumError, config_dict, config_hash, load_config, project_root, resolve_path
 from .files import atomic_write, process_alive, process_record, write_csv
 from .redaction import refuse_secrets, scrub_file
-from .data import clean_split, read_split
-from .runs import RUN_FILES, CheckpointError, Run, indexed_run, new_run_dir, rel_to, resolve_run, utcnow
-from .checkpoints import checkpoint_problems, find_checkpoint
-from .submissions import (error_tail, finalize_run, read_index, record_failure, submission_problems,
-                                 test_file_fnames)
+from .runs import RUN_FILES, Run, indexed_run, new_run_dir, rel_to, utcnow
+from .checkpoints import find_checkpoint
+from .submissions import error_tail, finalize_run, read_index, record_failure, test_file_fnames
 
 # %% auto #0
-__all__ = ['SPLIT_FILES', 'AtomicLocalFiles', 'template_path', 'run_experiment', 'run_processes', 'live_status',
-           'mark_interrupted', 'run_split_paths', 'read_input', 'choose_checkpoint', 'load_for_inference',
-           'refuse_output', 'Prediction', 'predict_run', 'recoverable', 'recover_run', 'recovery_fingerprint']
+__all__ = ['AtomicLocalFiles', 'template_path', 'run_experiment', 'run_processes', 'live_status', 'mark_interrupted',
+           'recoverable', 'recover_run', 'recovery_fingerprint']
 
 # %% ../nbs/09_runner.ipynb #ab523342
 class AtomicLocalFiles(LocalHandler):
@@ -128,120 +124,6 @@ def mark_interrupted(runs_dir:Union[str, Path], # the runs folder with index.csv
         finalize_run(run.path, runs_dir); out.append(rid)
     return out
 
-# %% ../nbs/09_runner.ipynb #c38cc692
-SPLIT_FILES = ('train', 'dev', 'test', 'sample_submission')
-
-def run_split_paths(cfg:Config, # the run's resolved config
-                    run_dir:Union[str, Path], # the run folder (the demo data is written into it)
-                    root:Union[str, Path], # the project folder, for relative paths
-                   )->dict:
-    "Where the run's splits are: the demo data in its folder, else the files the config names."
-    if cfg.data.demo: return {s: Path(run_dir)/'data'/f'{s}.csv' for s in SPLIT_FILES}
-    return {s: resolve_path(getattr(cfg.data, s), Path(root)) for s in SPLIT_FILES}
-
-def _columns(cfg:Config)->Columns:
-    "The column names of the run's CSV files (the demo data has the competition's)."
-    return Columns() if cfg.data.demo else cfg.data.columns
-
-def read_input(path:Union[str, Path], # a CSV shaped like the competition's
-               split:str, # 'dev' or 'test'
-               cfg:Config, # the run's config: columns and cleaning
-               limit:Optional[int]=None, # rows kept (the config's max_*_samples), None for all
-              )->pd.DataFrame:
-    "A split read, checked and cleaned as the notebook's `load_splits` does."
-    df = read_split(path, split, _columns(cfg))
-    return clean_split(df, cfg.data.newline_literals, cfg.data.collapse_whitespace)[0].iloc[:limit]
-
-def choose_checkpoint(run_dir:Union[str, Path, None], # a run folder
-                      checkpoint:Union[str, Path, None]=None, # a checkpoint folder to use instead of the run's best
-                     )->tuple[Path, str]:
-    "The checkpoint to predict with, and why."
-    if checkpoint:
-        p = Path(checkpoint)
-        if probs := checkpoint_problems(p): raise CheckpointError(f"{p}: not a usable checkpoint: {'; '.join(probs)}")
-        return p.resolve(), 'given with --checkpoint'
-    if run_dir is None: raise DialsumError('give a run folder or experiment name (--run), or a checkpoint (--checkpoint)')
-    c = find_checkpoint(run_dir)
-    return c.path, c.reason + ''.join(f"; skipped {p.name}: {r}" for p, r in c.skipped)
-
-def load_for_inference(checkpoint:Path, cfg:Config)->tuple:
-    "Tokenizer and model of `checkpoint` (a whole model, or LoRA adapters on their base), on the GPU when there is one and the config allows it."
-    import torch
-    from dialsum.lora import load_checkpoint
-    tok, model = load_checkpoint(checkpoint, cfg)
-    if cfg.model.quantization: return tok, model  # 4-bit weights are placed on their GPU when loaded
-    return tok, (model.to('cuda') if torch.cuda.is_available() and not cfg.training.use_cpu else model)
-
-# %% ../nbs/09_runner.ipynb #60e827aa
-_RECORDS = ('index.csv', 'latest_submission.csv')
-
-def _records_of(runs:Path)->bool: return (runs/'index.csv').is_file() or (runs/'history').is_dir()
-
-def refuse_output(output:Union[str, Path], # the file `predict` is asked to write
-                  input:Union[str, Path], # the CSV it reads
-                  run_dir:Optional[Path]=None, # the run it predicts with
-                  runs_dir:Union[str, Path, None]=None, # the runs folder named on the command line
-                  root:Union[str, Path, None]=None, # the project folder (its runs/ is protected too)
-                  force:bool=False, # an existing file that is none of dialsum's records may be replaced
-                 )->Path:
-    "`output` when `predict` may write it; a `DialsumError` saying why not when it is the input or one of dialsum's records."
-    dest = Path(output).expanduser().absolute()
-    real, runs = dest.resolve(), {Path(p).resolve() for p in (runs_dir, run_dir and Path(run_dir).parent,
-                                                              root and resolve_path('runs', Path(root))) if p}
-    no = f"{output}: dialsum predict does not write here: it is"
-    if real.is_dir(): raise DialsumError(f"{output}: is a folder; give a file name for --output, e.g. {Path(output)/'predictions.csv'}")
-    if real == Path(input).resolve(): raise DialsumError(f"{no} the input it reads (--input); choose another --output file")
-    for a in real.parents:
-        if (a/RUN_FILES['metadata']).is_file() or (a/RUN_FILES['config']).is_file() and (a/RUN_FILES['checkpoints']).is_dir():
-            raise DialsumError(f"{no} inside the run folder {a}, whose files are that run's record (compare, best and recovery read "
-                               "them); write outside run folders, e.g. --output predictions.csv")
-        if a.name == 'history' and (a.parent in runs or _records_of(a.parent)):
-            raise DialsumError(f"{no} in {a}, the promoted submissions, which are never overwritten; choose another --output file")
-    if real.name in _RECORDS and (real.parent in runs or _records_of(real.parent)):
-        raise DialsumError(f"{no} {real.name} of the runs folder {real.parent}, written by runs only; choose another --output file")
-    if real.exists() and not force: raise DialsumError(f"{output}: already exists; give --force to replace it, or another --output file")
-    return dest
-
-
-# %% ../nbs/09_runner.ipynb #45a6f9af
-@dataclass
-class Prediction:
-    "What `predict_run` did: from which run and checkpoint (and why), on which input, into which file, and its problems."
-    run_dir:Optional[Path]; checkpoint:Path; reason:str; input:Path; output:Path; rows:int
-    problems:list = field(default_factory=list) # reasons the output is not a valid submission for the input; empty: valid
-
-def _run_of(checkpoint)->Optional[Path]:
-    "The run folder holding `checkpoint` (`<run>/checkpoints/checkpoint-N`), if it is one."
-    d = Path(checkpoint).resolve().parent.parent if checkpoint else None
-    return d if d and (d/RUN_FILES['config']).is_file() else None
-
-def predict_run(run:Union[str, Path, None]=None, # a run folder or experiment name (its newest run)
-                input:Union[str, Path, None]=None, # the CSV to summarize (default: the run's test split)
-                output:Union[str, Path, None]=None, # where to write `fname,summary` (default: the run's submission.csv)
-                checkpoint:Union[str, Path, None]=None, # a checkpoint folder (default: the run's best complete one)
-                config:Union[str, Path, None]=None, # config for lengths and generation (default: the run's config.yaml)
-                runs_dir:Union[str, Path, None]=None, # where experiment names are looked up (default: runs/)
-                root:Union[str, Path, None]=None, # the project folder (default: found from the working directory)
-                progress:bool=False, # show a progress bar
-                force:bool=False, # replace an existing `output` (never one of dialsum's records, nor the input)
-               )->Prediction:
-    "Summarize `input` with a run's best (or the given) checkpoint, write `output` atomically and check it."
-    root = Path(root) if root else project_root()
-    run_dir = resolve_run(run, runs_dir) if run else _run_of(checkpoint)
-    ckpt, reason = choose_checkpoint(run_dir, checkpoint)
-    cfg_path = config or (run_dir/RUN_FILES['config'] if run_dir else None)
-    if cfg_path is None: raise DialsumError(f"{ckpt}: not inside a run folder; give the config it was trained with (--config)")
-    cfg = load_config(cfg_path, root=root)
-    if input is None and run_dir is None: raise DialsumError('no run folder to take the test split from; give --input')
-    src = Path(input) if input else run_split_paths(cfg, run_dir, root)['test']
-    cut = None if input else cfg.data.max_test_samples
-    df = read_input(src, 'test', cfg, cut)
-    dest = refuse_output(output, src, run_dir, runs_dir, root, force) if output else run_dir/RUN_FILES['submission']
-    from dialsum.inference import predict
-    tok, model = load_for_inference(ckpt, cfg)
-    write_csv(dest, predict(model, tok, df, cfg, progress))
-    return Prediction(run_dir, ckpt, reason, src, dest, len(df), submission_problems(dest, test_file_fnames(src, _columns(cfg)), max_test_samples=cut))
-
 # %% ../nbs/09_runner.ipynb #0e1d0b5c
 def recoverable(run_dir:Union[str, Path], # a run folder
                )->bool:
@@ -254,20 +136,19 @@ def recover_run(run_dir:Union[str, Path], # a trained run folder (see `recoverab
                 progress:bool=False, # show progress bars
                )->dict:
     "Write a trained run's submission (and missing dev scores) from its best checkpoint, then promote and index it."
+    from dialsum.inference import choose_checkpoint, load_for_inference, predict, read_input, score_predictions  # torch: only here
     root = Path(root) if root else project_root()
     run = Run(Path(run_dir).resolve(), None)
     run.cfg = cfg = load_config(run.file('config'), root=root)
     md, (ckpt, reason) = run.metadata, choose_checkpoint(run.path)
-    paths = run_split_paths(cfg, run.path, root)
+    paths = split_paths(cfg.data, root, run.path)
     test = read_input(paths['test'], 'test', cfg, cfg.data.max_test_samples)
-    from dialsum.inference import predict, score_predictions
-    from dialsum.metrics import bootstrap_ci
     tok, model = load_for_inference(ckpt, cfg)
     extra = {}
     if not isinstance(md.get('dev'), dict) and paths['dev'] is not None and paths['dev'].is_file():
         dev = read_input(paths['dev'], 'dev', cfg, cfg.data.max_dev_samples)
         scores, table = score_predictions(dev, predict(model, tok, dev, cfg, progress))
-        scores['score_ci95'] = bootstrap_ci(table['score'].values)
+        scores['score_ci95'] = bootstrap_ci(table[SCORE].values)
         write_csv(run.file('dev_predictions'), table); extra['dev'] = scores
     write_csv(run.file('submission'), predict(model, tok, test, cfg, progress))
     was, err = md.get('status'), md.get('error')
@@ -276,7 +157,7 @@ def recover_run(run_dir:Union[str, Path], # a trained run folder (see `recoverab
                best_checkpoint=run.rel(ckpt), error=f"submission recovered by dialsum predict from {run.rel(ckpt)} {why}",
                recovered=dict(at=utcnow(), checkpoint=run.rel(ckpt), reason=reason, status_before=was, error_before=err,
                               fingerprint=recovery_fingerprint(run.path, root)), **extra)
-    finalize_run(run.path, run.path.parent, test_file_fnames(paths['test'], _columns(cfg)), paths['sample_submission'], cfg.data.max_test_samples, complete=True)
+    finalize_run(run.path, run.path.parent, test_file_fnames(paths['test'], split_columns(cfg.data)), paths['sample_submission'], cfg.data.max_test_samples, complete=True)
     return run.metadata
 
 # %% ../nbs/09_runner.ipynb #a54c4bae
@@ -285,12 +166,12 @@ def recovery_fingerprint(run_dir:Union[str, Path], # a trained run folder
                         )->Optional[str]:
     "A hash of what recovering the run reads (its config, best checkpoint, test file and sample submission); None when one is missing."
     root, run = Path(root) if root else project_root(), Run(Path(run_dir), None)
-    try: cfg, (ckpt, _) = load_config(run.file('config'), root=root, check_machine=False), choose_checkpoint(run.path)
+    try: cfg, ckpt = load_config(run.file('config'), root=root, check_machine=False), find_checkpoint(run.path).path
     except DialsumError: return None
     h = hashlib.sha256(run.file('config').read_bytes() + ckpt.name.encode())
     for f in sorted(p for p in ckpt.iterdir() if p.is_file()): h.update(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}".encode())
     for s in ('test', 'sample_submission'):
-        p = run_split_paths(cfg, run.path, root)[s]
+        p = split_paths(cfg.data, root, run.path)[s]
         h.update(p.read_bytes() if p is not None and p.is_file() else b'-')
     return h.hexdigest()[:16]
 

@@ -15,6 +15,7 @@ from filelock import FileLock, Timeout
 from .config import Columns, DialsumError
 from .files import atomic_write, clean_stale_temps, write_csv
 from .data import is_missing, read_split
+from .metrics import METRICS
 from .runs import INDEX_FILE, RUN_FILES, Run, read_metadata, safe_name, update_metadata, utcnow
 
 # %% auto #0
@@ -136,7 +137,7 @@ def test_file_fnames(path:Union[str, Path], # the test CSV a run read
 
 # %% ../nbs/08_submissions.ipynb #d5f06849
 INDEX_COLUMNS = ['run_id', 'experiment', 'model', 'status', 'started', 'finished', 'seconds',
-                 'dev_rouge1', 'dev_rouge2', 'dev_rougeL', 'dev_score', 'dev_score_lo', 'dev_score_hi',
+                 *(f'dev_{k}' for k in METRICS), 'dev_score_lo', 'dev_score_hi',
                  'best_checkpoint', 'submission', 'config_hash', 'git_commit', 'error']
 ERROR_CHARS = 300
 
@@ -173,8 +174,8 @@ def index_row(run_dir:Union[str, Path], # a run folder with its metadata.json
         error = 'submission not promoted: ' + '; '.join(md.get('submission_problems') or ['invalid'])
     row = dict(run_id=md.get('run_id') or run_dir.name, experiment=md.get('experiment', ''), model=md.get('model', ''),
                status=md.get('status') or 'unknown', started=md.get('started', ''), finished=md.get('finished', ''),
-               seconds=_num(md.get('seconds'), 2), dev_rouge1=_num(dev.get('rouge1')), dev_rouge2=_num(dev.get('rouge2')),
-               dev_rougeL=_num(dev.get('rougeL')), dev_score=_num(dev.get('score')), dev_score_lo=_num(lo), dev_score_hi=_num(hi),
+               seconds=_num(md.get('seconds'), 2), **{f'dev_{k}': _num(dev.get(k)) for k in METRICS},
+               dev_score_lo=_num(lo), dev_score_hi=_num(hi),
                best_checkpoint=_relpath(md.get('best_checkpoint'), run_dir), submission=_relpath(md.get('submission'), run_dir),
                config_hash=md.get('config_hash', ''), git_commit=md.get('git_commit', ''), error=_one_line(error))
     return {k: '' if row[k] is None else row[k] for k in INDEX_COLUMNS}

@@ -14,10 +14,10 @@ from torch.utils.data import Sampler
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
 
 from .config import Config, TrainingConfig
-from .features import (decode_summaries, generation_inputs, generation_kwargs, generate_from_features, length_order,
-                              make_collator, make_features)
-from .metrics import competition_score
-from .models import param_counts
+from .features import make_collator
+from .inference import generation_inputs, generate_from_features, length_order
+from .metrics import SCORE, competition_score
+from .models import family_of, param_counts
 
 # %% auto #0
 __all__ = ['on_cpu', 'resolve_precision', 'peak_gpu_memory_gb', 'device_report', 'LengthBucketSampler', 'DialsumTrainer',
@@ -110,7 +110,7 @@ class DialsumTrainer(Trainer):
         ds = self.train_dataset if train_dataset is None else train_dataset
         if self.cfg is None or self.cfg.training.train_sampling_strategy != 'length_buckets' or ds is None:
             return super()._get_train_sampler(train_dataset)
-        labels = [len(f['labels']) for f in ds] if self.model.config.is_encoder_decoder and 'labels' in ds[0] else None
+        labels = [len(f['labels']) for f in ds] if family_of(self.model).encoder_decoder and 'labels' in ds[0] else None
         return LengthBucketSampler([len(f['input_ids']) for f in ds], labels, self._train_batch_size, seed=self.args.seed)
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix='eval'):
@@ -135,7 +135,7 @@ def training_args(cfg:Config, # the resolved experiment config
         lr_scheduler_type=t.lr_scheduler_type, optim=t.optim, seed=t.seed, logging_steps=t.logging_steps,
         eval_strategy=t.eval_strategy, eval_steps=t.eval_steps, save_strategy=t.eval_strategy if evaluate else 'epoch',
         save_steps=t.eval_steps or 500, save_total_limit=t.save_total_limit, load_best_model_at_end=evaluate,
-        metric_for_best_model='score' if evaluate else None, greater_is_better=True if evaluate else None,
+        metric_for_best_model=SCORE if evaluate else None, greater_is_better=True if evaluate else None,
         train_sampling_strategy='random' if t.train_sampling_strategy == 'length_buckets' else t.train_sampling_strategy,  # ours: DialsumTrainer
         report_to=t.report_to or 'none', label_names=['labels'],
         fp16=prec == 'fp16', bf16=prec == 'bf16', use_cpu=on_cpu(t), auto_find_batch_size=t.auto_find_batch_size,
@@ -177,7 +177,7 @@ def train(trainer:Trainer, # from `make_trainer`
     out = trainer.train(resume_from_checkpoint=resume or None)
     trainer.save_state()
     st = trainer.state
-    evals = [h for h in st.log_history if 'eval_score' in h]
+    evals = [h for h in st.log_history if f'eval_{SCORE}' in h]
     return dict(train_seconds=round(time.perf_counter() - t0, 2), global_step=st.global_step, train_loss=out.training_loss,
                 best_checkpoint=st.best_model_checkpoint, best_score=st.best_metric, evaluations=len(evals),
                 train_samples_per_second=out.metrics.get('train_samples_per_second'))

@@ -158,7 +158,7 @@ def _accepted_quoted_newlines(sp):
 def _accepted_long(sp):
     from dialsum.data import model_inputs
     from dialsum.models import train_tokenizer
-    from dialsum.train import make_features
+    from dialsum.features import make_features
     assert len(LONG) == 50_000 and sp.train.dialogue[1] == LONG
     tok = train_tokenizer([LONG[:3000]] + list(sp.train.summary), 400)
     feats = make_features(tok, model_inputs(sp.train), list(sp.train.summary), 64, 16)
@@ -667,7 +667,7 @@ def test_generation_batch_size_is_results_neutral(tiny):
     "What excluding generation.batch_size from the hash rests on: greedy and beam search give the same summaries at any batch size."
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
     from dialsum.config import GenerationConfig
-    from dialsum.features import generate_summaries
+    from dialsum.inference import generate_summaries
     import torch
     tok, model = AutoTokenizer.from_pretrained(tiny), AutoModelForSeq2SeqLM.from_pretrained(tiny)
     torch.manual_seed(0)
