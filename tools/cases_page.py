@@ -14,7 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = ['tests/test_bad_inputs.py', 'tests/test_faults.py', 'tests/test_security.py']
-ORDER = ['CSV files', 'Configs', 'Models', 'Output', 'Faults', 'Security']
+ORDER = ['CSV files', 'Configs', 'Metric', 'Models', 'Output', 'Faults', 'Security']
 SOURCES = FILES + ['tests/casebook.py', 'tools/cases_page.py']  # what the page is generated from
 _STAMP = re.compile(r'<!-- generated from: (.*?) -->')
 
