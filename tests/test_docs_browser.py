@@ -115,7 +115,7 @@ def site(tmp_path_factory):
     # `make docs` runs every notebook's lessons; nbdev_test checks those, so here only the pages with pictures run
     # (the others get what show_doc needs, as nbdev_docs does): the same pipeline in a third of the time
     r = subprocess.run([str(BIN/'python'), 'tools/docs.py', '--out', str(tmp/'site'), '--build', str(tmp/'build'),
-                        '--execute', 'eda.ipynb', '13_plots.ipynb', 'tutorials/03_sweep.ipynb'],
+                        '--execute', 'eda.ipynb', '14_plots.ipynb', 'tutorials/03_sweep.ipynb'],
                        cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, f"tools/docs.py failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
     # a cell that raised is a warning naming its notebook: none may

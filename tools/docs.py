@@ -15,7 +15,7 @@ Without quarto, every notebook in nbs/ and nbs/tutorials/ becomes a page, and so
 3. what quarto would read from the result is turned into what mkdocs-jupyter reads: the front matter
    becomes the page's title cell, quarto's `#| echo: false` / `output: false` / `include: false`
    become cell tags that remove the input / outputs / cell, and doc links become relative links between
-   pages named as quarto names them (`01_data.ipynb` -> `data.html`);
+   pages named as quarto names them (`03_data.ipynb` -> `data.html`);
 4. mkdocs (material theme, mkdocs-jupyter plugin; settings in tools/mkdocs.yml) builds the site.
 
     python tools/docs.py [--out _docs] [--no-execute | --execute NB ...] [--strict] [--workers 2]
@@ -188,7 +188,7 @@ def build_md_page(src:Path, dst_root:Path, pages:dict)->tuple[str, str]:
 
 
 def _page_names(nbs:Path, found:list)->dict:
-    "Notebook or Markdown file (relative to nbs/) -> its page, named as quarto names it (`01_data.ipynb` -> `data.html`)."
+    "Notebook or Markdown file (relative to nbs/) -> its page, named as quarto names it (`03_data.ipynb` -> `data.html`)."
     from nbdev.frontmatter import _nbpath2html
     pages = {str(p.relative_to(nbs)): str(p.parent.relative_to(nbs)/(_nbpath2html(p).name if p.suffix == '.ipynb' else p.stem + '.html'))
              for p in found}
