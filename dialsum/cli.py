@@ -25,7 +25,8 @@ def _resume(a)->tuple:
     overrides, root = list(a.overrides), project_root()
     cfg = load_config(a.config, overrides, root)
     run_dir = run_path(resolve_path(cfg.output.runs_dir, root), a.resume, cfg.experiment)
-    if not any(o.startswith('training.resume_from_checkpoint=') for o in overrides): overrides.append('training.resume_from_checkpoint=true')
+    if not any(o.startswith('training.resume_from_checkpoint=') for o in overrides):
+        overrides.append('training.resume_from_checkpoint=true')
     return run_dir, overrides
 
 def _cmd_run(a)->int:
@@ -33,17 +34,29 @@ def _cmd_run(a)->int:
     run = run_experiment(a.config, overrides, run_dir=run_dir, progress=a.progress)
     md = run.metadata
     if md.get('status') != 'completed':
-        print(f"FAILED {run.path}\n  {md.get('error')}\n  see {run.file('notebook')} and {run.file('log')}", file=sys.stderr)
+        print(
+            f"FAILED {run.path}\n  {md.get('error')}\n  see {run.file('notebook')} and {run.file('log')}",
+            file=sys.stderr,
+        )
         return 1
     d = md.get('dev') if isinstance(md.get('dev'), dict) else {}
     score = score_line(d) if d.get(SCORE) is not None else 'no dev scores'
     if md.get('promoted') is False or md.get('submission_valid') is False:  # the sweep counts this as a failure too
-        print(f"completed {run.path}, but its submission was NOT promoted: it is not a valid submission\n  {score}\n  "
-              + '\n  '.join(md.get('submission_problems') or ['(no reason recorded)']) + f"\n  see {run.file('metadata')}", file=sys.stderr)
+        print(
+            f"completed {run.path}, but its submission was NOT promoted: it is not a valid submission\n  {score}\n  "
+            + '\n  '.join(md.get('submission_problems') or ['(no reason recorded)'])
+            + f"\n  see {run.file('metadata')}",
+            file=sys.stderr,
+        )
         return 1
-    diag = (json.loads(run.file('metrics').read_text()).get('diagnostics') or {}) if run.file('metrics').is_file() else {}
-    print(f"completed {run.path}\n  {score}\n  submission {md['submission']}\n  notebook {run.file('notebook')}"
-          + (f"\n  {diag['line']}" if diag.get('line') else '') + ''.join(f"\n  warning: {w}" for w in diag.get('warnings') or []))
+    diag = (
+        (json.loads(run.file('metrics').read_text()).get('diagnostics') or {}) if run.file('metrics').is_file() else {}
+    )
+    print(
+        f"completed {run.path}\n  {score}\n  submission {md['submission']}\n  notebook {run.file('notebook')}"
+        + (f"\n  {diag['line']}" if diag.get('line') else '')
+        + ''.join(f"\n  warning: {w}" for w in diag.get('warnings') or [])
+    )
     return 0
 
 def _interrupt(signum, frame): raise KeyboardInterrupt
@@ -59,9 +72,15 @@ def _cmd_sweep(a)->int:
 def _cmd_predict(a)->int:
     from dialsum.inference import predict_run  # torch and transformers (seconds): only for this command
     p = predict_run(a.run, a.input, a.output, a.checkpoint, a.config, a.runs_dir, progress=a.progress, force=a.force)
-    print(f"run        {p.run_dir or '-'}\ncheckpoint {p.checkpoint}\n  chosen:  {p.reason}\ninput      {p.input} ({p.rows} rows)")
+    print(
+        f"run        {p.run_dir or '-'}\ncheckpoint {p.checkpoint}\n  chosen:  {p.reason}\n"
+        f"input      {p.input} ({p.rows} rows)"
+    )
     if p.problems:
-        print(f"wrote {p.output}, but it is NOT a valid submission for the input:\n  " + '\n  '.join(p.problems), file=sys.stderr)
+        print(
+            f"wrote {p.output}, but it is NOT a valid submission for the input:\n  " + '\n  '.join(p.problems),
+            file=sys.stderr,
+        )
         return 1
     print(f"wrote      {p.output} ({p.rows} rows, valid: the input's fnames in its order)")
     return 0
@@ -69,7 +88,11 @@ def _cmd_predict(a)->int:
 def _cmd_runs(a)->int:
     runs_dir = Path(a.runs_dir) if a.runs_dir else default_runs_dir()
     df = runs_frame(runs_dir, a.status, a.experiment)
-    print(runs_table(df) if len(df) else f"no runs in {runs_dir}" + (' with that filter' if a.status or a.experiment else ''))
+    print(
+        runs_table(df)
+        if len(df)
+        else f"no runs in {runs_dir}" + (' with that filter' if a.status or a.experiment else '')
+    )
     if a.plot is None: return 0
     from dialsum.plots import plot_runs
     print(f"plot written to {plot_runs(runs_dir, a.plot or None)}")
@@ -96,35 +119,70 @@ def parser()->argparse.ArgumentParser:
     r.add_argument('config', help='experiment YAML, e.g. configs/experiments/demo.yaml')
     r.add_argument('overrides', nargs='*', help='dotted overrides, e.g. training.learning_rate=3e-5')
     r.add_argument('--progress', action='store_true', help="show papermill's progress bar")
-    r.add_argument('--resume', metavar='RUN', help='continue the run folder RUN (its name in output.runs_dir) from its newest complete checkpoint')
+    r.add_argument(
+        '--resume',
+        metavar='RUN',
+        help='continue the run folder RUN (its name in output.runs_dir) from its newest complete checkpoint',
+    )
     r.set_defaults(func=_cmd_run)
     s = sub.add_parser('sweep', help='run many configs one at a time; failures are recorded and the sweep goes on')
     s.add_argument('configs', nargs='+', help="YAML files, or a quoted pattern such as 'configs/experiments/*.yaml'")
-    s.add_argument('--set', nargs='+', action='extend', default=[], metavar='KEY=VALUE', help='overrides for every config (put them last)')
-    s.add_argument('--resume', action='store_true', help='skip configs that already completed; recover trained runs without a submission')
+    s.add_argument(
+        '--set',
+        nargs='+',
+        action='extend',
+        default=[],
+        metavar='KEY=VALUE',
+        help='overrides for every config (put them last)',
+    )
+    s.add_argument(
+        '--resume',
+        action='store_true',
+        help='skip configs that already completed; recover trained runs without a submission',
+    )
     s.add_argument('--progress', action='store_true', help="show papermill's progress bars")
-    s.add_argument('--accelerate-config', metavar='FILE', help='run each config under accelerate launch with this config '
-                   '(e.g. configs/accelerate/ddp_cpu.yaml), through dialsum.pipeline instead of papermill')
-    s.add_argument('--num-processes', type=int, metavar='N', help='processes for accelerate launch (default: the accelerate config\'s)')
+    s.add_argument(
+        '--accelerate-config',
+        metavar='FILE',
+        help='run each config under accelerate launch with this config '
+        '(e.g. configs/accelerate/ddp_cpu.yaml), through dialsum.pipeline instead of papermill',
+    )
+    s.add_argument(
+        '--num-processes',
+        type=int,
+        metavar='N',
+        help='processes for accelerate launch (default: the accelerate config\'s)',
+    )
     s.set_defaults(func=_cmd_sweep)
     q = sub.add_parser('predict', help="write summaries for a CSV with a run's best (or a given) checkpoint")
     q.add_argument('--run', help='run folder, or experiment name (its newest run)')
     q.add_argument('--checkpoint', help="checkpoint folder (default: the run's best complete checkpoint)")
     q.add_argument('--input', help="CSV with fname,dialogue (default: the run's test split)")
-    q.add_argument('--output', required=True, help='where to write fname,summary (never the input, a run folder, runs/history/, '
-                   'runs/latest_submission.csv or runs/index.csv)')
-    q.add_argument('--force', action='store_true', help='replace --output when it exists (one of your files, not a record)')
+    q.add_argument(
+        '--output',
+        required=True,
+        help='where to write fname,summary (never the input, a run folder, runs/history/, '
+        'runs/latest_submission.csv or runs/index.csv)',
+    )
+    q.add_argument(
+        '--force', action='store_true', help='replace --output when it exists (one of your files, not a record)'
+    )
     q.add_argument('--config', help="config for lengths and generation (default: the run's config.yaml)")
     q.add_argument('--progress', action='store_true', help='show a progress bar'); runs_dir(q)
     q.set_defaults(func=_cmd_predict)
     l = sub.add_parser('runs', help='the run index as a table, best dev score first')
     l.add_argument('--status', help='only runs with this status (completed, failed, running, interrupted)')
     l.add_argument('--experiment', help='only runs of this experiment')
-    l.add_argument('--plot', nargs='?', const='', metavar='PATH', help='also draw the runs (default PATH: runs_dir/runs.png)'); runs_dir(l)
+    l.add_argument(
+        '--plot', nargs='?', const='', metavar='PATH', help='also draw the runs (default PATH: runs_dir/runs.png)'
+    )
+    runs_dir(l)
     l.set_defaults(func=_cmd_runs)
     b = sub.add_parser('best', help='the best completed run and its submission'); runs_dir(b)
     b.set_defaults(func=_cmd_best)
-    c = sub.add_parser('compare', help='B - A in dev score, with a paired bootstrap interval and the rows that changed most')
+    c = sub.add_parser(
+        'compare', help='B - A in dev score, with a paired bootstrap interval and the rows that changed most'
+    )
     c.add_argument('a', help='run folder or experiment name'); c.add_argument('b', help='run folder or experiment name')
     c.add_argument('--top', type=int, default=5, help='dev rows listed'); runs_dir(c)
     c.set_defaults(func=_cmd_compare)
