@@ -33,8 +33,8 @@ def write_error(path:Union[str, Path], # the file or folder that could not be wr
                 err:OSError, # the error the write raised
                )->WriteError:
     "A `WriteError` for `err` that names `path`, the cause and what to do."
-    todo = _TODO.get(err.errno, 'check the path and the disk')
-    e = WriteError(f"{path}: cannot write it ({err.strerror or err}); {todo}")
+    e = WriteError(f"{path}: cannot write it ({err.strerror or err}); "
+                   f"{_TODO.get(err.errno, 'check the path and the disk')}")
     e.errno, e.strerror, e.filename = err.errno, err.strerror, str(path)
     return e
 
