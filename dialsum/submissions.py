@@ -27,14 +27,16 @@ __all__ = ['SUBMISSION_COLUMNS', 'INDEX_COLUMNS', 'ERROR_CHARS', 'LOCK_TIMEOUT',
 class SubmissionError(DialsumError):
     "The run index or a submission cannot be used as it is: the message names the file and what to do."
 
-# %% ../nbs/11_submissions.ipynb #226f6bbc
+# %% ../nbs/11_submissions.ipynb #26bcd337
 SUBMISSION_COLUMNS = ['fname', 'summary']
 
+# %% ../nbs/11_submissions.ipynb #2d47a545
 def _names(xs:list, k:int=5)->str:
     "At most `k` of `xs` quoted, and how many more."
     xs = list(xs)
     return ', '.join(map(repr, xs[:k])) + (f" and {len(xs) - k} more" if len(xs) > k else '')
 
+# %% ../nbs/11_submissions.ipynb #e7a49413
 def _text(raw:bytes)->tuple[str, list[str]]:
     "`raw` as text (a UTF-8 BOM skipped) and the decoding problem, if any (undecodable bytes replaced)."
     skip = 3 if raw.startswith(b'\xef\xbb\xbf') else 0
@@ -49,6 +51,7 @@ def _text(raw:bytes)->tuple[str, list[str]]:
         return text, [f"not UTF-8: byte 0x{raw[at]:02x} at byte offset {at} (line {line}) cannot be decoded"
                       f"{more}{hint}; write the file as UTF-8"]
 
+# %% ../nbs/11_submissions.ipynb #9ddce9be
 def _frame(text:str)->tuple[Optional[list], Optional[pd.DataFrame], Optional[str]]:
     "The header as written, the rows as strings, or the reason they cannot be read."
     try: df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
@@ -59,6 +62,7 @@ def _frame(text:str)->tuple[Optional[list], Optional[pd.DataFrame], Optional[str
                             "fields with commas, quotes or newlines must be in double quotes")
     return next(csv.reader(io.StringIO(text)), []), df, None
 
+# %% ../nbs/11_submissions.ipynb #3787da6f
 def _fname_problems(got:list, want:list, what:str='the test file')->list[str]:
     "How the fnames `got` differ from `want`: the first differing row, missing, unknown and duplicated fnames."
     out = []
@@ -84,6 +88,7 @@ def _fname_problems(got:list, want:list, what:str='the test file')->list[str]:
     if len(dups) > 5: out.append(f"{len(dups) - 5} more duplicated fnames")
     return out
 
+# %% ../nbs/11_submissions.ipynb #15386035
 def _sample_problems(got:list, sample:Path)->list[str]:
     "How the fname set `got` differs from the fnames of `sample` (any other columns of it ignored)."
     sample = Path(sample)
@@ -102,6 +107,7 @@ def _sample_problems(got:list, sample:Path)->list[str]:
         out.append(f"{len(extra)} not in it ({_names(extra)})")
     return ['; '.join(out)]
 
+# %% ../nbs/11_submissions.ipynb #b672def1
 def cut_problem(n_test:int, # the rows of the test file
                 max_test_samples:Optional[int], # the config's data.max_test_samples
                )->list[str]:
@@ -110,6 +116,7 @@ def cut_problem(n_test:int, # the rows of the test file
     return [f"test split cut to {max_test_samples} of {n_test} rows by data.max_test_samples; "
             f"a submission needs every row of test.csv: run without data.max_test_samples (set it to null) to make one"]
 
+# %% ../nbs/11_submissions.ipynb #687602f7
 def _problems(raw:bytes, test_fnames:list, sample_submission:Optional[Path]=None,
               max_test_samples:Optional[int]=None)->list[str]:
     "Every problem of the submission bytes `raw` (see `submission_problems`)."
@@ -135,6 +142,7 @@ def _problems(raw:bytes, test_fnames:list, sample_submission:Optional[Path]=None
     if sample_submission is not None: out += _sample_problems(got, sample_submission)
     return out
 
+# %% ../nbs/11_submissions.ipynb #226f6bbc
 def submission_problems(path:Union[str, Path], # the submission CSV to check
                         test_fnames:list[str], # the fnames of the test.csv it was made for, in its order
                         sample_submission:Union[str, Path, None]=None, # the competition's sample_submission.csv
@@ -146,6 +154,7 @@ def submission_problems(path:Union[str, Path], # the submission CSV to check
         return cut_problem(len(test_fnames), max_test_samples) + [f"{path}: submission file not found"]
     return _problems(path.read_bytes(), list(test_fnames), sample_submission, max_test_samples)
 
+# %% ../nbs/11_submissions.ipynb #3317e33d
 def test_file_fnames(path:Union[str, Path], # the test CSV a run read
                      columns:Optional[Columns]=None, # the config's data.columns (None: the competition's names)
                     )->list[str]:
