@@ -284,13 +284,14 @@ def end_token_ids(tokenizer, model, # a loaded tokenizer and model
     if not family_of(model).encoder_decoder and (t := chat_end_token(tokenizer)) is not None: ids.add(t)
     return sorted(ids)
 
-# %% ../nbs/06_models.ipynb #b17a1536
+# %% ../nbs/06_models.ipynb #8653af07
 HUB_ID = re.compile(r'[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?')
 TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'vocab.json', 'vocab.txt', 'spiece.model',
                    'sentencepiece.bpe.model', 'tokenizer.model')
 SAFE_WEIGHTS = ('model.safetensors', 'model.safetensors.index.json')
 PICKLE_WEIGHTS = ('pytorch_model.bin', 'pytorch_model.bin.index.json')
 
+# %% ../nbs/06_models.ipynb #7b6ede9d
 def _offline()->bool:
     "Whether the hub is switched off (also when the variable was set after huggingface_hub was imported)."
     import huggingface_hub
@@ -298,6 +299,7 @@ def _offline()->bool:
               for k in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE'))
     return env or huggingface_hub.constants.is_offline_mode()
 
+# %% ../nbs/06_models.ipynb #cf4bd3e2
 def _hub_answers(timeout:float=3)->bool:
     "Whether the model hub answers one request within `timeout` seconds (no retries)."
     import huggingface_hub
@@ -305,10 +307,12 @@ def _hub_answers(timeout:float=3)->bool:
     except Exception: return False
     return True
 
+# %% ../nbs/06_models.ipynb #bbbd0d71
 def _in_cache(repo_id:str)->bool:
     import huggingface_hub
     return isinstance(huggingface_hub.try_to_load_from_cache(repo_id, 'config.json'), str)
 
+# %% ../nbs/06_models.ipynb #3f992fc4
 def _check_folder(d:Path, allow_pickle:bool):
     "Raise a `ModelError` naming what a model folder lacks."
     if (d/'adapter_config.json').is_file() and not (d/'config.json').is_file():
@@ -343,11 +347,31 @@ def _check_folder(d:Path, allow_pickle:bool):
                          "or set model.allow_pickle: true if you trust the file")
     raise ModelError(f"{d}: no model weights (model.safetensors)")
 
+# %% ../nbs/06_models.ipynb #bd6627fd
 def quantization_config()->BitsAndBytesConfig:
     "QLoRA's 4-bit settings: nf4 weights, double quantization, bf16 compute."
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type='nf4', bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=torch.bfloat16)
 
+# %% ../nbs/06_models.ipynb #c2afc84d
+def _load_message(src:str, what:str, e:Exception, kw:dict)->str:
+    "A `ModelError` message for a failed `from_pretrained` of `what`."
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if 'trust_remote_code' in str(e) or 'custom code' in str(e):
+        return (f"{src}: the {what} ships its own Python code, which runs only with model.trust_remote_code: true; "
+                f"set it only if you trust the code ({msg})")
+    if isinstance(e, pickle.UnpicklingError) or 'weights_only' in str(e):
+        return (f"{src}: its pickle weights hold objects other than tensors, which torch.load(weights_only=True) "
+                f"refuses because loading them could run code; get safetensors weights from a source you trust ({msg})")
+    if 'safetensors' in str(e):
+        return (f"{src}: no safetensors weights; convert them to safetensors or set model.allow_pickle: true "
+                f"if you trust the file ({msg})")
+    if kw.get('local_files_only') and not Path(src).is_dir():
+        return (f"cannot reach the model hub for {src} (offline?) and its cached copy is incomplete; "
+                f"download the model and set model.name_or_path to its local directory ({msg})")
+    return f"{src}: cannot load the {what}: {msg}"
+
+# %% ../nbs/06_models.ipynb #b17a1536
 def load_pretrained(name_or_path:str, # hub id (`owner/name`) or local model folder
                     trust_remote_code:bool=False, # run Python code shipped with the model (only if you trust it)
                     allow_pickle:bool=False, # accept pickle weights (pytorch_model.bin) when there are no safetensors
@@ -394,23 +418,6 @@ def load_pretrained(name_or_path:str, # hub id (`owner/name`) or local model fol
     model.generation_config.eos_token_id = ends if len(ends) > 1 else ends[0] if ends else None
     if model.generation_config.pad_token_id is None: model.generation_config.pad_token_id = tokenizer.pad_token_id
     return tokenizer, model
-
-def _load_message(src:str, what:str, e:Exception, kw:dict)->str:
-    "A `ModelError` message for a failed `from_pretrained` of `what`."
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    if 'trust_remote_code' in str(e) or 'custom code' in str(e):
-        return (f"{src}: the {what} ships its own Python code, which runs only with model.trust_remote_code: true; "
-                f"set it only if you trust the code ({msg})")
-    if isinstance(e, pickle.UnpicklingError) or 'weights_only' in str(e):
-        return (f"{src}: its pickle weights hold objects other than tensors, which torch.load(weights_only=True) "
-                f"refuses because loading them could run code; get safetensors weights from a source you trust ({msg})")
-    if 'safetensors' in str(e):
-        return (f"{src}: no safetensors weights; convert them to safetensors or set model.allow_pickle: true "
-                f"if you trust the file ({msg})")
-    if kw.get('local_files_only') and not Path(src).is_dir():
-        return (f"cannot reach the model hub for {src} (offline?) and its cached copy is incomplete; "
-                f"download the model and set model.name_or_path to its local directory ({msg})")
-    return f"{src}: cannot load the {what}: {msg}"
 
 # %% ../nbs/06_models.ipynb #95f0fd88
 def load_model(cfg:ModelConfig, # the `model` section of the config
