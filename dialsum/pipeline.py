@@ -34,7 +34,7 @@ from .train import device_report, make_trainer, on_cpu, peak_gpu_memory_gb, trai
 
 # %% auto #0
 __all__ = ['PREFLIGHT_FREE_BYTES', 'PreflightError', 'Problem', 'preflight', 'Context', 'open_run', 'cell_failed', 'watch_cells',
-           'read_data', 'build_model', 'fit', 'score_dev', 'write_submission', 'pictures', 'finish', 'diagnose',
+           'read_data', 'build_model', 'fit', 'score_dev', 'diagnose', 'write_submission', 'pictures', 'finish',
            'run_steps', 'run_pipeline', 'main', 'accelerate_command']
 
 # %% ../nbs/15_pipeline.ipynb #9d5bf19d
@@ -177,12 +177,13 @@ def watch_cells(ctx:Context)->bool:
     shell.set_custom_exc((BaseException,), handler)
     return True
 
-# %% ../nbs/15_pipeline.ipynb #5822f8be
+# %% ../nbs/15_pipeline.ipynb #770ea0f8
 def read_data(ctx:Context)->Splits:
     "The cleaned splits; demo data is written by the main process and read by the others."
     with ctx.state.main_process_first():  # the others read what the main process wrote into the run folder
         return load_splits(ctx.cfg.data, ctx.root, ctx.run.path, write_demo=ctx.main)
 
+# %% ../nbs/15_pipeline.ipynb #a8539bc5
 def build_model(ctx:Context, splits:Splits)->tuple:
     "Tokenizer and model as the config says (built or loaded, then LoRA); device report, disk check printed, recorded."
     cfg = ctx.cfg
@@ -204,6 +205,7 @@ def build_model(ctx:Context, splits:Splits)->tuple:
     ctx.record(model_source=ctx.run.rel(source), parameters=param_counts(model), device=report, disk_check=disk)
     return tok, model
 
+# %% ../nbs/15_pipeline.ipynb #52634772
 def fit(ctx:Context, tok, model, splits:Splits)->tuple:
     "Train (or resume), checkpoints scored on dev; the best model ready for inference (adapters merged) and the result."
     cfg, dev = ctx.cfg, splits.dev
@@ -236,6 +238,7 @@ def fit(ctx:Context, tok, model, splits:Splits)->tuple:
     ctx.record(best_checkpoint=result['best_checkpoint'], train=result)
     return merge_for_inference(ctx.trainer.model, cfg), result
 
+# %% ../nbs/15_pipeline.ipynb #f608c6c7
 def score_dev(ctx:Context, model, tok, splits:Splits)->tuple[dict, Optional[pd.DataFrame]]:
     "The model's competition scores on dev (with a bootstrap 95% interval) and the per-row table (predictions_dev.csv)."
     if splits.dev is None: return {}, None
@@ -246,45 +249,6 @@ def score_dev(ctx:Context, model, tok, splits:Splits)->tuple[dict, Optional[pd.D
     ctx.write('dev_predictions', table)
     ctx.infer_seconds += time.perf_counter() - t
     return scores, table
-
-def write_submission(ctx:Context, model, tok, splits:Splits)->pd.DataFrame:
-    "The test summaries, written as submission.csv."
-    t = time.perf_counter()
-    sub = predict(model, tok, splits.test, ctx.cfg, progress=ctx.main, distributed=True)
-    ctx.write('submission', sub)
-    ctx.infer_seconds += time.perf_counter() - t
-    return sub
-
-def pictures(ctx:Context, splits:Splits)->list[Path]:
-    "Training curves and dev scores drawn into the run folder (main process); a failed picture is reported, not raised."
-    out = []
-    for plot in ((lambda: plot_curves(ctx.run.path), lambda: plot_scores(ctx.run.path, splits.dev))
-                 if ctx.main else ()):
-        try: out.append(Path(plot()))
-        except Exception as e: print(f"picture not drawn: {type(e).__name__}: {e}")
-    return out
-
-def finish(ctx:Context, scores:dict, result:dict, splits:Splits)->dict:
-    "metrics.json and the completed record; the submission checked and promoted, the index row written."
-    metrics = dict(dev=scores, diagnostics=ctx.diagnostics, train=result, infer_seconds=round(ctx.infer_seconds, 2),
-                   seconds=round(time.perf_counter() - ctx.t0, 2), data=splits.report)
-    run = ctx.run
-    if ctx.main:
-        write_json(run.file('metrics'), metrics)
-        run.update(finished=utcnow(), seconds=metrics['seconds'], dev=scores,
-                   submission=run.rel(run.file('submission')), peak_gpu_memory_gb=peak_gpu_memory_gb())
-        # the run folder's parent (runs/) holds the index, history/ and latest_submission.csv
-        # checked against every fname of the test file (a split cut by data.max_test_samples is not promoted)
-        cols = split_columns(ctx.cfg.data)
-        # completed once promoted and indexed
-        finalize_run(run.path, run.path.parent, test_file_fnames(splits.paths['test'], cols),
-                     splits.paths.get('sample_submission'), ctx.cfg.data.max_test_samples, complete=True)
-        md = run.metadata
-        print('submission', 'promoted' if md.get('promoted') else f"NOT promoted: {md.get('submission_problems')}")
-        if scores: print(f"{score_line(scores)} -> {run.path}")
-        if md.get('warn'): print(f"warnings: {md['warn']} (metrics.json: diagnostics)")
-    ctx.state.wait_for_everyone()
-    return metrics
 
 # %% ../nbs/15_pipeline.ipynb #b2abcaf9
 def diagnose(ctx:Context, model, tok, splits:Splits, scores:dict, # from the steps before
@@ -320,6 +284,47 @@ def diagnose(ctx:Context, model, tok, splits:Splits, scores:dict, # from the ste
 
 def _pct(v): return '-' if v is None else f'{v:.0%}'
 
+# %% ../nbs/15_pipeline.ipynb #ef939ea3
+def write_submission(ctx:Context, model, tok, splits:Splits)->pd.DataFrame:
+    "The test summaries, written as submission.csv."
+    t = time.perf_counter()
+    sub = predict(model, tok, splits.test, ctx.cfg, progress=ctx.main, distributed=True)
+    ctx.write('submission', sub)
+    ctx.infer_seconds += time.perf_counter() - t
+    return sub
+
+# %% ../nbs/15_pipeline.ipynb #53481f44
+def pictures(ctx:Context, splits:Splits)->list[Path]:
+    "Training curves and dev scores drawn into the run folder (main process); a failed picture is reported, not raised."
+    out = []
+    for plot in ((lambda: plot_curves(ctx.run.path), lambda: plot_scores(ctx.run.path, splits.dev))
+                 if ctx.main else ()):
+        try: out.append(Path(plot()))
+        except Exception as e: print(f"picture not drawn: {type(e).__name__}: {e}")
+    return out
+
+# %% ../nbs/15_pipeline.ipynb #9698f24f
+def finish(ctx:Context, scores:dict, result:dict, splits:Splits)->dict:
+    "metrics.json and the completed record; the submission checked and promoted, the index row written."
+    metrics = dict(dev=scores, diagnostics=ctx.diagnostics, train=result, infer_seconds=round(ctx.infer_seconds, 2),
+                   seconds=round(time.perf_counter() - ctx.t0, 2), data=splits.report)
+    run = ctx.run
+    if ctx.main:
+        write_json(run.file('metrics'), metrics)
+        run.update(finished=utcnow(), seconds=metrics['seconds'], dev=scores,
+                   submission=run.rel(run.file('submission')), peak_gpu_memory_gb=peak_gpu_memory_gb())
+        # the run folder's parent (runs/) holds the index, history/ and latest_submission.csv
+        # checked against every fname of the test file (a split cut by data.max_test_samples is not promoted)
+        cols = split_columns(ctx.cfg.data)
+        # completed once promoted and indexed
+        finalize_run(run.path, run.path.parent, test_file_fnames(splits.paths['test'], cols),
+                     splits.paths.get('sample_submission'), ctx.cfg.data.max_test_samples, complete=True)
+        md = run.metadata
+        print('submission', 'promoted' if md.get('promoted') else f"NOT promoted: {md.get('submission_problems')}")
+        if scores: print(f"{score_line(scores)} -> {run.path}")
+        if md.get('warn'): print(f"warnings: {md['warn']} (metrics.json: diagnostics)")
+    ctx.state.wait_for_everyone()
+    return metrics
 
 # %% ../nbs/15_pipeline.ipynb #7d32cf3d
 def run_steps(ctx:Context)->Run:
