@@ -161,12 +161,13 @@ def test_file_fnames(path:Union[str, Path], # the test CSV a run read
     "Every fname of the test file at `path`, in its order: what a submission must cover, whatever a run kept of it."
     return read_split(path, 'test', columns or Columns())['fname'].tolist()
 
-# %% ../nbs/11_submissions.ipynb #d5f06849
+# %% ../nbs/11_submissions.ipynb #26c370bf
 INDEX_COLUMNS = ['run_id', 'experiment', 'model', 'status', 'started', 'finished', 'seconds',
                  *(f'dev_{k}' for k in METRICS), 'dev_score_lo', 'dev_score_hi',
                  'best_checkpoint', 'submission', 'config_hash', 'git_commit', 'error']
 ERROR_CHARS = 300
 
+# %% ../nbs/11_submissions.ipynb #1a69f45c
 def _relpath(p, run_dir:Path)->str:
     "`p` relative to `run_dir` when it is inside it, else as recorded ('' for none)."
     if p in (None, ''): return ''
@@ -178,16 +179,19 @@ def _relpath(p, run_dir:Path)->str:
     try: return str(p.resolve().relative_to(Path(run_dir).resolve()))
     except (ValueError, OSError): return str(p)
 
+# %% ../nbs/11_submissions.ipynb #e6678e14
 def _one_line(s, n:int=ERROR_CHARS)->str:
     "`s` as one line of at most `n` characters."
     s = ' '.join(str(s or '').split())
     return s if len(s) <= n else s[:n - 1] + '…'
 
+# %% ../nbs/11_submissions.ipynb #c7df9d7f
 def _num(v, digits:int=4):
     "`v` rounded when it is a number, else ''."
     return (round(float(v), digits) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
             else '')
 
+# %% ../nbs/11_submissions.ipynb #d5f06849
 def index_row(run_dir:Union[str, Path], # a run folder with its metadata.json
              )->dict:
     "The index row of the run in `run_dir`, from its `metadata.json`."
@@ -208,9 +212,7 @@ def index_row(run_dir:Union[str, Path], # a run folder with its metadata.json
                config_hash=md.get('config_hash', ''), git_commit=md.get('git_commit', ''), error=_one_line(error))
     return {k: '' if row[k] is None else row[k] for k in INDEX_COLUMNS}
 
-# %% ../nbs/11_submissions.ipynb #a0c03e61
-LOCK_TIMEOUT = 120
-
+# %% ../nbs/11_submissions.ipynb #6a8029a4
 def _read_raw(path:Path)->pd.DataFrame:
     "The index at `path` as strings, after checking its header is `INDEX_COLUMNS`."
     raw = path.read_bytes()
@@ -233,10 +235,14 @@ def _read_raw(path:Path)->pd.DataFrame:
     except pd.errors.ParserError as e:
         raise SubmissionError(f"{path}: not a valid CSV file ({str(e).strip()}); move it aside") from None
 
+# %% ../nbs/11_submissions.ipynb #053239ba
 def _cell(v)->str:
     "`v` as index text: '' for None and NaN."
     if v is None or (isinstance(v, float) and not math.isfinite(v)): return ''
     return str(v)
+
+# %% ../nbs/11_submissions.ipynb #08598135
+LOCK_TIMEOUT = 120
 
 def update_index(runs_dir:Union[str, Path], # the runs folder that holds index.csv
                  row:dict, # an index row (see `index_row`); keys from INDEX_COLUMNS, run_id required
@@ -264,6 +270,7 @@ def update_index(runs_dir:Union[str, Path], # the runs folder that holds index.c
                               "another process is writing the index") from None
     return path
 
+# %% ../nbs/11_submissions.ipynb #a0c03e61
 def read_index(runs_dir:Union[str, Path], # the runs folder that holds index.csv
               )->pd.DataFrame:
     "The run index with numbers as numbers; an empty frame with `INDEX_COLUMNS` when there is none."
@@ -274,7 +281,7 @@ def read_index(runs_dir:Union[str, Path], # the runs folder that holds index.csv
         df[c] = pd.to_numeric(df[c], errors='coerce')
     return df
 
-# %% ../nbs/11_submissions.ipynb #e37f12a8
+# %% ../nbs/11_submissions.ipynb #8580344a
 LATEST_FILE, HISTORY_DIR = 'latest_submission.csv', 'history'
 
 def _history_path(history:Path, run_id:str)->Path:
@@ -284,6 +291,7 @@ def _history_path(history:Path, run_id:str)->Path:
         if not p.exists(): return p
     raise SubmissionError(f"{history}: too many promotions of {run_id}")
 
+# %% ../nbs/11_submissions.ipynb #e37f12a8
 def promote(run_dir:Union[str, Path], # the run folder with submission.csv
             runs_dir:Union[str, Path], # the runs folder with history/ and latest_submission.csv
             test_fnames:list[str], # the fnames of the test.csv the run used, in its order
@@ -346,7 +354,7 @@ def finalize_run(run_dir:Union[str, Path], # the finished (completed or failed) 
     update_index(runs_dir, row)
     return row
 
-# %% ../nbs/11_submissions.ipynb #5d1e2a05
+# %% ../nbs/11_submissions.ipynb #38427612
 _ANSI = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
 
 def error_tail(traceback:Sequence[str], # a traceback as chunks of text (papermill's and IPython's have colour codes)
@@ -356,10 +364,12 @@ def error_tail(traceback:Sequence[str], # a traceback as chunks of text (papermi
     lines = [l.rstrip() for chunk in traceback or [] for l in _ANSI.sub('', str(chunk)).splitlines()]
     return [l for l in lines if l.strip()][-n:]
 
+# %% ../nbs/11_submissions.ipynb #88942d9b
 def exception_tail(e:BaseException, n:int=12)->list[str]:
     "The last `n` lines of `e`'s traceback, ending with `Type: message` as a notebook shows it."
     return error_tail(traceback.format_tb(e.__traceback__) + [f"{type(e).__name__}: {e}"], n)
 
+# %% ../nbs/11_submissions.ipynb #5d1e2a05
 def record_failure(run_dir:Union[str, Path], # the run folder
                    error:str, # what happened, as 'Type: message'
                    error_tail:Optional[Sequence[str]]=None, # the last lines of the traceback
