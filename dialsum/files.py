@@ -33,7 +33,8 @@ def write_error(path:Union[str, Path], # the file or folder that could not be wr
                 err:OSError, # the error the write raised
                )->WriteError:
     "A `WriteError` for `err` that names `path`, the cause and what to do."
-    e = WriteError(f"{path}: cannot write it ({err.strerror or err}); {_TODO.get(err.errno, 'check the path and the disk')}")
+    e = WriteError(f"{path}: cannot write it ({err.strerror or err}); "
+                   f"{_TODO.get(err.errno, 'check the path and the disk')}")
     e.errno, e.strerror, e.filename = err.errno, err.strerror, str(path)
     return e
 
@@ -52,17 +53,20 @@ def atomic_write(path:Union[str, Path], # the file to write
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.{os.getpid()}.', suffix='.tmp')  # the writer's pid: see `clean_stale_temps`
+        # the writer's pid in the name: see `clean_stale_temps`
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.{os.getpid()}.', suffix='.tmp')
     except OSError as e: raise write_error(path, e) from None  # not writable, or a file where the folder should be
     try:
-        os.fchmod(fd, _file_mode(path))  # mkstemp makes 0600 files: a record or submission keeps the mode a plain write gives
+        # mkstemp makes 0600 files: a record or submission keeps the mode a plain write gives
+        os.fchmod(fd, _file_mode(path))
         with os.fdopen(fd, 'wb') as f:
             f.write(data.encode('utf-8') if isinstance(data, str) else data)
             f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and not isinstance(e, DialsumError): raise write_error(path, e) from None  # e.g. disk full
+        if isinstance(e, OSError) and not isinstance(e, DialsumError):
+            raise write_error(path, e) from None  # e.g. disk full
         raise
     return path
 
@@ -75,12 +79,13 @@ def write_csv(path:Union[str, Path], df:pd.DataFrame)->Path:
     return atomic_write(path, df.to_csv(index=False))
 
 # %% ../nbs/01_files.ipynb #c5a7e1d0
-STALE_TEMP_SECONDS = 24 * 3600  # a temporary file older than this is stale, whoever wrote it (a write takes milliseconds)
+# a temporary file older than this is stale, whoever wrote it (a write takes milliseconds)
+STALE_TEMP_SECONDS = 24 * 3600
 
 def process_alive(pid:int, # a process id on this machine
-                  started:Optional[float]=None, # its recorded start time (`psutil.Process.create_time`); None: not compared
+                  started:Optional[float]=None, # its recorded start time (`psutil.Process.create_time`); None: any
                  )->bool:
-    "Whether process `pid` exists on this machine, is not a zombie and (when `started` is given) is the process that started then."
+    "Whether process `pid` exists here, is not a zombie and (given `started`) is the process that started then."
     try:
         if int(pid) <= 0: return False
         p = psutil.Process(int(pid))
@@ -94,10 +99,10 @@ def process_record()->dict:
     return dict(pid=os.getpid(), host=socket.gethostname(), started=psutil.Process().create_time())
 
 def clean_stale_temps(folder:Union[str, Path], # the folder of the file being written
-                      name:str='*', # the file whose temporary files are cleaned (a glob; '*': every file of the folder)
+                      name:str='*', # the file whose temporary files are cleaned (a glob; '*': every file)
                       max_age:float=STALE_TEMP_SECONDS, # seconds after which a temporary file is stale whoever wrote it
                      )->list[Path]:
-    "Remove the temporary files of `atomic_write` for `name` in `folder` whose writer is gone or that are older than `max_age`; return them."
+    "Remove and return `atomic_write`'s temporary files for `name` whose writer is gone or older than `max_age`."
     out, now = [], time.time()
     for p in Path(folder).glob(f'.{name}.*.tmp'):
         parts = p.name[1:-len('.tmp')].rsplit('.', 2)  # <name>.<pid>.<random>

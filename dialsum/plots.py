@@ -31,11 +31,12 @@ class PlotError(DialsumError):
     "A picture that cannot be drawn from what a run folder holds: the message names the missing file."
 
 # %% ../nbs/14_plots.ipynb #b060f3a4
-_KOREAN_FONTS = ('NanumGothic', 'NanumBarunGothic', 'Noto Sans CJK KR', 'Noto Sans KR', 'Malgun Gothic', 'AppleGothic', 'UnDotum')
+_KOREAN_FONTS = ('NanumGothic', 'NanumBarunGothic', 'Noto Sans CJK KR', 'Noto Sans KR', 'Malgun Gothic', 'AppleGothic',
+                 'UnDotum')
 
 @cache
 def korean_font()->Optional[str]:
-    "The name of a font with Hangul glyphs (an installed one, else the NanumGothic that koreanize-matplotlib ships), or None."
+    "A font with Hangul glyphs: an installed one, else the NanumGothic koreanize-matplotlib ships, or None."
     have = {f.name for f in font_manager.fontManager.ttflist}
     if found := next((f for f in _KOREAN_FONTS if f in have), None): return found
     spec = importlib.util.find_spec('koreanize_matplotlib')
@@ -83,7 +84,8 @@ def curve_frames(state:dict, # a trainer state, as read by `trainer_state`
                 )->tuple[pd.DataFrame, pd.DataFrame]:
     "The training log (`step`, `loss`) and the evaluations (`step`, `eval_loss`, `eval_score`, ...) of `state`."
     hist = [r for r in state.get('log_history') or [] if isinstance(r, dict) and 'step' in r]
-    train = pd.DataFrame([{'step': r['step'], 'loss': r['loss']} for r in hist if 'loss' in r], columns=['step', 'loss'])
+    train = pd.DataFrame([{'step': r['step'], 'loss': r['loss']} for r in hist if 'loss' in r],
+                         columns=['step', 'loss'])
     evals = pd.DataFrame([r for r in hist if any(k.startswith('eval_') for k in r)])
     if evals.empty: evals = pd.DataFrame(columns=['step', 'eval_loss', f'eval_{SCORE}'])
     return train, evals
@@ -104,7 +106,8 @@ def plot_curves(run_dir:Union[str, Path], # a run folder with `checkpoints/`
     state, src = trainer_state(run_dir)
     train, evals = curve_frames(state)
     if train.empty and evals.empty:
-        raise PlotError(f"{src}: its log_history has no training loss and no evaluation yet; logging_steps may exceed the steps run")
+        raise PlotError(f"{src}: its log_history has no training loss and no evaluation yet; "
+                        "logging_steps may exceed the steps run")
     best = _best(state, evals)
 
     def draw(fig):
@@ -120,7 +123,8 @@ def plot_curves(run_dir:Union[str, Path], # a run folder with `checkpoints/`
             b.plot(e.step, e[f'eval_{SCORE}'], 'o-', ms=4, color='C2', label='dev score')
             b.plot(*best, '*', ms=16, color='C3', label=f'best {best[1]:.2f} (step {best[0]})')
             b.legend(loc='best')
-        else: b.text(0.5, 0.5, 'no evaluation with a score in this run', ha='center', va='center', transform=b.transAxes)
+        else:
+            b.text(0.5, 0.5, 'no evaluation with a score in this run', ha='center', va='center', transform=b.transAxes)
         b.set(xlabel='step', ylabel='competition score', title='dev score per evaluation')
         fig.suptitle(f'{run_dir.name}: training curves')
     return save_figure(draw, run_dir/'curves.png')
@@ -139,7 +143,8 @@ def length_scores(table:pd.DataFrame, # per-row scores with a `chars` column (di
     "Mean score per dialogue-length bin: `chars` (the bin's median length), `score`, `count`."
     q = pd.qcut(table['chars'], min(bins, table['chars'].nunique()), duplicates='drop')
     g = table.groupby(q, observed=True)
-    return pd.DataFrame({'chars': g['chars'].median(), SCORE: g[SCORE].mean(), 'count': g.size()}).reset_index(drop=True)
+    return pd.DataFrame({'chars': g['chars'].median(), SCORE: g[SCORE].mean(),
+                         'count': g.size()}).reset_index(drop=True)
 
 # %% ../nbs/14_plots.ipynb #8e368420
 def _dev_split(run_dir:Path)->pd.DataFrame:
@@ -148,8 +153,9 @@ def _dev_split(run_dir:Path)->pd.DataFrame:
     except (OSError, ValueError, KeyError, TypeError): recorded = None
     for p in ([Path(recorded)] if recorded else []) + [run_dir/'data'/'dev.csv']:
         if p.is_file(): return clean_split(read_split(p, 'dev'))[0]
-    raise PlotError(f"{run_dir}: cannot find the dev split it was scored on (no data.dev file in {RUN_FILES['metrics']}, "
-                    f"no data/dev.csv); pass it as plot_scores(run_dir, dev=...)")
+    raise PlotError(f"{run_dir}: cannot find the dev split it was scored on "
+                    f"(no data.dev file in {RUN_FILES['metrics']}, no data/dev.csv); "
+                    f"pass it as plot_scores(run_dir, dev=...)")
 
 def plot_scores(run_dir:Union[str, Path], # a run folder with `predictions_dev.csv`
                 dev:Optional[pd.DataFrame]=None, # the dev split (fname, dialogue); None: found from the run folder
@@ -158,12 +164,14 @@ def plot_scores(run_dir:Union[str, Path], # a run folder with `predictions_dev.c
     "Write `run_dir/scores.png`: mean dev score of the most frequent topics, and score against dialogue length."
     run_dir = Path(run_dir)
     pf = run_dir/RUN_FILES['dev_predictions']
-    if not pf.is_file(): raise PlotError(f"{pf}: not found; the run did not get to scoring dev (no dev split, or it failed earlier)")
+    if not pf.is_file():
+        raise PlotError(f"{pf}: not found; the run did not get to scoring dev (no dev split, or it failed earlier)")
     table = pd.read_csv(pf, dtype={'fname': str, 'topic': str}, keep_default_na=False)
     dev = _dev_split(run_dir) if dev is None else dev
-    chars = dict(zip(dev['fname'].astype(str), dev['dialogue'].astype(str).str.len()))
+    chars = dict(zip(dev['fname'].astype(str), dev['dialogue'].astype(str).str.len(), strict=True))
     if missing := [f for f in table.fname if f not in chars]:
-        raise PlotError(f"{pf}: {len(missing)} fnames are not in the dev split given (first: {missing[0]!r}); pass the split the run scored")
+        raise PlotError(f"{pf}: {len(missing)} fnames are not in the dev split given (first: {missing[0]!r}); "
+                        "pass the split the run scored")
     table['chars'] = table.fname.map(chars)
     has_topic = 'topic' in table and (table.topic.str.strip() != '').any()
 
@@ -172,17 +180,19 @@ def plot_scores(run_dir:Union[str, Path], # a run folder with `predictions_dev.c
         if has_topic:
             ts = topic_scores(table, top)
             a.barh(range(len(ts)), ts['mean'], color='C0')
-            a.set_yticks(range(len(ts)), [f'{t} ({n})' for t, n in zip(ts.index, ts['count'])])
+            a.set_yticks(range(len(ts)), [f'{t} ({n})' for t, n in zip(ts.index, ts['count'], strict=True)])
             a.set_title(f'mean score, {len(ts)} most frequent of {table.topic.nunique()} topics (rows)')
         else: a.text(0.5, 0.5, 'the dev split has no topic column', ha='center', va='center', transform=a.transAxes)
-        a.axvline(table[SCORE].mean(), ls='--', color='C3', label=f'all rows {table[SCORE].mean():.2f}'); a.legend(loc='lower right')
+        a.axvline(table[SCORE].mean(), ls='--', color='C3', label=f'all rows {table[SCORE].mean():.2f}')
+        a.legend(loc='lower right')
         a.set_xlabel('competition score')
         b.scatter(table.chars, table[SCORE], s=12, alpha=0.5, label='one dialogue')
         if len(table) >= 20:  # bins of at least 10 rows, else the means are noise
             ls = length_scores(table, min(6, len(table) // 10))
             b.plot(ls.chars, ls[SCORE], 'o-', color='C3', label='mean per length bin')
         rho = table[['chars', SCORE]].corr(method='spearman').iloc[0, 1] if len(table) > 2 else float('nan')
-        b.set(xlabel='dialogue length (characters)', ylabel='competition score', title=f'score vs length (Spearman {rho:.2f})')
+        b.set(xlabel='dialogue length (characters)', ylabel='competition score',
+              title=f'score vs length (Spearman {rho:.2f})')
         b.legend()
         fig.suptitle(f'{run_dir.name}: dev scores (mean {table[SCORE].mean():.2f}, {len(table)} rows)')
     return save_figure(draw, run_dir/'scores.png', size=(12, 4.5))
@@ -197,7 +207,8 @@ def plot_runs(runs_dir:Union[str, Path], # the runs folder with index.csv
     idx = read_index(runs_dir)
     done = idx[(idx.status == 'completed') & idx[d].notna()].sort_values(d, ascending=False)
     if done.empty:
-        raise PlotError(f"{runs_dir/'index.csv'}: no completed run with a dev score ({len(idx)} rows); run an experiment first")
+        raise PlotError(f"{runs_dir/'index.csv'}: no completed run with a dev score ({len(idx)} rows); "
+                        "run an experiment first")
     shown = done.head(top).iloc[::-1]  # matplotlib draws the first row at the bottom
     lo = (shown[d] - shown[d + '_lo']).fillna(0).clip(lower=0)
     hi = (shown[d + '_hi'] - shown[d]).fillna(0).clip(lower=0)
@@ -208,9 +219,10 @@ def plot_runs(runs_dir:Union[str, Path], # the runs folder with index.csv
         best = done.iloc[0]
         if pd.notna(best[d + '_lo']) and pd.notna(best[d + '_hi']):
             ax.axvspan(best[d + '_lo'], best[d + '_hi'], color='C2', alpha=0.12, label='best run 95% interval')
-        for y, (r, l, h) in enumerate(zip(shown.itertuples(), lo, hi)):
+        for y, (r, l, h) in enumerate(zip(shown.itertuples(), lo, hi, strict=True)):
             ax.errorbar(getattr(r, d), y, xerr=[[l], [h]], fmt='o', capsize=3, color=colors[r.experiment])
-        ax.set_yticks(range(len(shown)), [f'{r.run_id} ({r.model})' if r.model else r.run_id for r in shown.itertuples()])
+        ax.set_yticks(range(len(shown)),
+                      [f'{r.run_id} ({r.model})' if r.model else r.run_id for r in shown.itertuples()])
         ax.set(xlabel='dev competition score (bootstrap 95% interval)',
                title=f'{len(shown)} best of {len(done)} completed runs ({len(idx)} in the index)')
         if ax.get_legend_handles_labels()[0]: ax.legend(loc='lower right')

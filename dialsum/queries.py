@@ -25,20 +25,24 @@ def default_runs_dir()->Path: return resolve_path('runs', project_root())
 
 # %% ../nbs/18_queries.ipynb #73fd850d
 def runs_frame(runs_dir:Union[str, Path], # the runs folder with index.csv
-               status:Optional[str]=None, # keep only runs with this status (after reading dead `running` runs as `interrupted`)
+               status:Optional[str]=None, # keep only runs with this status (a dead `running` run is `interrupted`)
                experiment:Optional[str]=None, # keep only runs of this experiment
               )->pd.DataFrame:
     "The run index, live statuses, filtered and sorted by dev score (best first)."
     runs_dir, ix = Path(runs_dir), read_index(runs_dir)
     dirs = [indexed_run(runs_dir, r) for r in ix.run_id]  # an id that leads outside runs_dir is refused
-    ix['status'] = [live_status(read_metadata(d)[0]) if s == 'running' and d else s for d, s in zip(dirs, ix.status)]
-    ix['warn'] = [(read_metadata(d)[0].get('warn') or '') if d else '' for d in dirs]  # the diagnostics' flags (`dialsum.pipeline.diagnose`)
+    ix['status'] = [live_status(read_metadata(d)[0]) if s == 'running' and d else s
+                    for d, s in zip(dirs, ix.status, strict=True)]
+    # the diagnostics' flags (`dialsum.pipeline.diagnose`)
+    ix['warn'] = [(read_metadata(d)[0].get('warn') or '') if d else '' for d in dirs]
     if status: ix = ix[ix.status == status]
     if experiment: ix = ix[ix.experiment == experiment]
-    return ix.sort_values(['dev_score', 'started'], ascending=[False, False], na_position='last', kind='stable').reset_index(drop=True)
+    return ix.sort_values(['dev_score', 'started'], ascending=[False, False], na_position='last',
+                          kind='stable').reset_index(drop=True)
 
 # %% ../nbs/18_queries.ipynb #c8ac3cdc
-def _f(v, fmt='{:.2f}')->str: return '-' if v is None or (isinstance(v, float) and math.isnan(v)) or v == '' else fmt.format(v)
+def _f(v, fmt='{:.2f}')->str:
+    return '-' if v is None or (isinstance(v, float) and math.isnan(v)) or v == '' else fmt.format(v)
 
 def runs_table(df:pd.DataFrame, # from `runs_frame`
                error_chars:int=60, # the error column is cut to this width
@@ -46,7 +50,8 @@ def runs_table(df:pd.DataFrame, # from `runs_frame`
     "The runs as a text table."
     return text_table([dict(run_id=r.run_id, experiment=r.experiment, status=r.status, dev_score=_f(r.dev_score),
                             ci95='-' if math.isnan(r.dev_score_lo) else f"{r.dev_score_lo:.2f}-{r.dev_score_hi:.2f}",
-                            seconds=_f(r.seconds, '{:.0f}'), started=r.started or '-', warn=getattr(r, 'warn', '') or '-', error=one_line(r.error, error_chars))
+                            seconds=_f(r.seconds, '{:.0f}'), started=r.started or '-',
+                            warn=getattr(r, 'warn', '') or '-', error=one_line(r.error, error_chars))
                        for r in df.itertuples()])
 
 # %% ../nbs/18_queries.ipynb #7f19d43b
@@ -58,14 +63,16 @@ def best_run(runs_dir:Union[str, Path], # the runs folder with index.csv
         d = indexed_run(runs_dir, r['run_id'])
         if d is None: continue  # its folder is gone
         sub = d/(r['submission'] or RUN_FILES['submission'])
-        if sub.is_file() and read_metadata(d)[0].get('submission_valid') is not False: return {**r, 'submission_path': sub.resolve()}
-    raise DialsumError(f"{runs_dir}: no completed run with a dev score and a valid submission in {runs_dir/'index.csv'} "
-                       f"({len(read_index(runs_dir))} runs); see `dialsum runs`")
+        if sub.is_file() and read_metadata(d)[0].get('submission_valid') is not False:
+            return {**r, 'submission_path': sub.resolve()}
+    raise DialsumError(f"{runs_dir}: no completed run with a dev score and a valid submission in "
+                       f"{runs_dir/'index.csv'} ({len(read_index(runs_dir))} runs); see `dialsum runs`")
 
 # %% ../nbs/18_queries.ipynb #d6ebe300
 def _dev_rows(run_dir:Path)->pd.DataFrame:
     p = Path(run_dir)/RUN_FILES['dev_predictions']
-    if not p.is_file(): raise DialsumError(f"{p}: no per-row dev scores; the run did not reach dev scoring (see `dialsum runs`)")
+    if not p.is_file():
+        raise DialsumError(f"{p}: no per-row dev scores; the run did not reach dev scoring (see `dialsum runs`)")
     return pd.read_csv(p, dtype={'fname': str, 'prediction': str, 'reference': str}, keep_default_na=False)
 
 def compare_runs(a:Union[str, Path], b:Union[str, Path], # run folders or experiment names (their newest runs)
@@ -77,15 +84,17 @@ def compare_runs(a:Union[str, Path], b:Union[str, Path], # run folders or experi
     da, db = _dev_rows(ra), _dev_rows(rb)
     if sorted(da.fname) != sorted(db.fname):
         only = sorted(set(da.fname) ^ set(db.fname))
-        raise DialsumError(f"{ra.name} and {rb.name} were scored on different dev rows ({len(only)} fnames in one only, e.g. {only[:3]}); "
-                           "compare runs of the same dev split")
+        raise DialsumError(f"{ra.name} and {rb.name} were scored on different dev rows "
+                           f"({len(only)} fnames in one only, e.g. {only[:3]}); compare runs of the same dev split")
     m = da.merge(db, on='fname', suffixes=('_a', '_b'))
     m['diff'] = m.score_b - m.score_a
     lo, hi = bootstrap_ci(m['diff'].values)
     rows = m.reindex(m['diff'].abs().sort_values(ascending=False, kind='stable').index)
-    rows = rows[rows['diff'] != 0].head(top)[['fname', 'score_a', 'score_b', 'diff', 'prediction_a', 'prediction_b', 'reference_a']]
-    return dict(a=ra, b=rb, score_a=float(m.score_a.mean()), score_b=float(m.score_b.mean()), diff=float(m['diff'].mean()),
-                lo=lo, hi=hi, n=len(m), changed=int((m['diff'] != 0).sum()), rows=rows.rename(columns={'reference_a': 'reference'}))
+    rows = rows[rows['diff'] != 0].head(top)[['fname', 'score_a', 'score_b', 'diff', 'prediction_a', 'prediction_b',
+                                              'reference_a']]
+    return dict(a=ra, b=rb, score_a=float(m.score_a.mean()), score_b=float(m.score_b.mean()),
+                diff=float(m['diff'].mean()), lo=lo, hi=hi, n=len(m), changed=int((m['diff'] != 0).sum()),
+                rows=rows.rename(columns={'reference_a': 'reference'}))
 
 # %% ../nbs/18_queries.ipynb #b87dd907
 def compare_text(c:dict, # from `compare_runs`
@@ -93,8 +102,10 @@ def compare_text(c:dict, # from `compare_runs`
                 )->str:
     "The comparison as text."
     head = [f"A  {c['a'].name}  dev score {c['score_a']:.2f}", f"B  {c['b'].name}  dev score {c['score_b']:.2f}",
-            f"B - A: {c['diff']:+.2f} (paired bootstrap 95% interval {c['lo']:+.2f} to {c['hi']:+.2f}; {c['n']} dev rows, {c['changed']} changed)"]
+            f"B - A: {c['diff']:+.2f} (paired bootstrap 95% interval {c['lo']:+.2f} to {c['hi']:+.2f}; "
+            f"{c['n']} dev rows, {c['changed']} changed)"]
     if c['rows'].empty: return '\n'.join(head + ['no dev row changed its score'])
     rows = [dict(fname=r.fname, A=f"{r.score_a:.1f}", B=f"{r.score_b:.1f}", diff=f"{r.diff:+.1f}",
-                 A_prediction=one_line(r.prediction_a, chars), B_prediction=one_line(r.prediction_b, chars)) for r in c['rows'].itertuples()]
+                 A_prediction=one_line(r.prediction_a, chars), B_prediction=one_line(r.prediction_b, chars))
+            for r in c['rows'].itertuples()]
     return '\n'.join(head + ['', 'dev rows that changed most:', text_table(rows)])

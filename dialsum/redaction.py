@@ -18,14 +18,16 @@ __all__ = ['REDACTED', 'SECRET_ENV', 'SHORT_SECRET', 'LONG_SECRET', 'is_secret_n
 # %% ../nbs/02_redaction.ipynb #c8680731
 REDACTED = '[redacted]'
 SECRET_ENV = ('HF_TOKEN', 'HUGGING_FACE_HUB_TOKEN', 'WANDB_API_KEY')  # always secret, whatever the name rules say
-_LAST = {'token', 'secret', 'password', 'passwd', 'apikey', 'credential', 'credentials', 'auth', 'authorization', 'cookie'}
+_LAST = {'token', 'secret', 'password', 'passwd', 'apikey', 'credential', 'credentials', 'auth', 'authorization',
+         'cookie'}
 _ANY = {'secret', 'password', 'passwd', 'apikey', 'credentials'}
 _INSIDE = ('password', 'passwd')  # secret wherever they appear in a name: DBPASSWORD, mypasswd
 _SUFFIX = {'key', 'pat'}  # secret as the last word after '_', '-' or camelCase: S3_KEY, GITHUB_PAT, awsKey
 _SUFFIX_RE = re.compile(r'(?:[_-](?:key|pat)|[a-z0-9](?:Key|Pat|KEY|PAT))$', re.I)
 _TOKENIZER = {'pad', 'bos', 'eos', 'unk', 'mask', 'sep', 'cls', 'special', 'added', 'start', 'end'}
-_KEY_KINDS = {'api', 'secret', 'access', 'private', 'auth', 'wandb', 'openai', 'hub', 'hf', 'ssh', 'client', 'service', 'account',
-              'license', 'signing', 'encryption', 'master', 'session'}  # a 'key' is a secret after one of these, not in 'section.key'
+# a 'key' is a secret after one of these, not in 'section.key'
+_KEY_KINDS = {'api', 'secret', 'access', 'private', 'auth', 'wandb', 'openai', 'hub', 'hf', 'ssh', 'client', 'service',
+              'account', 'license', 'signing', 'encryption', 'master', 'session'}
 
 def _words(name)->list[str]:
     return [w for w in re.split(r'[^a-z0-9]+', re.sub(r'([a-z0-9])([A-Z])', r'\1_\2', str(name)).lower()) if w]
@@ -38,13 +40,16 @@ def is_secret_name(name:str, # a key, variable or override name
     if w[-1] == 'token' and len(w) > 1 and w[-2] in _TOKENIZER: return False
     if w[-1] == 'key' and len(w) > 1 and w[-2] in _KEY_KINDS: return True
     if w[-1] in _SUFFIX and _SUFFIX_RE.search(str(name)): return True  # S3_KEY, GITHUB_PAT, myKey (not section.key)
-    return str(name) in SECRET_ENV or w[-1] in _LAST or any(x in _ANY for x in w) or any(p in str(name).lower() for p in _INSIDE)
+    return (str(name) in SECRET_ENV or w[-1] in _LAST or any(x in _ANY for x in w)
+            or any(p in str(name).lower() for p in _INSIDE))
 
 # %% ../nbs/02_redaction.ipynb #a3a3fb88
 _TOKEN_RE = re.compile(r'\bhf_[A-Za-z0-9]{16,}|\bsk-[A-Za-z0-9_-]{20,}|\bgh[pousr]_[A-Za-z0-9]{20,}')
-_ASSIGN_RE = re.compile(r'''(?P<q>["']?)(?P<name>[A-Za-z_][\w.-]*)(?P=q)\s*[=:]\s*["']?(?P<val>(?!\[redacted\])[^\s"',;}\]\\]+)''')
+_ASSIGN_RE = re.compile(r'''(?P<q>["']?)(?P<name>[A-Za-z_][\w.-]*)(?P=q)\s*[=:]\s*["']?'''
+                        r'''(?P<val>(?!\[redacted\])[^\s"',;}\]\\]+)''')
 _EMPTY = {'None', 'null', '~', 'false', 'False', 'true', 'True'}
-SHORT_SECRET, LONG_SECRET = 4, 8  # secret values shorter than SHORT_SECRET are not looked for; shorter than LONG_SECRET, only as whole words
+# secret values shorter than SHORT_SECRET are not looked for; shorter than LONG_SECRET, only as whole words
+SHORT_SECRET, LONG_SECRET = 4, 8
 _FLAGS = {'none', 'null', 'true', 'false', 'yes', 'no', 'on', 'off'}
 
 def secret_values(env:Optional[Mapping]=None, # variables to look in (default: `os.environ`)
@@ -58,7 +63,7 @@ def _text(s:str, vals:list)->str:
     for v in vals:
         for form in {v, json.dumps(v)[1:-1], json.dumps(v, ensure_ascii=False)[1:-1]}:
             if len(v) >= LONG_SECRET: s = s.replace(form, REDACTED)
-            else: s = re.sub(rf'(?<![\w]){re.escape(form)}(?![\w])', REDACTED, s)  # a short value only where it stands alone
+            else: s = re.sub(rf'(?<![\w]){re.escape(form)}(?![\w])', REDACTED, s)  # a short value: only standing alone
     s = _TOKEN_RE.sub(REDACTED, s)
     keep = lambda m: not is_secret_name(m['name']) or m['val'] in _EMPTY
     return _ASSIGN_RE.sub(lambda m: m[0] if keep(m) else m[0][:m.start('val') - m.start()] + REDACTED, s)
@@ -66,8 +71,10 @@ def _text(s:str, vals:list)->str:
 def _redact(obj, vals:list):
     if isinstance(obj, str): return _text(obj, vals)
     if isinstance(obj, Mapping):
-        return {k: REDACTED if is_secret_name(k) and obj[k] not in (None, '', False) else _redact(obj[k], vals) for k in obj}
-    if isinstance(obj, (list, tuple)): return type(obj)(_redact(v, vals) for v in obj) if type(obj) in (list, tuple) else obj
+        return {k: REDACTED if is_secret_name(k) and obj[k] not in (None, '', False) else _redact(obj[k], vals)
+                for k in obj}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_redact(v, vals) for v in obj) if type(obj) in (list, tuple) else obj
     return obj
 
 def redact(obj, # a string, or dicts and lists of them, to be written somewhere
@@ -79,9 +86,11 @@ def redact(obj, # a string, or dicts and lists of them, to be written somewhere
 # %% ../nbs/02_redaction.ipynb #556d5b1f
 def _secret_keys(d, path:tuple, vals:list)->list[str]:
     if isinstance(d, Mapping):
-        return [k for key, v in d.items() for k in ([('.'.join(path + (str(key),)))] if is_secret_name(key) and v not in (None, '', False)
-                                                     else _secret_keys(v, path + (str(key),), vals))]
-    if isinstance(d, (list, tuple)): return [k for i, v in enumerate(d) for k in _secret_keys(v, path + (str(i),), vals)]
+        return [k for key, v in d.items()
+                for k in ([('.'.join(path + (str(key),)))] if is_secret_name(key) and v not in (None, '', False)
+                          else _secret_keys(v, path + (str(key),), vals))]
+    if isinstance(d, (list, tuple)):
+        return [k for i, v in enumerate(d) for k in _secret_keys(v, path + (str(i),), vals)]
     return ['.'.join(path)] if isinstance(d, str) and _text(d, vals) != d else []
 
 def refuse_secrets(d:dict, # a config as plain data (`config_dict`)
@@ -90,9 +99,9 @@ def refuse_secrets(d:dict, # a config as plain data (`config_dict`)
                   ):
     "Raise a `ConfigError` naming every key of `d` that holds a secret (the values are not shown)."
     if bad := _secret_keys(d, (), secret_values(env)):
-        raise ConfigError(f"{source}: {', '.join(bad)}: holds what looks like a secret (a token, key or password); configs and "
-                          "overrides are saved in every run folder, so keep secrets in environment variables (HF_TOKEN, "
-                          "WANDB_API_KEY) and never in a config")
+        raise ConfigError(f"{source}: {', '.join(bad)}: holds what looks like a secret (a token, key or password); "
+                          "configs and overrides are saved in every run folder, so keep secrets in environment "
+                          "variables (HF_TOKEN, WANDB_API_KEY) and never in a config")
 
 # %% ../nbs/02_redaction.ipynb #38cbdfe6
 def scrub_file(path:Union[str, Path], # a text file: a log, an executed notebook

@@ -23,8 +23,9 @@ __all__ = ['RUN_FILES', 'INDEX_FILE', 'CHECKPOINT_DIR', 'NAME_MAX', 'STAMP_ROOM'
            'update_metadata', 'rel_to', 'utcnow', 'git_commit', 'environment', 'save_config', 'Run', 'start_run']
 
 # %% ../nbs/04_runs.ipynb #b07acde4
-RUN_FILES = dict(config='config.yaml', metadata='metadata.json', metrics='metrics.json', dev_predictions='predictions_dev.csv',
-                 submission='submission.csv', notebook='run.ipynb', log='run.log', checkpoints='checkpoints')
+RUN_FILES = dict(config='config.yaml', metadata='metadata.json', metrics='metrics.json',
+                 dev_predictions='predictions_dev.csv', submission='submission.csv', notebook='run.ipynb',
+                 log='run.log', checkpoints='checkpoints')
 INDEX_FILE = 'index.csv'  # the runs folder's index of its runs (`dialsum.submissions` reads and writes it)
 
 CHECKPOINT_DIR = re.compile(r'^checkpoint-(\d+)$')  # the trainer's checkpoint folders: checkpoints/checkpoint-<step>
@@ -39,7 +40,8 @@ def safe_name(name:str, # an experiment or run name
              )->str:
     "`name` if it is safe as one path component (letters, digits, `_ . -`), else a `ConfigError`."
     if not isinstance(name, str) or not _NAME.match(name) or '..' in name or len(name) > NAME_MAX - room:
-        raise ConfigError(f"name {name!r} cannot be a folder name: use letters, digits, '_', '.', '-' (no '..', no '/')")
+        raise ConfigError(f"name {name!r} cannot be a folder name: "
+                          "use letters, digits, '_', '.', '-' (no '..', no '/')")
     return name
 
 # %% ../nbs/04_runs.ipynb #68b9c8c0
@@ -84,7 +86,8 @@ class CheckpointError(DialsumError):
 # %% ../nbs/04_runs.ipynb #59a3108b
 _RUN = re.compile(r'^(?P<exp>[A-Za-z0-9][A-Za-z0-9_.-]*)_(?P<stamp>\d{8}-\d{6})(?:-(?P<n>\d+))?$')
 
-def _is_run(p:Path)->bool: return p.is_dir() and ((p/RUN_FILES['metadata']).is_file() or (p/RUN_FILES['checkpoints']).is_dir())
+def _is_run(p:Path)->bool:
+    return p.is_dir() and ((p/RUN_FILES['metadata']).is_file() or (p/RUN_FILES['checkpoints']).is_dir())
 
 def _started(p:Path, m:re.Match)->datetime:
     "When the run at `p` started: metadata.json's `started`, else its folder's time stamp (local time)."
@@ -104,17 +107,21 @@ def resolve_run(name_or_path:Union[str, Path], # a run folder, or an experiment 
     if _is_run(p): return p.resolve()
     if not pathlike and _is_run(runs_dir/s): return (runs_dir/s).resolve()
     if pathlike:
-        if p.is_dir(): raise CheckpointError(f"{p}: not a run folder (no {RUN_FILES['metadata']} or {RUN_FILES['checkpoints']}/); found: {listing(p)}")
+        if p.is_dir():
+            raise CheckpointError(f"{p}: not a run folder (no {RUN_FILES['metadata']} or {RUN_FILES['checkpoints']}/); "
+                                  f"found: {listing(p)}")
         raise CheckpointError(f"{s!r}: no such run folder (and not an experiment name: those have no '/' or '..')")
     runs = {q: m for q in (runs_dir.iterdir() if runs_dir.is_dir() else []) if (m := _RUN.match(q.name)) and _is_run(q)}
     mine = [q for q,m in runs.items() if m['exp'] == s]
     if not mine and _RUN.match(s):  # a run's folder name, not an experiment name: the folder was moved or deleted
-        raise CheckpointError(f"{s!r}: no run folder of that name in {runs_dir} (moved or deleted?); give the run folder's path "
-                              "(e.g. path/to/runs/" + s + "), or --runs-dir for the runs folder it is in; `dialsum runs` lists the runs")
+        raise CheckpointError(f"{s!r}: no run folder of that name in {runs_dir} (moved or deleted?); "
+                              "give the run folder's path (e.g. path/to/runs/" + s + "), "
+                              "or --runs-dir for the runs folder it is in; `dialsum runs` lists the runs")
     if not mine:
         known = sorted({m['exp'] for m in runs.values()})
         close = difflib.get_close_matches(s, known, n=1)
-        raise CheckpointError(f"no runs of experiment {s!r} in {runs_dir}" + (f"; did you mean {close[0]!r}?" if close else '')
+        raise CheckpointError(f"no runs of experiment {s!r} in {runs_dir}"
+                              + (f"; did you mean {close[0]!r}?" if close else '')
                               + f"; known experiments: {', '.join(known) or 'none'}")
     return max(mine, key=lambda q: (_started(q, runs[q]), runs[q]['stamp'], int(runs[q]['n'] or 1))).resolve()
 
@@ -124,7 +131,7 @@ def run_path(runs_dir:Union[str, Path], # the runs folder
              name:Union[str, Path], # a run folder name, or a path to a run folder inside `runs_dir`
              experiment:Optional[str]=None, # when given, the run must belong to this experiment
             )->Path:
-    "The existing run folder `name` inside `runs_dir`; a `ConfigError` for anything that leaves it or is not a run."
+    "The existing run folder `name` inside `runs_dir`; a `ConfigError` for what leaves it or is not a run."
     runs, s = Path(runs_dir).resolve(), str(name).strip()
     if not s or '..' in Path(s).parts or '\x00' in s:
         raise ConfigError(f"run {s!r}: give a run folder name from {runs} (no '..')")
@@ -132,37 +139,41 @@ def run_path(runs_dir:Union[str, Path], # the runs folder
         p = Path(s).expanduser().resolve()
         if not p.is_relative_to(runs) or p == runs:
             raise ConfigError(f"run {s!r}: not inside the runs folder {runs}; give a run folder name from it")
-    elif not _NAME.match(s): raise ConfigError(f"run {s!r} cannot be a folder name: use letters, digits, '_', '.', '-'")
+    elif not _NAME.match(s):
+        raise ConfigError(f"run {s!r} cannot be a folder name: use letters, digits, '_', '.', '-'")
     else: p = runs/s
     if not (p/RUN_FILES['metadata']).is_file():
-        have = sorted(q.name for q in runs.iterdir() if (q/RUN_FILES['metadata']).is_file())[-5:] if runs.is_dir() else []
-        raise ConfigError(f"run {s!r}: no run folder {p} (with metadata.json); recent runs: {', '.join(have) or 'none'}")
+        have = (sorted(q.name for q in runs.iterdir() if (q/RUN_FILES['metadata']).is_file())[-5:]
+                if runs.is_dir() else [])
+        raise ConfigError(f"run {s!r}: no run folder {p} (with metadata.json); "
+                          f"recent runs: {', '.join(have) or 'none'}")
     if experiment is not None:
         got = read_metadata(p)[0].get('experiment')
         if got != experiment:
-            raise ConfigError(f"run {s!r} is a run of experiment {got!r}, not {experiment!r}; resume it with its own config")
+            raise ConfigError(f"run {s!r} is a run of experiment {got!r}, not {experiment!r}; "
+                              "resume it with its own config")
     return p
 
 # %% ../nbs/04_runs.ipynb #f0623007
 def indexed_run(runs_dir:Union[str, Path], # the runs folder with index.csv
                 run_id:str, # a run_id read from that index
                )->Optional[Path]:
-    "The run folder of the index row `run_id` (None when it is gone); a `ConfigError` when the id is not a folder name inside `runs_dir`."
+    "The run folder of the index row `run_id` (None when gone); a `ConfigError` when it is not a run of `runs_dir`."
     runs_dir, s = Path(runs_dir), str(run_id)
     if s.strip() and '..' not in s and not any(c in s for c in '/\\\x00'):
         if not (runs_dir/s/RUN_FILES['metadata']).is_file(): return None
         try: return run_path(runs_dir, s)
         except ConfigError as e: why = str(e)
     else: why = 'a run_id is the name of a folder inside the runs folder, never a path'
-    raise ConfigError(f"{runs_dir/INDEX_FILE}: run_id {s!r} is not a run of {runs_dir} ({why}); the index was edited by hand or "
-                      "damaged: correct that run_id or delete its row")
+    raise ConfigError(f"{runs_dir/INDEX_FILE}: run_id {s!r} is not a run of {runs_dir} ({why}); "
+                      "the index was edited by hand or damaged: correct that run_id or delete its row")
 
 
 # %% ../nbs/04_runs.ipynb #cf0b8701
 def named_run(name:Union[str, Path], # a run folder as typed, a run folder name or an experiment (its newest run)
               runs_dir:Union[str, Path, None]=None, # the runs folder names are looked up in (default: `runs`)
              )->Path:
-    "The run folder `name` names: a folder as typed, else a run or experiment in the runs folder, never a path out of it."
+    "The run folder `name` names: a folder as typed, else a run or experiment in the runs folder, never outside it."
     s = str(name)
     if not Path(s).expanduser().is_dir() and ('..' in Path(s).parts or '..' in s.split('\\')):
         run_path(resolve_path(runs_dir or 'runs', project_root()), s)  # refuses it, saying why
@@ -194,12 +205,15 @@ def utcnow()->str:
 def git_commit(root:Union[str, Path])->Optional[str]:
     "The project's git commit (with `+dirty` if it has uncommitted changes), or None outside git."
     try:
-        sha = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=root, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError): return None
     return (sha + ('+dirty' if dirty else '')) if sha else None
 
-VERSIONED = ('peft', 'accelerate', 'tokenizers', 'papermill', 'python-mecab-ko', 'safetensors', 'numpy')  # installed distributions, beside torch and transformers
+# installed distributions recorded beside torch and transformers
+VERSIONED = ('peft', 'accelerate', 'tokenizers', 'papermill', 'python-mecab-ko', 'safetensors', 'numpy')
 
 def _version(dist:str)->Optional[str]:
     "The installed version of the distribution `dist`, None when it is not installed."
@@ -209,7 +223,8 @@ def _version(dist:str)->Optional[str]:
 def environment()->dict:
     "Versions and device of this process, for the run record."
     import torch, transformers, dialsum
-    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f'cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)'
+    dev = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
+           else f'cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)')
     return dict(python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
                 dialsum=dialsum.__version__, **{d: _version(d) for d in VERSIONED}, device=dev)
 
@@ -240,22 +255,27 @@ class Run:
 
 def start_run(cfg:Config, # the resolved config
               root:Union[str, Path], # the project folder (for `runs_dir` and the git commit)
-              run_dir:Union[str, Path, None]=None, # an existing run folder to use (e.g. made by the runner), or None for a new one
+              run_dir:Union[str, Path, None]=None, # an existing run folder (e.g. the runner's), or None for a new one
              )->Run:
     "Create (or reopen) the run folder, save the resolved config and a `running` record."
     root = Path(root)
     path = Path(run_dir) if run_dir else new_run_dir(resolve_path(cfg.output.runs_dir, root), cfg.experiment)
     path.mkdir(parents=True, exist_ok=True)
     run = Run(path.resolve(), cfg)
-    refuse_secrets(config_dict(cfg), str(run.file('config')))  # a config is saved, printed and passed on: never a secret in it
+    # a config is saved, printed and passed on: never a secret in it
+    refuse_secrets(config_dict(cfg), str(run.file('config')))
     save_config(cfg, run.file('config'))
     old = run.metadata
     run.update(run_id=run.path.name, experiment=cfg.experiment, status='running', started=old.get('started', utcnow()),
                attempts=old.get('attempts', 0) + 1, config_hash=config_hash(cfg), git_commit=git_commit(root),
-               model=cfg.model.name_or_path or f'scratch:{cfg.model.scratch.arch}', trust_remote_code=cfg.model.trust_remote_code or getattr(cfg.generation, 'trust_remote_code', False),
+               model=cfg.model.name_or_path or f'scratch:{cfg.model.scratch.arch}',
+               trust_remote_code=cfg.model.trust_remote_code or getattr(cfg.generation, 'trust_remote_code', False),
                hyperparameters=dict(learning_rate=cfg.training.learning_rate, epochs=cfg.training.num_train_epochs,
-                                    max_steps=cfg.training.max_steps, batch_size=cfg.training.per_device_train_batch_size,
-                                    max_source_length=cfg.model.max_source_length, max_target_length=cfg.model.max_target_length,
+                                    max_steps=cfg.training.max_steps,
+                                    batch_size=cfg.training.per_device_train_batch_size,
+                                    max_source_length=cfg.model.max_source_length,
+                                    max_target_length=cfg.model.max_target_length,
                                     num_beams=cfg.generation.num_beams, seed=cfg.training.seed),
-               environment=environment(), process=process_record())  # the main process; under accelerate launch only it records
+               # the main process; under accelerate launch only it records
+               environment=environment(), process=process_record())
     return run
