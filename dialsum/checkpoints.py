@@ -54,13 +54,14 @@ def _tokenizer_problems(d:Path)->list[str]:
     if (d/'tokenizer.json').is_file(): return []
     if (d/'tokenizer_config.json').is_file():
         if any((d/f).is_file() for f in TOKENIZER_VOCAB_FILES): return []
-        return [f"tokenizer_config.json without tokenizer.json or a vocab/sentencepiece file ({', '.join(TOKENIZER_VOCAB_FILES)})"]
+        return ["tokenizer_config.json without tokenizer.json or a vocab/sentencepiece file "
+                f"({', '.join(TOKENIZER_VOCAB_FILES)})"]
     return ['missing tokenizer files (tokenizer.json, or tokenizer_config.json with a vocab/sentencepiece file)']
 
 def adapter_base(ckpt:Union[str, Path], # an adapter checkpoint folder (holding adapter_config.json)
-                 notes:Optional[list]=None, # if given, receives a remark when the base is a hub id (not verified offline)
+                 notes:Optional[list]=None, # if given, receives a remark when the base is a hub id (unverified offline)
                 )->tuple[Optional[str], Optional[str]]:
-    "The base model of the adapter checkpoint `ckpt` as the loader finds it (a folder or hub id), and why not (None when found)."
+    "The base model of adapter checkpoint `ckpt` as the loader finds it (folder or hub id), and why not (None: found)."
     ckpt, notes = Path(ckpt), (notes if notes is not None else [])
     cfg = _json(ckpt/'adapter_config.json')
     base = cfg.get('base_model_name_or_path') if isinstance(cfg, dict) else None
@@ -70,9 +71,11 @@ def adapter_base(ckpt:Union[str, Path], # an adapter checkpoint folder (holding 
         if moved.is_dir(): return str(moved.resolve()), None
         return None, 'adapter_config.json names no base_model_name_or_path'
     p = Path(base).expanduser()
-    for c in ([p] if p.is_absolute() else [ckpt/p, run/p]):  # relative to the checkpoint or its run, not the working directory
+    # relative to the checkpoint or its run, not the working directory
+    for c in ([p] if p.is_absolute() else [ckpt/p, run/p]):
         if c.is_dir(): return str(c.resolve()), None
-    if p.name == 'base_model' and moved.is_dir(): return str(moved.resolve()), None  # the run folder was moved or copied
+    # the run folder was moved or copied
+    if p.name == 'base_model' and moved.is_dir(): return str(moved.resolve()), None
     if not p.is_absolute() and not base.startswith(('.', '~')) and _HUB_ID.match(base):
         notes.append(f"base model {base!r} is not a local folder: taken as a hub id, not verified offline")
         return base, None
@@ -80,7 +83,7 @@ def adapter_base(ckpt:Union[str, Path], # an adapter checkpoint folder (holding 
     return None, f"base model {base!r} (adapter_config.json base_model_name_or_path) is not an existing folder{where}"
 
 def checkpoint_problems(path:Union[str, Path], # a checkpoint (or model) folder
-                        notes:Optional[list]=None, # if given, receives remarks that are not problems (an unverified hub base model)
+                        notes:Optional[list]=None, # if given, gets remarks that are not problems (unverified hub base)
                        )->list[str]:
     "What makes `path` unusable as a checkpoint, one short reason each; empty when it is complete."
     d, notes = Path(path), (notes if notes is not None else [])
@@ -89,10 +92,12 @@ def checkpoint_problems(path:Union[str, Path], # a checkpoint (or model) folder
         cfg = _json(d/'adapter_config.json')
         if not isinstance(cfg, dict): return ['corrupt adapter_config.json (not a JSON object)']
         w = d/'adapter_model.safetensors'
-        probs = ["pickle weights only (adapter_model.bin); safetensors required"] if not w.exists() and (d/'adapter_model.bin').exists() \
-                else [x for x in [_open_problem(w)] if x]
+        if not w.exists() and (d/'adapter_model.bin').exists():
+            probs = ["pickle weights only (adapter_model.bin); safetensors required"]
+        else: probs = [x for x in [_open_problem(w)] if x]
         probs += [x for x in [adapter_base(d, notes)[1]] if x]
-        if any((d/f).is_file() for f in ('tokenizer.json', 'tokenizer_config.json') + TOKENIZER_VOCAB_FILES): return probs + _tokenizer_problems(d)
+        if any((d/f).is_file() for f in ('tokenizer.json', 'tokenizer_config.json') + TOKENIZER_VOCAB_FILES):
+            return probs + _tokenizer_problems(d)
         notes.append("no tokenizer files: the base model's tokenizer is used")
         return probs
     probs = []
@@ -144,9 +149,11 @@ REMEDY = 'name one with --checkpoint DIR or start the run afresh'
 
 def find_checkpoint(run_dir:Union[str, Path], # a run folder (holding `checkpoints/checkpoint-N`)
                    )->CheckpointChoice:
-    "The best complete checkpoint of `run_dir` by `eval_score` (the latest complete one only when nothing was evaluated), with the reason."
+    "The best complete checkpoint of `run_dir` by `eval_score` (the latest when none was evaluated), with the reason."
     run_dir = Path(run_dir); ck = run_dir/RUN_FILES['checkpoints']
-    if not ck.is_dir(): raise CheckpointError(f"{run_dir}: no checkpoints folder ({RUN_FILES['checkpoints']}/); found: {listing(run_dir)}")
+    if not ck.is_dir():
+        raise CheckpointError(f"{run_dir}: no checkpoints folder ({RUN_FILES['checkpoints']}/); "
+                              f"found: {listing(run_dir)}")
     ckpts = _checkpoints(ck)
     if not ckpts: raise CheckpointError(f"{ck}: no checkpoint-N folders; found: {listing(ck)}")
     notes = {s: [] for s in ckpts}
@@ -154,7 +161,8 @@ def find_checkpoint(run_dir:Union[str, Path], # a run folder (holding `checkpoin
     skipped = [(ckpts[s], '; '.join(problems[s])) for s in sorted(ckpts) if problems[s]]
     complete = [s for s in sorted(ckpts) if not problems[s]]
     if not complete:
-        raise CheckpointError(f"{ck}: no complete checkpoint: " + '; '.join(f"{p.name}: {r}" for p,r in skipped) + f"; {REMEDY}")
+        raise CheckpointError(f"{ck}: no complete checkpoint: "
+                              + '; '.join(f"{p.name}: {r}" for p,r in skipped) + f"; {REMEDY}")
     state, src = _trainer_state(ck, ckpts)
     scores = _scores(state) if state else {}
     best = _best_step(state) if state else None
@@ -170,14 +178,15 @@ def find_checkpoint(run_dir:Union[str, Path], # a run folder (holding `checkpoin
     for s in ranked:
         if s in complete:
             where = f"best eval_score of {len(scores)} evaluations (from {src.relative_to(run_dir)})"
-            if passed: where = 'next best complete checkpoint by eval_score; better ones passed over: ' + '; '.join(passed)
+            if passed:
+                where = 'next best complete checkpoint by eval_score; better ones passed over: ' + '; '.join(passed)
             if best is not None and best != s and not passed:
                 where += f" (trainer_state.json's best_model_checkpoint names checkpoint-{best})"
             return choice(s, where)
         why = '; '.join(problems[s]) if s in ckpts else 'not on disk'
         passed.append(f"checkpoint-{s} ({scores[s]:g}): {why}")
-    raise CheckpointError(f"{ck}: evaluations ran but no evaluated checkpoint is usable (" + '; '.join(passed) + "); an unscored "
-                          f"checkpoint is not a substitute for the best one: {REMEDY}")
+    raise CheckpointError(f"{ck}: evaluations ran but no evaluated checkpoint is usable (" + '; '.join(passed)
+                          + f"); an unscored checkpoint is not a substitute for the best one: {REMEDY}")
 
 # %% ../nbs/05_checkpoints.ipynb #b0da1db7
 def find_best(run_or_experiment:Union[str, Path], # a run folder, or an experiment name (its newest run)
@@ -208,7 +217,8 @@ def planned_saves(t:TrainingConfig, # the config's training section
                   n_train:Optional[int]=None, # rows of the training split, when known
                  )->Optional[int]:
     "How many checkpoints training will save in all, or None when that depends on what is not known."
-    per_epoch = math.ceil(n_train / (t.per_device_train_batch_size * t.gradient_accumulation_steps)) if n_train else None
+    batch = t.per_device_train_batch_size * t.gradient_accumulation_steps
+    per_epoch = math.ceil(n_train / batch) if n_train else None
     total = t.max_steps if t.max_steps > 0 else (math.ceil(t.num_train_epochs * per_epoch) if per_epoch else None)
     if total is None: return None
     if t.eval_strategy == 'steps': return math.ceil(total / t.eval_steps)
@@ -218,7 +228,8 @@ def checkpoints_on_disk(t:TrainingConfig, n_train:Optional[int]=None)->Optional[
     "The most checkpoints on disk at once, or None when unbounded and unknown."
     planned = planned_saves(t, n_train)
     if t.save_total_limit is None: return planned
-    keep = max(t.save_total_limit, 2 if t.eval_strategy != 'no' else 1) + 1  # the best one kept, and the one being written
+    # the best one kept, and the one being written
+    keep = max(t.save_total_limit, 2 if t.eval_strategy != 'no' else 1) + 1
     return min(keep, planned) if planned else keep
 
 # %% ../nbs/05_checkpoints.ipynb #a8d01619
@@ -230,8 +241,8 @@ def _gb(n:int)->str: return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f}
 
 def _what(total:int, trainable:int, k:int, b:int, lora:bool)->str:
     "How one checkpoint's size was counted, in words."
-    if lora: return (f"{trainable:,} trainable LoRA parameters x {b} bytes x (1 + {k} optimizer states); the {total - trainable:,} "
-                     "frozen ones are not saved")
+    if lora: return (f"{trainable:,} trainable LoRA parameters x {b} bytes x (1 + {k} optimizer states); "
+                     f"the {total - trainable:,} frozen ones are not saved")
     if trainable == total: return f"{total:,} parameters x {b} bytes x (1 + {k} optimizer states)"
     return f"{total:,} parameters x {b} bytes + {trainable:,} trainable x {b} bytes x {k} optimizer states"
 
@@ -253,11 +264,14 @@ def check_disk(cfg:Config, # the resolved config (training and resources section
     n = checkpoints_on_disk(t, n_train)
     n = n if n is not None else (t.save_total_limit or 1) + 1
     free = shutil.disk_usage(_existing(where)).free
-    out = dict(checkpoint_bytes=per, checkpoints=n, needed_bytes=per * n, free_bytes=free, checked=cfg.resources.check_disk)
+    out = dict(checkpoint_bytes=per, checkpoints=n, needed_bytes=per * n, free_bytes=free,
+               checked=cfg.resources.check_disk)
     if cfg.resources.check_disk and per * n > free:
         raise DiskSpaceError(
-            f"{where}: not enough disk space for the checkpoints: about {_gb(per * n)} needed ({n:,} checkpoints on disk at once "
-            f"x {_gb(per)} each: {_what(total, trainable, k, bytes_per_param, lora)}), {_gb(free)} free; "
+            f"{where}: not enough disk space for the checkpoints: about {_gb(per * n)} needed "
+            f"({n:,} checkpoints on disk at once x {_gb(per)} each: "
+            f"{_what(total, trainable, k, bytes_per_param, lora)}), "
+            f"{_gb(free)} free; "
             "free disk space, lower training.save_total_limit, set output.runs_dir to a bigger disk, "
             "or set resources.check_disk: false")
     return out
@@ -282,22 +296,24 @@ def resume_point(checkpoints:Union[str, Path], # the run's checkpoints folder
     if not resume: return None
     if resume is True:
         ck = Path(checkpoints)
-        found = sorted(((int(m[1]), p) for p in (ck.iterdir() if ck.is_dir() else []) if p.is_dir() and (m := CHECKPOINT_DIR.match(p.name))), reverse=True)
+        found = sorted(((int(m[1]), p) for p in (ck.iterdir() if ck.is_dir() else [])
+                        if p.is_dir() and (m := CHECKPOINT_DIR.match(p.name))), reverse=True)
         p = next((p for _, p in found if not resume_problems(p)), None)
         if p is None and _attempts(ck.parent) <= 1:
-            raise ConfigError(f"{ck.parent}: training.resume_from_checkpoint is true, but there is nothing to resume in this folder "
-                              "(a new run, no checkpoint); to continue a killed run use `dialsum run CONFIG --resume RUN` (RUN: its "
-                              "folder name in the runs folder), or set training.resume_from_checkpoint: null to start afresh")
+            raise ConfigError(f"{ck.parent}: training.resume_from_checkpoint is true, but there is nothing to resume "
+                              "in this folder (a new run, no checkpoint); to continue a killed run use "
+                              "`dialsum run CONFIG --resume RUN` (RUN: its folder name in the runs folder), "
+                              "or set training.resume_from_checkpoint: null to start afresh")
         return p
     if probs := resume_problems(Path(resume)):
-        raise DialsumError(f"{resume}: cannot resume from this checkpoint: {'; '.join(probs)}; name another checkpoint or set "
-                           "training.resume_from_checkpoint: true for the newest complete one")
+        raise DialsumError(f"{resume}: cannot resume from this checkpoint: {'; '.join(probs)}; name another "
+                           "checkpoint or set training.resume_from_checkpoint: true for the newest complete one")
     return Path(resume)
 
 # %% ../nbs/05_checkpoints.ipynb #86142173
 def remove_torn(checkpoints:Union[str, Path], # a run's checkpoints folder
                )->list[str]:
-    "Remove the checkpoints in `checkpoints` that are not complete (a save that failed or was killed); return their names."
+    "Remove the incomplete checkpoints in `checkpoints` (a save that failed or was killed); return their names."
     ck, out = Path(checkpoints), []
     for p in sorted(ck.iterdir() if ck.is_dir() else []):
         if p.is_dir() and CHECKPOINT_DIR.match(p.name) and resume_problems(p):
@@ -308,7 +324,7 @@ def remove_torn(checkpoints:Union[str, Path], # a run's checkpoints folder
 # %% ../nbs/05_checkpoints.ipynb #783109de
 def unsafe_pickle(checkpoint:Union[str, Path], # a checkpoint folder the trainer refused to resume from
                  )->Optional[Path]:
-    "The first pickle file of `checkpoint` that `torch.load(weights_only=True)` refuses (nothing in it runs); None when all load."
+    "The first pickle file of `checkpoint` that `torch.load(weights_only=True)` refuses (nothing runs); None: all load."
     import pickle, torch
     for p in sorted(Path(checkpoint).iterdir()):
         if p.suffix not in ('.pt', '.pth', '.bin') or not p.is_file(): continue

@@ -129,8 +129,8 @@ def generate_from_features(model, tokenizer, # a seq2seq or decoder-only model a
     if st is not None:
         from accelerate.utils import gather_object
         done = gather_object(done)
-    for k, idx, texts in done:
-        for i, s in zip(idx, texts): out[i] = s
+    for _, idx, texts in done:
+        for i, s in zip(idx, texts, strict=True): out[i] = s
     return out
 
 # %% ../nbs/12_inference.ipynb #9bb7b66f
