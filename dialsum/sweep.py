@@ -47,9 +47,11 @@ def expand_configs(items:Sequence[Union[str, Path]], # config paths and glob pat
 # %% ../nbs/17_sweep.ipynb #5715a609
 NO_GPU = 'no GPU (NVML unavailable): running on CPU'
 
+# %% ../nbs/17_sweep.ipynb #1fce05a8
 class GpuWaitError(DialsumError):
     "The GPU did not get the free memory a config asks for within its wait."
 
+# %% ../nbs/17_sweep.ipynb #fca4200c
 def _uuid(s)->str: return str(s.decode() if isinstance(s, bytes) else s).lower().removeprefix('gpu-')
 
 def cuda0_nvml_index(devices:list[dict], # NVML's GPUs in its order (PCI bus id): each with 'uuid' and 'name'
@@ -71,6 +73,7 @@ def cuda0_nvml_index(devices:list[dict], # NVML's GPUs in its order (PCI bus id)
     hits = [i for i, d in enumerate(devices) if u and _uuid(d['uuid']) == _uuid(u)]
     return hits[0] if hits else None
 
+# %% ../nbs/17_sweep.ipynb #b4226b4a
 @functools.lru_cache(maxsize=None)
 def _cuda0_uuid()->Optional[str]:
     "The UUID of CUDA's device 0, asked in a child process: this one never initializes CUDA."
@@ -79,6 +82,7 @@ def _cuda0_uuid()->Optional[str]:
     except (OSError, subprocess.TimeoutExpired): return None
     return p.stdout.strip() or None if p.returncode == 0 else None
 
+# %% ../nbs/17_sweep.ipynb #cf7fdde7
 def _nvml_handle(nv):
     "NVML's handle of the device CUDA calls GPU 0 (`cuda0_nvml_index`)."
     devices = []
@@ -90,6 +94,7 @@ def _nvml_handle(nv):
     if k is None: raise nv.NVMLError(nv.NVML_ERROR_NOT_FOUND)
     return nv.nvmlDeviceGetHandleByIndex(k)
 
+# %% ../nbs/17_sweep.ipynb #41845fca
 def nvml_query()->Optional[dict]:
     "GPU 0's name and free and total memory (GB) from NVML; None without an NVIDIA GPU and driver."
     try: import pynvml
@@ -104,6 +109,7 @@ def nvml_query()->Optional[dict]:
     except pynvml.NVMLError: return None
     finally: pynvml.nvmlShutdown()
 
+# %% ../nbs/17_sweep.ipynb #2db3efcd
 def wait_for_gpu(min_free_gb:float, # free memory needed on GPU 0, GB; 0: do not wait
                  timeout_s:float, # the longest wait, seconds
                  query:Callable[[], Optional[dict]]=nvml_query, # `{'name', 'free_gb', 'total_gb'}`, None without a GPU
@@ -256,10 +262,12 @@ class SweepEntry:
     dev_score:Optional[float] = None; seconds:float = 0.0; promoted:Optional[bool] = None; note:str = ''; log:str = ''
     warn:str = ''  # the flags of the run's diagnostics (`dialsum.pipeline.diagnose`)
 
+# %% ../nbs/17_sweep.ipynb #e6676a39
 def one_line(s, n:int=300)->str:
     "`s` as one line of at most `n` characters."
     s = ' '.join(str(s or '').split()); return s if len(s) <= n else s[:n-1] + '…'
 
+# %% ../nbs/17_sweep.ipynb #f0de8c55
 def _fill(e:SweepEntry, run_dir:Path, status:Optional[str]=None):
     "Copy the outcome recorded in `run_dir` into the entry."
     md = Run(run_dir, None).metadata
@@ -272,6 +280,7 @@ def _fill(e:SweepEntry, run_dir:Path, status:Optional[str]=None):
                   if md.get('submission_valid') is False else '')
     e.note = one_line('; '.join(x for x in (md.get('error'), unpromoted) if x))
 
+# %% ../nbs/17_sweep.ipynb #3aeb4e68
 _RECOVER = 'import sys; from dialsum.runner import recover_run; recover_run(sys.argv[1], sys.argv[2])'
 
 def _recover(e:SweepEntry, run_dir:Path, root:Path):
@@ -284,6 +293,7 @@ def _recover(e:SweepEntry, run_dir:Path, root:Path):
         tail = error_tail(p.stderr.splitlines())
         e.note = one_line(f"{e.note}; recovery failed: {tail[-1] if tail else f'exit code {p.returncode}'}")
 
+# %% ../nbs/17_sweep.ipynb #18f30048
 def _run_one(e:SweepEntry, overrides:list, root:Path, resume:bool, gpu:Optional[dict], query:Callable, say:Callable,
              progress:bool, reaped:set, accelerate:Optional[tuple]):
     "Load, skip, recover or run one config, filling `e`."
@@ -324,6 +334,7 @@ def _run_one(e:SweepEntry, overrides:list, root:Path, resume:bool, gpu:Optional[
         return _recover(e, run.path, root)
     _fill(e, run.path)
 
+# %% ../nbs/17_sweep.ipynb #47909a2c
 def run_sweep(configs:Sequence[Union[str, Path]], # config files and quoted glob patterns
               overrides:Sequence[str]=(), # dotted overrides applied to every config
               root:Union[str, Path, None]=None, # the project folder (default: found from the working directory)
@@ -383,6 +394,7 @@ def text_table(rows:list[dict], # one dict per row, all with the same keys
     return '\n'.join('  '.join(str(r[c]) + ' ' * (w[c] - width(r[c])) for c in cols).rstrip()
                      for r in [dict(zip(cols, cols, strict=True)), *rows])
 
+# %% ../nbs/17_sweep.ipynb #eaf60a6d
 def sweep_table(entries:list[SweepEntry], # from `run_sweep`
                 note_chars:int=80, # the note column is cut to this width
                )->str:
@@ -397,6 +409,7 @@ def sweep_table(entries:list[SweepEntry], # from `run_sweep`
     total = f"{len(entries)} configs: " + ', '.join(f"{n} {s}" for s, n in counts.items())
     return '\n'.join([text_table(rows), '', total, *logs])
 
+# %% ../nbs/17_sweep.ipynb #3a8a8bfd
 def sweep_exit_code(entries:list[SweepEntry])->int:
     "130 if the sweep was stopped, 1 if a config failed or a completed run's submission was not promoted, else 0."
     if any(e.status in ('interrupted', 'not run') for e in entries): return 130
