@@ -131,6 +131,7 @@ def _checkpoints(ck:Path)->dict:
     "`{step: folder}` for the `checkpoint-N` folders in `ck`."
     return {int(m.group(1)): p for p in ck.iterdir() if p.is_dir() and (m := CHECKPOINT_DIR.match(p.name))}
 
+# %% ../nbs/05_checkpoints.ipynb #a881519c
 def _trainer_state(ck:Path, ckpts:dict)->tuple:
     "The trainer state (run-level, else the newest checkpoint's) and where it came from."
     for p in [ck/'trainer_state.json'] + [ckpts[s]/'trainer_state.json' for s in sorted(ckpts, reverse=True)]:
@@ -138,6 +139,7 @@ def _trainer_state(ck:Path, ckpts:dict)->tuple:
         if isinstance(st, dict): return st, p
     return None, None
 
+# %% ../nbs/05_checkpoints.ipynb #c2b2506c
 def _scores(state:dict)->dict:
     "`{step: eval_score}` from the state's evaluation history."
     out = {}
@@ -146,12 +148,14 @@ def _scores(state:dict)->dict:
             out[h['step']] = float(h['eval_score'])
     return out
 
+# %% ../nbs/05_checkpoints.ipynb #6e715dde
 def _best_step(state:dict)->Optional[int]:
     "The step of the state's `best_model_checkpoint`, found by its folder name (any machine's path)."
     b = state.get('best_model_checkpoint')
     m = CHECKPOINT_DIR.match(re.split(r'[\\/]', b.rstrip('/\\'))[-1]) if isinstance(b, str) and b.strip() else None
     return int(m.group(1)) if m else None
 
+# %% ../nbs/05_checkpoints.ipynb #87e4c9a0
 REMEDY = 'name one with --checkpoint DIR or start the run afresh'
 
 def find_checkpoint(run_dir:Union[str, Path], # a run folder (holding `checkpoints/checkpoint-N`)
