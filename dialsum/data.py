@@ -73,6 +73,7 @@ def _decode(path:Path, raw:bytes)->str:
 # %% ../nbs/03_data.ipynb #bbe43192
 SPLITS = ('train', 'dev', 'test')
 
+# %% ../nbs/03_data.ipynb #fa61f7a8
 def _rename(df:pd.DataFrame, path:Path, columns:Columns)->pd.DataFrame:
     "`df` with the file's column names mapped to dialsum's; extra columns kept as they are."
     ren = {getattr(columns, n): n for n in ('fname', 'dialogue', 'summary', 'topic')}
@@ -85,18 +86,21 @@ def _rename(df:pd.DataFrame, path:Path, columns:Columns)->pd.DataFrame:
                             "rename or remove one of them (or fix data.columns)")
     return df.rename(columns=ren)
 
+# %% ../nbs/03_data.ipynb #b0d63174
 def _wide_rows(text:str)->tuple[int, list[str]]:
     "The header's field count, and the rows with more fields (an unquoted comma): pandas would silently shift them."
     rows = csv.reader(io.StringIO(text))
     try: n = len(next(rows, [])); return n, [f"line {rows.line_num} ({len(r)} fields)" for r in rows if len(r) > n]
     except csv.Error: return 0, []  # pandas reports what the csv module cannot read
 
+# %% ../nbs/03_data.ipynb #1c1de1fb
 def _rows(df:pd.DataFrame, mask)->str:
     "The 1-based data rows where `mask` is true, with their fnames where known (at most 5 named)."
     idx = [i for i, m in enumerate(mask) if m]
     fn = lambda i: '' if 'fname' not in df or is_missing(df.fname.iat[i]) else f" (fname {df.fname.iat[i]!r})"
     return ', '.join(f"row {i + 1}{fn(i)}" for i in idx[:5]) + (f" and {len(idx) - 5} more" if len(idx) > 5 else '')
 
+# %% ../nbs/03_data.ipynb #c473edf6
 def _row_problems(df:pd.DataFrame, split:str)->list[str]:
     "One line per kind of bad row: empty or duplicated fnames, missing dialogues, missing train/dev summaries."
     out, miss = [], lambda c: [is_missing(v) for v in df[c]]
@@ -111,6 +115,7 @@ def _row_problems(df:pd.DataFrame, split:str)->list[str]:
         out.append(f"empty or missing summary at {_rows(df, m)}; every {split} row needs a reference summary")
     return out
 
+# %% ../nbs/03_data.ipynb #026e4fd6
 def _check_header(path:Path, text:str):
     "A `DataError` when the header names a column twice: pandas would rename the second `NAME.1` and read on."
     try: head = [c.strip() for c in next(csv.reader(io.StringIO(text)), [])]
@@ -121,6 +126,7 @@ def _check_header(path:Path, text:str):
         raise DataError(f"{path}: the header (line 1) names a column more than once: {which}; "
                         "rename or remove the extra column")
 
+# %% ../nbs/03_data.ipynb #6c7aa6b7
 def _header_again(df:pd.DataFrame, found:list[str])->list[bool]:
     "Per row, whether every field equals the header's column name (the header line repeated as data)."
     same = pd.Series(True, index=df.index)
