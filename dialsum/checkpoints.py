@@ -24,13 +24,14 @@ __all__ = ['TOKENIZER_VOCAB_FILES', 'PICKLE_FILES', 'REMEDY', 'OPTIMIZER_STATES'
 # %% ../nbs/05_checkpoints.ipynb #d7eb22c0
 TOKENIZER_VOCAB_FILES = ('vocab.json', 'vocab.txt', 'spiece.model', 'sentencepiece.bpe.model', 'tokenizer.model')
 PICKLE_FILES = ('pytorch_model.bin', 'pytorch_model.bin.index.json', 'adapter_model.bin')
-_HUB_ID = re.compile(r'^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$')
 
+# %% ../nbs/05_checkpoints.ipynb #9ae46f55
 def _json(p:Path):
     "The JSON in `p`, or None when it does not parse."
     try: return json.loads(p.read_text(encoding='utf-8'))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError): return None
 
+# %% ../nbs/05_checkpoints.ipynb #d7bd399f
 def _open_problem(p:Path)->Optional[str]:
     "Why the safetensors file `p` cannot be used, or None when its header opens."
     if not p.is_file(): return f"missing {p.name}"
@@ -39,6 +40,7 @@ def _open_problem(p:Path)->Optional[str]:
     except Exception as e: return f"corrupt {p.name} (truncated or not safetensors: {e})"
     return None
 
+# %% ../nbs/05_checkpoints.ipynb #9f874abf
 def _weights_problems(d:Path)->list[str]:
     if (d/'model.safetensors').exists(): return [x for x in [_open_problem(d/'model.safetensors')] if x]
     idx = d/'model.safetensors.index.json'
@@ -50,6 +52,7 @@ def _weights_problems(d:Path)->list[str]:
     if pickles: return [f"pickle weights only ({', '.join(pickles)}); safetensors required"]
     return ['missing model.safetensors']
 
+# %% ../nbs/05_checkpoints.ipynb #a43361ff
 def _tokenizer_problems(d:Path)->list[str]:
     if (d/'tokenizer.json').is_file(): return []
     if (d/'tokenizer_config.json').is_file():
@@ -57,6 +60,9 @@ def _tokenizer_problems(d:Path)->list[str]:
         return ["tokenizer_config.json without tokenizer.json or a vocab/sentencepiece file "
                 f"({', '.join(TOKENIZER_VOCAB_FILES)})"]
     return ['missing tokenizer files (tokenizer.json, or tokenizer_config.json with a vocab/sentencepiece file)']
+
+# %% ../nbs/05_checkpoints.ipynb #e3eff463
+_HUB_ID = re.compile(r'^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$')
 
 def adapter_base(ckpt:Union[str, Path], # an adapter checkpoint folder (holding adapter_config.json)
                  notes:Optional[list]=None, # if given, receives a remark when the base is a hub id (unverified offline)
@@ -82,6 +88,7 @@ def adapter_base(ckpt:Union[str, Path], # an adapter checkpoint folder (holding 
     where = '' if p.is_absolute() else f" (relative to {ckpt} or {run})"
     return None, f"base model {base!r} (adapter_config.json base_model_name_or_path) is not an existing folder{where}"
 
+# %% ../nbs/05_checkpoints.ipynb #c31647bd
 def checkpoint_problems(path:Union[str, Path], # a checkpoint (or model) folder
                         notes:Optional[list]=None, # if given, gets remarks that are not problems (unverified hub base)
                        )->list[str]:
@@ -124,6 +131,7 @@ def _checkpoints(ck:Path)->dict:
     "`{step: folder}` for the `checkpoint-N` folders in `ck`."
     return {int(m.group(1)): p for p in ck.iterdir() if p.is_dir() and (m := CHECKPOINT_DIR.match(p.name))}
 
+# %% ../nbs/05_checkpoints.ipynb #a881519c
 def _trainer_state(ck:Path, ckpts:dict)->tuple:
     "The trainer state (run-level, else the newest checkpoint's) and where it came from."
     for p in [ck/'trainer_state.json'] + [ckpts[s]/'trainer_state.json' for s in sorted(ckpts, reverse=True)]:
@@ -131,6 +139,7 @@ def _trainer_state(ck:Path, ckpts:dict)->tuple:
         if isinstance(st, dict): return st, p
     return None, None
 
+# %% ../nbs/05_checkpoints.ipynb #c2b2506c
 def _scores(state:dict)->dict:
     "`{step: eval_score}` from the state's evaluation history."
     out = {}
@@ -139,12 +148,14 @@ def _scores(state:dict)->dict:
             out[h['step']] = float(h['eval_score'])
     return out
 
+# %% ../nbs/05_checkpoints.ipynb #6e715dde
 def _best_step(state:dict)->Optional[int]:
     "The step of the state's `best_model_checkpoint`, found by its folder name (any machine's path)."
     b = state.get('best_model_checkpoint')
     m = CHECKPOINT_DIR.match(re.split(r'[\\/]', b.rstrip('/\\'))[-1]) if isinstance(b, str) and b.strip() else None
     return int(m.group(1)) if m else None
 
+# %% ../nbs/05_checkpoints.ipynb #87e4c9a0
 REMEDY = 'name one with --checkpoint DIR or start the run afresh'
 
 def find_checkpoint(run_dir:Union[str, Path], # a run folder (holding `checkpoints/checkpoint-N`)

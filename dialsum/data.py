@@ -22,7 +22,8 @@ __all__ = ['SPEAKER_TAGS', 'MASK_TAGS', 'TAGS', 'NORMALIZE_STEPS', 'SPLITS', 'Da
 
 # %% ../nbs/03_data.ipynb #2c97b31a
 SPEAKER_TAGS = [f'#Person{i}#' for i in range(1, 8)]
-MASK_TAGS = ['#PhoneNumber#', '#Address#', '#PassportNumber#', '#Email#', '#DateOfBirth#', '#SSN#', '#CardNumber#', '#CarNumber#']
+MASK_TAGS = ['#PhoneNumber#', '#Address#', '#PassportNumber#', '#Email#', '#DateOfBirth#', '#SSN#', '#CardNumber#',
+             '#CarNumber#']
 TAGS = SPEAKER_TAGS + MASK_TAGS
 
 # %% ../nbs/03_data.ipynb #8c7ca439
@@ -32,8 +33,9 @@ class DataError(DialsumError):
 # %% ../nbs/03_data.ipynb #fe893f66
 _LINE_ENDS = re.compile('\r\n?|[\x85\u2028\u2029]')  # CR, NEL, line and paragraph separators: a newline
 _CONTROL = re.compile('[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]')  # C0 and C1 controls but tab and newline (NUL included)
-_INVISIBLE = re.compile('[\u00ad\u034f\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\u3164\ufeff\uffa0'
-                        '\U000e0000-\U000e007f]')  # zero-width, joiners, direction marks, soft hyphen, Hangul fillers, tags
+# zero-width, joiners, direction marks, soft hyphen, Hangul fillers, tags
+_INVISIBLE = re.compile('[\u00ad\u034f\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064'
+                        '\u2066-\u206f\u3164\ufeff\uffa0\U000e0000-\U000e007f]')
 NORMALIZE_STEPS = {  # in order; `clean_split` counts the rows each one changed
     'control_characters': lambda t: _CONTROL.sub('', _LINE_ENDS.sub('\n', t)),
     'zero_width': lambda t: _INVISIBLE.sub('', t),
@@ -65,12 +67,13 @@ def _decode(path:Path, raw:bytes)->str:
         try: raw.decode('cp949'); hint = ' (it reads as CP949/EUC-KR, the usual Korean Windows encoding)'
         except UnicodeDecodeError: hint = ''
         line = raw[:at].count(b'\n') + 1
-        raise DataError(f"{path}: not UTF-8 text: byte 0x{raw[at]:02x} at byte offset {at} (line {line}) cannot be decoded{hint}; "
-                        f"save the file as UTF-8") from None
+        raise DataError(f"{path}: not UTF-8 text: byte 0x{raw[at]:02x} at byte offset {at} (line {line}) "
+                        f"cannot be decoded{hint}; save the file as UTF-8") from None
 
 # %% ../nbs/03_data.ipynb #bbe43192
 SPLITS = ('train', 'dev', 'test')
 
+# %% ../nbs/03_data.ipynb #fa61f7a8
 def _rename(df:pd.DataFrame, path:Path, columns:Columns)->pd.DataFrame:
     "`df` with the file's column names mapped to dialsum's; extra columns kept as they are."
     ren = {getattr(columns, n): n for n in ('fname', 'dialogue', 'summary', 'topic')}
@@ -79,33 +82,40 @@ def _rename(df:pd.DataFrame, path:Path, columns:Columns)->pd.DataFrame:
     for c in df.columns:
         if c in ren.values() and c not in ren:
             old = next(k for k, v in ren.items() if v == c)
-            raise DataError(f"{path}: columns {c!r} and {old!r} would both become {c!r}; rename or remove one of them (or fix data.columns)")
+            raise DataError(f"{path}: columns {c!r} and {old!r} would both become {c!r}; "
+                            "rename or remove one of them (or fix data.columns)")
     return df.rename(columns=ren)
 
+# %% ../nbs/03_data.ipynb #b0d63174
 def _wide_rows(text:str)->tuple[int, list[str]]:
     "The header's field count, and the rows with more fields (an unquoted comma): pandas would silently shift them."
     rows = csv.reader(io.StringIO(text))
     try: n = len(next(rows, [])); return n, [f"line {rows.line_num} ({len(r)} fields)" for r in rows if len(r) > n]
     except csv.Error: return 0, []  # pandas reports what the csv module cannot read
 
+# %% ../nbs/03_data.ipynb #1c1de1fb
 def _rows(df:pd.DataFrame, mask)->str:
     "The 1-based data rows where `mask` is true, with their fnames where known (at most 5 named)."
     idx = [i for i, m in enumerate(mask) if m]
     fn = lambda i: '' if 'fname' not in df or is_missing(df.fname.iat[i]) else f" (fname {df.fname.iat[i]!r})"
     return ', '.join(f"row {i + 1}{fn(i)}" for i in idx[:5]) + (f" and {len(idx) - 5} more" if len(idx) > 5 else '')
 
+# %% ../nbs/03_data.ipynb #c473edf6
 def _row_problems(df:pd.DataFrame, split:str)->list[str]:
     "One line per kind of bad row: empty or duplicated fnames, missing dialogues, missing train/dev summaries."
     out, miss = [], lambda c: [is_missing(v) for v in df[c]]
     if any(m := miss('fname')): out.append(f"empty fname at {_rows(df, m)}; give every row a unique fname")
     dups = df.fname[df.fname.duplicated(keep=False) & ~pd.Series(m, index=df.index)]
     for f in list(dict.fromkeys(dups))[:5]:
-        out.append(f"duplicated fname {f!r} at rows {', '.join(str(i + 1) for i in range(len(df)) if df.fname.iat[i] == f)}; every fname must be unique")
-    if any(m := miss('dialogue')): out.append(f"empty or missing dialogue at {_rows(df, m)}; fill it in or remove the row")
+        rows = ', '.join(str(i + 1) for i in range(len(df)) if df.fname.iat[i] == f)
+        out.append(f"duplicated fname {f!r} at rows {rows}; every fname must be unique")
+    if any(m := miss('dialogue')):
+        out.append(f"empty or missing dialogue at {_rows(df, m)}; fill it in or remove the row")
     if split != 'test' and any(m := miss('summary')):
         out.append(f"empty or missing summary at {_rows(df, m)}; every {split} row needs a reference summary")
     return out
 
+# %% ../nbs/03_data.ipynb #026e4fd6
 def _check_header(path:Path, text:str):
     "A `DataError` when the header names a column twice: pandas would rename the second `NAME.1` and read on."
     try: head = [c.strip() for c in next(csv.reader(io.StringIO(text)), [])]
@@ -113,8 +123,10 @@ def _check_header(path:Path, text:str):
     twice = {c: [j + 1 for j, h in enumerate(head) if h == c] for c, n in Counter(head).items() if n > 1}
     if twice:
         which = '; '.join(f"{c!r} in columns {', '.join(map(str, js))}" for c, js in twice.items())
-        raise DataError(f"{path}: the header (line 1) names a column more than once: {which}; rename or remove the extra column")
+        raise DataError(f"{path}: the header (line 1) names a column more than once: {which}; "
+                        "rename or remove the extra column")
 
+# %% ../nbs/03_data.ipynb #6c7aa6b7
 def _header_again(df:pd.DataFrame, found:list[str])->list[bool]:
     "Per row, whether every field equals the header's column name (the header line repeated as data)."
     same = pd.Series(True, index=df.index)
@@ -124,23 +136,30 @@ def _header_again(df:pd.DataFrame, found:list[str])->list[bool]:
 # %% ../nbs/03_data.ipynb #ba0f192a
 def read_split(path:Union[str, Path], # a CSV file shaped like the competition's
                split:str, # 'train', 'dev' or 'test': test needs no summary
-               columns:Columns=Columns(), # the file's column names
+               columns:Optional[Columns]=None, # the file's column names (None: the competition's, `Columns()`)
               )->pd.DataFrame:
     "Read one split as strings with dialsum's column names, checking every row; raise `DataError` on any problem."
-    path = Path(path)
+    path, columns = Path(path), Columns() if columns is None else columns
     if split not in SPLITS: raise DataError(f"{path}: unknown split {split!r}; use one of {', '.join(SPLITS)}")
     if path.is_dir():
         inside = ', '.join(sorted(p.name for p in path.glob('*.csv'))[:5]) or 'no CSV file'
-        raise DataError(f"{path}: is a folder, not a CSV file (it holds {inside}); set data.{split} to the {split} CSV file")
-    if not path.is_file(): raise DataError(f"{path}: {split} file not found; check data.{split} in the config (relative paths start at the project folder)")
+        raise DataError(f"{path}: is a folder, not a CSV file (it holds {inside}); "
+                        f"set data.{split} to the {split} CSV file")
+    if not path.is_file():
+        raise DataError(f"{path}: {split} file not found; check data.{split} in the config "
+                        "(relative paths start at the project folder)")
     text = _decode(path, path.read_bytes())
     n, wide = _wide_rows(text)
-    if wide: raise DataError(f"{path}: more fields than the header's {n} at {', '.join(wide[:5])}{' and more' if len(wide) > 5 else ''}; "
+    if wide: raise DataError(f"{path}: more fields than the header's {n} at {', '.join(wide[:5])}"
+                             f"{' and more' if len(wide) > 5 else ''}; "
                              "a field that holds a comma must be in double quotes")
     _check_header(path, text)
     try: df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError: raise DataError(f"{path}: the file is empty; it needs a header row and data rows") from None
-    except pd.errors.ParserError as e: raise DataError(f"{path}: not a valid CSV file ({e}); fields with commas, quotes or newlines must be in double quotes") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty; it needs a header row and data rows") from None
+    except pd.errors.ParserError as e:
+        raise DataError(f"{path}: not a valid CSV file ({e}); "
+                        "fields with commas, quotes or newlines must be in double quotes") from None
     found = [c.strip() for c in df.columns]
     df = _rename(df.set_axis(found, axis=1), path, columns)
     need = ['fname', 'dialogue'] + ([] if split == 'test' else ['summary'])
@@ -149,11 +168,12 @@ def read_split(path:Union[str, Path], # a CSV file shaped like the competition's
                         f"(set data.columns.<name> if the file names them differently)")
     if not len(df): raise DataError(f"{path}: no data rows, only a header; the {split} split needs at least one row")
     if any(again := _header_again(df, found)):
-        raise DataError(f"{path}: {_rows(df, again)} {'repeats' if sum(again) == 1 else 'repeat'} the header line ({','.join(found)}), as when files are joined with "
-                        "their headers; remove that line")
+        raise DataError(f"{path}: {_rows(df, again)} {'repeats' if sum(again) == 1 else 'repeat'} the header line "
+                        f"({','.join(found)}), as when files are joined with their headers; remove that line")
     if problems := _row_problems(df, split): raise DataError(f"{path}:\n" + '\n'.join(f"  {p}" for p in problems))
     df = df.fillna('')  # short rows: pandas fills the missing trailing fields with NaN
-    df.attrs['notes'] = [f"{path.name} has a summary column: it is kept, but the test split is never scored"] if split == 'test' and 'summary' in df else []
+    df.attrs['notes'] = ([f"{path.name} has a summary column: it is kept, but the test split is never scored"]
+                         if split == 'test' and 'summary' in df else [])
     return df
 
 # %% ../nbs/03_data.ipynb #4c18c35b
@@ -161,7 +181,7 @@ _BR, _SPACES = re.compile(r'<br\s*/?>', re.I), re.compile(r'[^\S\n]+')
 
 def clean_text(text:str, # a dialogue or summary
                newline_literals:bool=True, # the characters `\n` and `<br>`, `<br/>`, `<br />` become newlines
-               collapse_whitespace:bool=True, # runs of spaces/tabs become one space; lines stripped; blank lines removed
+               collapse_whitespace:bool=True, # runs of spaces/tabs become one space; lines stripped; blank lines go
               )->str:
     "The old pipeline's text cleaning; speaker and mask tags are always kept as they are."
     if newline_literals: text = _BR.sub('\n', text.replace('\\n', '\n'))
@@ -180,7 +200,7 @@ def clean_split(df:pd.DataFrame, # a split from `read_split`
                 newline_literals:bool=True, # see `clean_text`
                 collapse_whitespace:bool=True, # see `clean_text`
                )->tuple[pd.DataFrame, dict]:
-    "A cleaned copy of `df` (`normalize_text` first), and a report: rows each step changed per column, and tags not in `TAGS`."
+    "A cleaned copy of `df` (`normalize_text` first), and a report: rows each step changed per column, unknown tags."
     out, changed, normalized, unknown = df.copy(), {}, {}, Counter()
     rules = {'newline_literals': newline_literals, 'collapse_whitespace': collapse_whitespace}
     cleaning = {r: (lambda v, r=r: clean_text(v, **{k: k == r for k in rules})) for r, on in rules.items() if on}
@@ -190,9 +210,10 @@ def clean_split(df:pd.DataFrame, # a split from `read_split`
             if col != 'topic': report.setdefault(col, {})
             for name, step in steps.items():
                 new = [step(v) if isinstance(v, str) else v for v in vals]
-                report[col][name], vals = sum(a != b for a, b in zip(vals, new)), new
+                report[col][name], vals = sum(a != b for a, b in zip(vals, new, strict=True)), new
         out[col] = vals
-        if col != 'topic': unknown.update(t for v in vals if isinstance(v, str) for t in _TAG.findall(v) if t not in TAGS)
+        if col != 'topic':
+            unknown.update(t for v in vals if isinstance(v, str) for t in _TAG.findall(v) if t not in TAGS)
     return out, {'changed': changed, 'normalized': normalized, 'unknown_tags': dict(unknown.most_common())}
 
 # %% ../nbs/03_data.ipynb #7243bfad
@@ -205,17 +226,19 @@ def model_inputs(df:pd.DataFrame, # a cleaned split
         raise DataError(f"data.topic_prefix is on but the data has no topic column (columns: {', '.join(df.columns)}); "
                         f"turn data.topic_prefix off or add a topic column")
     topics = df.topic if topic_prefix else [''] * len(df)
-    return [prefix + ('' if is_missing(t) else f'{t}: ') + d for t, d in zip(topics, df.dialogue)]
+    return [prefix + ('' if is_missing(t) else f'{t}: ') + d for t, d in zip(topics, df.dialogue, strict=True)]
 
 def references(df:pd.DataFrame, # a split with a summary column
               )->list[list[str]]:
     "Per row, the non-empty references among summary, summary1, summary2, ..."
     cols = [c for c in _text_cols(df) if c != 'dialogue']
-    if not cols: raise DataError(f"the data has no summary column (columns: {', '.join(df.columns)}); references come from train or dev")
-    return [[v for v in row if not is_missing(v)] for row in zip(*(df[c] for c in cols))]
+    if not cols: raise DataError(f"the data has no summary column (columns: {', '.join(df.columns)}); "
+                                 "references come from train or dev")
+    return [[v for v in row if not is_missing(v)] for row in zip(*(df[c] for c in cols), strict=True)]
 
 # %% ../nbs/03_data.ipynb #d14431f0
-_JOSA = {'을': ('을', '를'), '이': ('이', '가'), '은': ('은', '는'), '과': ('과', '와'), '으로': ('으로', '로'), '아': ('아', '야')}
+_JOSA = {'을': ('을', '를'), '이': ('이', '가'), '은': ('은', '는'), '과': ('과', '와'), '으로': ('으로', '로'),
+         '아': ('아', '야')}
 
 class _Korean(string.Formatter):
     "`'{x:을}'` writes `x` and the particle that fits its last syllable (을/를, 이/가, 은/는, 과/와, 으로/로, 아/야)."
@@ -227,59 +250,87 @@ class _Korean(string.Formatter):
 # %% ../nbs/03_data.ipynb #b03189c9
 _NAMES = ['민수', '지영', '현우', '수진', '준호', '서연', '유나', '태민', '하은', '도윤']
 _TEMPLATES = [
-    dict(topic='식당 예약', slots=dict(day=['오늘', '내일', '금요일', '토요일', '일요일'], time=['6시', '6시 30분', '7시', '7시 30분', '8시'], n=['2', '3', '4', '5', '6']),
-         turns=[['안녕하세요, {day} 저녁에 자리를 예약하고 싶어요.', '{day} 저녁에 예약할 수 있을까요?'], ['네, 몇 분이세요?', '물론이죠. 몇 분이신가요?'],
-                ['{n}명이에요.', '{n}명입니다.'], ['몇 시로 해 드릴까요?', '몇 시에 오실 건가요?'], ['{time}에 가능할까요?', '{time:으로} 부탁드려요.'],
-                ['네, {time}에 {n}명 자리 예약해 드렸습니다.', '네, 예약되었습니다.'], (['창가 자리로 주실 수 있나요?'], ['네, 그렇게 해 드릴게요.'])],
+    dict(topic='식당 예약',
+         slots=dict(day=['오늘', '내일', '금요일', '토요일', '일요일'],
+                    time=['6시', '6시 30분', '7시', '7시 30분', '8시'], n=['2', '3', '4', '5', '6']),
+         turns=[['안녕하세요, {day} 저녁에 자리를 예약하고 싶어요.', '{day} 저녁에 예약할 수 있을까요?'],
+                ['네, 몇 분이세요?', '물론이죠. 몇 분이신가요?'], ['{n}명이에요.', '{n}명입니다.'],
+                ['몇 시로 해 드릴까요?', '몇 시에 오실 건가요?'], ['{time}에 가능할까요?', '{time:으로} 부탁드려요.'],
+                ['네, {time}에 {n}명 자리 예약해 드렸습니다.', '네, 예약되었습니다.'],
+                (['창가 자리로 주실 수 있나요?'], ['네, 그렇게 해 드릴게요.'])],
          summary='#Person1#은 #Person2#에게 {day} {time}에 {n}명 자리를 예약해 달라고 한다.'),
-    dict(topic='병원 예약', slots=dict(symptom=['두통', '기침', '허리 통증', '복통', '열', '목감기'], day=['월요일', '화요일', '수요일', '목요일', '금요일'],
-                                     time=['오전 9시', '오전 11시', '오후 2시', '오후 4시']),
-         turns=[['여보세요, 진료 예약을 하고 싶은데요.', '안녕하세요, 진료 예약 좀 하려고요.'], ['네, 어디가 불편하세요?', '어떤 증상이 있으신가요?'],
-                ['며칠째 {symptom:이} 있어요.', '{symptom} 때문에 힘들어요.'], ['{day} {time}에 오실 수 있나요?', '{day} {time}에 자리가 있어요.'],
-                ['네, 그때 갈게요.', '좋아요, 그 시간으로 할게요.'], (['신분증을 꼭 가져오세요.'], ['네, 알겠습니다.'])],
+    dict(topic='병원 예약',
+         slots=dict(symptom=['두통', '기침', '허리 통증', '복통', '열', '목감기'],
+                    day=['월요일', '화요일', '수요일', '목요일', '금요일'],
+                    time=['오전 9시', '오전 11시', '오후 2시', '오후 4시']),
+         turns=[['여보세요, 진료 예약을 하고 싶은데요.', '안녕하세요, 진료 예약 좀 하려고요.'],
+                ['네, 어디가 불편하세요?', '어떤 증상이 있으신가요?'],
+                ['며칠째 {symptom:이} 있어요.', '{symptom} 때문에 힘들어요.'],
+                ['{day} {time}에 오실 수 있나요?', '{day} {time}에 자리가 있어요.'],
+                ['네, 그때 갈게요.', '좋아요, 그 시간으로 할게요.'],
+                (['신분증을 꼭 가져오세요.'], ['네, 알겠습니다.'])],
          summary='#Person1#은 {symptom} 때문에 #Person2#에게 {day} {time}에 진료 예약을 한다.'),
-    dict(topic='신발 구매', slots=dict(item=['운동화', '구두', '샌들', '부츠', '등산화'], size=['230', '240', '250', '260', '270'],
-                                     color=['검은색', '흰색', '갈색', '파란색', '빨간색'], price=['5만', '6만', '7만', '8만', '9만']),
-         turns=[['어서 오세요. 무엇을 찾으세요?', '안녕하세요, 도와드릴까요?'], ['{item:을} 사고 싶어요.', '{item:을} 좀 보려고요.'],
+    dict(topic='신발 구매',
+         slots=dict(item=['운동화', '구두', '샌들', '부츠', '등산화'], size=['230', '240', '250', '260', '270'],
+                    color=['검은색', '흰색', '갈색', '파란색', '빨간색'], price=['5만', '6만', '7만', '8만', '9만']),
+         turns=[['어서 오세요. 무엇을 찾으세요?', '안녕하세요, 도와드릴까요?'],
+                ['{item:을} 사고 싶어요.', '{item:을} 좀 보려고요.'],
                 ['사이즈가 어떻게 되세요?', '몇 사이즈 신으세요?'], ['{size} 신어요.', '{size}요.'],
                 ['이 {color} {item:은} 어떠세요? {price} 원이에요.', '{color} {item:이} 있어요. {price} 원입니다.'],
                 ['좋아요, 이걸로 살게요.', '마음에 들어요. 이걸로 할게요.']],
          summary='#Person2#는 #Person1#에게서 {color} {item:을} {size} 사이즈로 {price} 원에 산다.'),
-    dict(topic='길 안내', slots=dict(place=['우체국', '은행', '지하철역', '도서관', '박물관', '시청'], landmark=['편의점', '공원', '교회', '신호등', '빵집'],
-                                   side=['왼쪽', '오른쪽'], minutes=['5분', '10분', '15분']),
+    dict(topic='길 안내',
+         slots=dict(place=['우체국', '은행', '지하철역', '도서관', '박물관', '시청'],
+                    landmark=['편의점', '공원', '교회', '신호등', '빵집'], side=['왼쪽', '오른쪽'],
+                    minutes=['5분', '10분', '15분']),
          turns=[['실례합니다. {place:이} 어디에 있나요?', '저기요, {place:으로} 가는 길 좀 알려 주시겠어요?'],
                 ['이 길로 쭉 가다가 {landmark}에서 {side:으로} 도세요.', '{landmark}에서 {side:으로} 돌면 돼요.'],
-                ['걸어서 얼마나 걸려요?', '멀어요?'], ['{minutes} 정도 걸려요.', '걸어서 {minutes}이면 가요.'], ['감사합니다.', '정말 고맙습니다.']],
-         summary='#Person1#은 {place:으로} 가는 길을 묻고, #Person2#는 {landmark}에서 {side:으로} 돌아 {minutes} 걸으면 된다고 알려 준다.'),
-    dict(topic='취업 면접', slots=dict(job=['마케팅', '영업', '디자인', '회계', '인사'], company=['은행', '출판사', '여행사', '호텔', '광고 회사'],
-                                     years=['2년', '3년', '4년', '5년'], strength=['꼼꼼함', '책임감', '친화력', '끈기']),
-         turns=[['안녕하세요, {job} 직무에 지원하셨죠?', '{job} 직무 면접에 오신 걸 환영합니다.'], ['네, 기회 주셔서 감사합니다.', '네, 잘 부탁드립니다.'],
-                ['이전에 어디서 일하셨나요?', '경력을 말씀해 주시겠어요?'], ['{company}에서 {years} 동안 일했습니다.', '{company}에서 {years} 일했어요.'],
-                (['본인의 장점은 무엇인가요?'], ['제 장점은 {strength}입니다.']), (['언제부터 일할 수 있나요?'], ['다음 달부터 가능합니다.'])],
+                ['걸어서 얼마나 걸려요?', '멀어요?'], ['{minutes} 정도 걸려요.', '걸어서 {minutes}이면 가요.'],
+                ['감사합니다.', '정말 고맙습니다.']],
+         summary='#Person1#은 {place:으로} 가는 길을 묻고, #Person2#는 {landmark}에서 {side:으로} 돌아 {minutes} '
+                 '걸으면 된다고 알려 준다.'),
+    dict(topic='취업 면접',
+         slots=dict(job=['마케팅', '영업', '디자인', '회계', '인사'],
+                    company=['은행', '출판사', '여행사', '호텔', '광고 회사'], years=['2년', '3년', '4년', '5년'],
+                    strength=['꼼꼼함', '책임감', '친화력', '끈기']),
+         turns=[['안녕하세요, {job} 직무에 지원하셨죠?', '{job} 직무 면접에 오신 걸 환영합니다.'],
+                ['네, 기회 주셔서 감사합니다.', '네, 잘 부탁드립니다.'],
+                ['이전에 어디서 일하셨나요?', '경력을 말씀해 주시겠어요?'],
+                ['{company}에서 {years} 동안 일했습니다.', '{company}에서 {years} 일했어요.'],
+                (['본인의 장점은 무엇인가요?'], ['제 장점은 {strength}입니다.']),
+                (['언제부터 일할 수 있나요?'], ['다음 달부터 가능합니다.'])],
          summary='#Person2#는 {job} 직무 면접에서 #Person1#에게 {company}에서 {years} 일한 경력을 이야기한다.'),
-    dict(topic='전화 메시지', slots=dict(name=_NAMES, reason=['회의', '출장', '점심 식사', '외근'], back=['2시', '3시', '4시', '5시']),
+    dict(topic='전화 메시지',
+         slots=dict(name=_NAMES, reason=['회의', '출장', '점심 식사', '외근'], back=['2시', '3시', '4시', '5시']),
          turns=[['여보세요, {name} 씨와 통화할 수 있을까요?', '안녕하세요, {name} 씨 계신가요?'],
                 ['죄송하지만 {name} 씨는 지금 {reason} 중이에요.', '{name} 씨는 {reason} 중이라 자리에 없어요.'],
                 ['언제 돌아오세요?', '몇 시쯤 돌아오시나요?'], ['{back}쯤 돌아올 거예요. 메시지 남기시겠어요?'],
-                ['제 전화번호는 #PhoneNumber#입니다. 전화 부탁드린다고 전해 주세요.', '#PhoneNumber#로 전화해 달라고 전해 주세요.'], ['네, 꼭 전해 드릴게요.']],
-         summary='#Person1#은 {name} 씨와 통화하려 했지만 {name} 씨가 {reason} 중이어서 #Person2#에게 #PhoneNumber#로 전화해 달라는 메시지를 남긴다.'),
-    dict(topic='호텔 방 예약', slots=dict(room=['싱글룸', '더블룸', '트윈룸', '스위트룸'], nights=['1박', '2박', '3박', '4박'],
-                                       date=['3월 2일', '4월 14일', '5월 5일', '7월 20일', '10월 9일', '12월 24일']),
-         turns=[['안녕하세요, 방을 예약하고 싶어요.', '호텔 방 예약 좀 하려고요.'], ['네, 언제 묵으실 건가요?', '체크인 날짜가 언제인가요?'],
-                ['{date}부터 {nights} 하려고요.', '{date}부터 {nights}이요.'], ['어떤 방을 원하세요?', '방은 어떤 걸로 드릴까요?'],
-                ['{room:으로} 주세요.', '{room:이} 좋겠어요.'], (['조식을 추가하시겠어요?'], ['아니요, 괜찮아요.', '네, 추가해 주세요.']), ['예약이 완료되었습니다.']],
+                ['제 전화번호는 #PhoneNumber#입니다. 전화 부탁드린다고 전해 주세요.',
+                 '#PhoneNumber#로 전화해 달라고 전해 주세요.'], ['네, 꼭 전해 드릴게요.']],
+         summary='#Person1#은 {name} 씨와 통화하려 했지만 {name} 씨가 {reason} 중이어서 #Person2#에게 #PhoneNumber#로 '
+                 '전화해 달라는 메시지를 남긴다.'),
+    dict(topic='호텔 방 예약',
+         slots=dict(room=['싱글룸', '더블룸', '트윈룸', '스위트룸'], nights=['1박', '2박', '3박', '4박'],
+                    date=['3월 2일', '4월 14일', '5월 5일', '7월 20일', '10월 9일', '12월 24일']),
+         turns=[['안녕하세요, 방을 예약하고 싶어요.', '호텔 방 예약 좀 하려고요.'],
+                ['네, 언제 묵으실 건가요?', '체크인 날짜가 언제인가요?'],
+                ['{date}부터 {nights} 하려고요.', '{date}부터 {nights}이요.'],
+                ['어떤 방을 원하세요?', '방은 어떤 걸로 드릴까요?'], ['{room:으로} 주세요.', '{room:이} 좋겠어요.'],
+                (['조식을 추가하시겠어요?'], ['아니요, 괜찮아요.', '네, 추가해 주세요.']), ['예약이 완료되었습니다.']],
          summary='#Person1#은 {date}부터 {nights} 동안 묵을 {room:을} #Person2#에게 예약한다.'),
-    dict(topic='주말 약속', slots=dict(a=_NAMES[:5], b=_NAMES[5:], day=['토요일', '일요일', '내일'], place=['영화관', '공원', '카페', '수영장', '서점'],
-                                     time=['1시', '2시', '3시', '4시']),
-         turns=[['{b:아}, 이번 {day}에 시간 있어?', '{b:아}, {day}에 뭐 해?'], ['응, 있어. 왜, {a:아}?', '{a:아}, 나 한가해. 왜?'],
-                ['같이 {place}에 갈래?', '{place}에 같이 가자.'], ['좋아. 몇 시에 만날까?', '그래, 몇 시에 볼까?'],
-                ['{time}에 {place} 앞에서 보자.', '{time} 어때?'], ['그래, 그때 봐.', '좋아, {time}에 보자.']],
+    dict(topic='주말 약속',
+         slots=dict(a=_NAMES[:5], b=_NAMES[5:], day=['토요일', '일요일', '내일'],
+                    place=['영화관', '공원', '카페', '수영장', '서점'], time=['1시', '2시', '3시', '4시']),
+         turns=[['{b:아}, 이번 {day}에 시간 있어?', '{b:아}, {day}에 뭐 해?'],
+                ['응, 있어. 왜, {a:아}?', '{a:아}, 나 한가해. 왜?'], ['같이 {place}에 갈래?', '{place}에 같이 가자.'],
+                ['좋아. 몇 시에 만날까?', '그래, 몇 시에 볼까?'], ['{time}에 {place} 앞에서 보자.', '{time} 어때?'],
+                ['그래, 그때 봐.', '좋아, {time}에 보자.']],
          summary='{a:과} {b:은} {day} {time}에 {place}에서 만나기로 한다.'),
 ]
 
 # %% ../nbs/03_data.ipynb #756c3a52
 def _demo_row(rng:random.Random, t:dict)->tuple[str, str, str, dict]:
-    "One (dialogue, summary, topic, slots) from template `t`, its slots and phrasings drawn with `rng`; `slots`: those the summary names."
+    "One (dialogue, summary, topic, slots) from template `t` drawn with `rng`; `slots`: those the summary names."
     k, slots, lines = _Korean(), {n: rng.choice(v) for n, v in t['slots'].items()}, []
     for turn in t['turns']:
         if isinstance(turn, tuple) and rng.random() < 0.5: continue
@@ -299,7 +350,8 @@ def demo_rows(split:str, # 'train', 'dev' or 'test'
              )->pd.DataFrame:
     "The demo split as a frame: `fname`, `dialogue`, `summary`, `topic` and `slots` (the values its summary must name)."
     rng = random.Random(f'dialsum-demo:{seed}:{split}')  # str seeds are hashed with sha512: stable across runs
-    df = pd.DataFrame([_demo_row(rng, rng.choice(_TEMPLATES)) for _ in range(n)], columns=['dialogue', 'summary', 'topic', 'slots'])
+    df = pd.DataFrame([_demo_row(rng, rng.choice(_TEMPLATES)) for _ in range(n)],
+                      columns=['dialogue', 'summary', 'topic', 'slots'])
     df.insert(0, 'fname', [f'{split}_{i}' for i in range(n)])
     return df
 
@@ -314,7 +366,8 @@ def make_demo_data(out_dir:Union[str, Path], # folder to write the CSV files int
     paths = {}
     for split, n in (('train', n_train), ('dev', n_dev), ('test', n_test)):
         df = demo_rows(split, n, seed)
-        paths[split] = _write_csv(df[['fname', 'dialogue']] if split == 'test' else df.drop(columns='slots'), out_dir/f'{split}.csv')
+        paths[split] = _write_csv(df[['fname', 'dialogue']] if split == 'test' else df.drop(columns='slots'),
+                                  out_dir/f'{split}.csv')
     sub = pd.DataFrame({'fname': [f'test_{i}' for i in range(n_test)], 'summary': '요약을 여기에 쓰세요.'})
     paths['sample_submission'] = _write_csv(sub, out_dir/'sample_submission.csv')
     return paths
@@ -324,8 +377,9 @@ def demo_slots_kept(preds:list[str], # one predicted summary per demo row
                     slots:list[dict], # `demo_rows(...).slots`, same order
                    )->list[bool]:
     "Per row, whether the prediction contains every slot value its reference summary names."
-    if len(preds) != len(slots): raise DataError(f'{len(preds)} predictions but {len(slots)} demo rows; give one per row')
-    return [all(str(v) in p for v in s.values()) for p, s in zip(preds, slots)]
+    if len(preds) != len(slots):
+        raise DataError(f'{len(preds)} predictions but {len(slots)} demo rows; give one per row')
+    return [all(str(v) in p for v in s.values()) for p, s in zip(preds, slots, strict=True)]
 
 # %% ../nbs/03_data.ipynb #b5a58483
 @dataclass
@@ -356,7 +410,7 @@ def _emptying_rule(v:str, data:DataConfig)->str:
     return next(r for r in _CLEANING if getattr(data, r))
 
 def _emptied(path:Path, raw:pd.DataFrame, clean:pd.DataFrame, split:str, data:DataConfig)->list[str]:
-    "One line per text column that cleaning left empty in some rows: the rows, their lines in `path`, the option that emptied them."
+    "Per text column that cleaning left empty in some rows: the rows, their lines in `path`, the option that did it."
     out, lines = [], None
     for col in ['dialogue'] + ([] if split == 'test' else ['summary']):
         idx = [i for i in range(len(raw)) if is_missing(clean[col].iat[i]) and not is_missing(raw[col].iat[i])]
@@ -364,15 +418,16 @@ def _emptied(path:Path, raw:pd.DataFrame, clean:pd.DataFrame, split:str, data:Da
         lines = lines or _record_lines(path)
         for i in idx[:5]:
             v = raw[col].iat[i]
-            out.append(f"{col} empty after cleaning at row {i + 1} (fname {raw.fname.iat[i]!r}, line {lines[i]}), which holds only {v!r}: "
-                       f"{_CLEANING[_emptying_rule(v, data)]}, and nothing else is left; fill it in or remove the row")
+            out.append(f"{col} empty after cleaning at row {i + 1} (fname {raw.fname.iat[i]!r}, line {lines[i]}), "
+                       f"which holds only {v!r}: {_CLEANING[_emptying_rule(v, data)]}, and nothing else is left; "
+                       "fill it in or remove the row")
         if len(idx) > 5: out.append(f"{col} empty after cleaning at {len(idx) - 5} more rows")
     return out
 
 def _copies(df:pd.DataFrame, train:pd.DataFrame)->dict:
-    "Rows of `df` whose cleaned dialogue is also a dialogue of `train`: how many, and the first fnames with the train fname."
-    seen = dict(zip(train.dialogue, train.fname))
-    hits = [(f, seen[t]) for f, t in zip(df.fname, df.dialogue) if t in seen]
+    "Rows of `df` whose cleaned dialogue is also one of `train`: how many, and the first fnames with the train fname."
+    seen = dict(zip(train.dialogue, train.fname, strict=True))
+    hits = [(f, seen[t]) for f, t in zip(df.fname, df.dialogue, strict=True) if t in seen]
     return dict(rows=len(hits), first=[f"{f} = {g}" for f, g in hits[:5]])
 
 # %% ../nbs/03_data.ipynb #7f0189c6
@@ -421,12 +476,14 @@ def load_splits(data:DataConfig, # the config's data section
         notes, limit = cr['notes'], getattr(data, f'max_{s}_samples')
         setattr(res, s, df.iloc[:limit])
         res.report[s] = dict(file=str(paths[s]), rows_read=len(df), rows_kept=len(df.iloc[:limit]), max_samples=limit,
-                             cleaning=cr['changed'], normalized=cr['normalized'], unknown_tags=cr['unknown_tags'], notes=notes)
+                             cleaning=cr['changed'], normalized=cr['normalized'], unknown_tags=cr['unknown_tags'],
+                             notes=notes)
         if s == 'train': train = df
         elif train is not None:
             res.report[s]['copies_of_train'] = c = _copies(df, train)
             if c['rows']:
-                why = 'their dev score measures recall of train, not summarization' if s == 'dev' else 'the model has seen their summaries'
+                why = ('their dev score measures recall of train, not summarization' if s == 'dev'
+                       else 'the model has seen their summaries')
                 notes.append(f"{c['rows']} of {len(df)} {s} rows have the dialogue of a train row after cleaning "
                              f"({', '.join(c['first'])}{', ...' if c['rows'] > 5 else ''}): {why}")
     return res

@@ -40,6 +40,7 @@ def template_path(root:Path)->Path:
     if not p.exists(): raise DialsumError(f"{p}: experiment template not found; run dialsum from the project folder")
     return p
 
+# %% ../nbs/16_runner.ipynb #f6a402e5
 def _end(run:Run, status:str, t0:float, error:str, tail:Optional[list]=None):
     "Record a run that ended without completing, unless its kernel already did (a completed run records itself)."
     # recorded by the kernel's handler (see `dialsum.pipeline.open_run`)
@@ -49,6 +50,14 @@ def _end(run:Run, status:str, t0:float, error:str, tail:Optional[list]=None):
     except DialsumError as e:
         print(f"{run.path}: the failure could not be recorded ({e}); it was: {error}", file=sys.stderr)
 
+# %% ../nbs/16_runner.ipynb #01f36adb
+def _tidy(run:Run, log):
+    "Close the log and scrub the notebook and the log; on a full disk say what could not be done, not fail the command."
+    for step in (log.close, lambda: scrub_file(run.file('notebook')), lambda: scrub_file(run.file('log'))):
+        try: step()
+        except (OSError, DialsumError) as e: print(f"{run.path}: {e}", file=sys.stderr)
+
+# %% ../nbs/16_runner.ipynb #0697b095
 def run_experiment(config:Union[str, Path], # the experiment YAML
                    overrides:Sequence[str]=(), # dotted overrides
                    root:Union[str, Path, None]=None, # the project folder (default: found from the working directory)
@@ -93,12 +102,6 @@ def run_experiment(config:Union[str, Path], # the experiment YAML
         _tidy(run, log)
     _end(run, 'failed', t0, 'the notebook ended without recording completion')
     return run
-
-def _tidy(run:Run, log):
-    "Close the log and scrub the notebook and the log; on a full disk say what could not be done, not fail the command."
-    for step in (log.close, lambda: scrub_file(run.file('notebook')), lambda: scrub_file(run.file('log'))):
-        try: step()
-        except (OSError, DialsumError) as e: print(f"{run.path}: {e}", file=sys.stderr)
 
 # %% ../nbs/16_runner.ipynb #12b5ae6a
 def run_processes(md:dict, # a run's metadata.json
