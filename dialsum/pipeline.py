@@ -37,22 +37,25 @@ __all__ = ['PREFLIGHT_FREE_BYTES', 'PreflightError', 'Problem', 'preflight', 'Co
            'read_data', 'build_model', 'fit', 'score_dev', 'diagnose', 'write_submission', 'pictures', 'finish',
            'run_steps', 'run_pipeline', 'main', 'accelerate_command']
 
-# %% ../nbs/15_pipeline.ipynb #9d5bf19d
+# %% ../nbs/15_pipeline.ipynb #b463d086
 class PreflightError(DialsumError):
     "An input the run needs is missing or invalid; found before training."
 
-# less free disk than this at the run folder cannot hold a run's records and checkpoints
-PREFLIGHT_FREE_BYTES = 50 * 2**20
-
+# %% ../nbs/15_pipeline.ipynb #ac750e8f
 def _short(e:BaseException, n:int=400)->str:
     s = ' '.join(str(e).split()); return s if len(s) <= n else s[:n - 1] + '…'
 
+# %% ../nbs/15_pipeline.ipynb #520a71e0
 class Problem(str):
     "One problem `preflight` found; `error`: the exception it came from, if any (raised as it is when the only one)."
     error:Optional[BaseException] = None
     @classmethod
     def of(cls, text:str, error:BaseException)->'Problem':
         p = cls(text); p.error = error; return p
+
+# %% ../nbs/15_pipeline.ipynb #9d5bf19d
+# less free disk than this at the run folder cannot hold a run's records and checkpoints
+PREFLIGHT_FREE_BYTES = 50 * 2**20
 
 def preflight(cfg:Config, # the resolved config
               root:Union[str, Path], # the project folder (relative data paths start here)
@@ -101,7 +104,6 @@ def preflight(cfg:Config, # the resolved config
                    f"under the {PREFLIGHT_FREE_BYTES / 2**20:.0f} MB a run needs; free disk space "
                    "or set output.runs_dir to a bigger disk (resources.check_disk: false skips this check)")
     return out
-
 
 # %% ../nbs/15_pipeline.ipynb #bea6da8d
 @dataclass
