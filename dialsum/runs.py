@@ -199,11 +199,12 @@ def rel_to(p:Union[str, Path], # a path
     try: return str(Path(p).resolve().relative_to(Path(root).resolve()))
     except ValueError: return str(p)
 
-# %% ../nbs/04_runs.ipynb #c8a54c3b
+# %% ../nbs/04_runs.ipynb #bd160341
 def utcnow()->str:
     "The current time as an ISO 8601 string, in UTC."
     return datetime.now(timezone.utc).isoformat(timespec='seconds')
 
+# %% ../nbs/04_runs.ipynb #d3850210
 def git_commit(root:Union[str, Path])->Optional[str]:
     "The project's git commit (with `+dirty` if it has uncommitted changes), or None outside git."
     try:
@@ -214,13 +215,15 @@ def git_commit(root:Union[str, Path])->Optional[str]:
     except (OSError, subprocess.SubprocessError): return None
     return (sha + ('+dirty' if dirty else '')) if sha else None
 
-# installed distributions recorded beside torch and transformers
-VERSIONED = ('peft', 'accelerate', 'tokenizers', 'papermill', 'python-mecab-ko', 'safetensors', 'numpy')
-
+# %% ../nbs/04_runs.ipynb #699e4b92
 def _version(dist:str)->Optional[str]:
     "The installed version of the distribution `dist`, None when it is not installed."
     try: return _dist.version(dist)
     except _dist.PackageNotFoundError: return None
+
+# %% ../nbs/04_runs.ipynb #c8a54c3b
+# installed distributions recorded beside torch and transformers
+VERSIONED = ('peft', 'accelerate', 'tokenizers', 'papermill', 'python-mecab-ko', 'safetensors', 'numpy')
 
 def environment()->dict:
     "Versions and device of this process, for the run record."
