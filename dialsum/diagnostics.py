@@ -119,6 +119,7 @@ def diagnostic_warnings(d:dict, # `prediction_diagnostics`, with `encoder` (`enc
                    f"(state distance {e['state_distance']:.2g}, loss gap {e['loss_gap']:.2g})")
     return out
 
+# %% ../nbs/10_diagnostics.ipynb #9510e7c3
 def warning_flags(lines:Sequence[str], # `diagnostic_warnings`
                  )->str:
     "The flags of the warnings, comma-separated (the `warn` column of `dialsum runs`); '' when none."

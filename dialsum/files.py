@@ -14,8 +14,8 @@ import psutil
 from .config import DialsumError
 
 # %% auto #0
-__all__ = ['STALE_TEMP_SECONDS', 'WriteError', 'write_error', 'atomic_write', 'write_json', 'write_csv', 'process_alive',
-           'process_record', 'clean_stale_temps', 'write_failure']
+__all__ = ['STALE_TEMP_SECONDS', 'WriteError', 'write_error', 'atomic_write', 'write_json', 'write_csv', 'process_record',
+           'process_alive', 'clean_stale_temps', 'write_failure']
 
 # %% ../nbs/01_files.ipynb #e7d46732
 class WriteError(DialsumError, OSError):
@@ -38,7 +38,7 @@ def write_error(path:Union[str, Path], # the file or folder that could not be wr
     e.errno, e.strerror, e.filename = err.errno, err.strerror, str(path)
     return e
 
-# %% ../nbs/01_files.ipynb #04475648
+# %% ../nbs/01_files.ipynb #fa972a4a
 def _file_mode(path:Path)->int:
     "The mode `path` has, or the one a new file gets under this process's umask."
     try: return path.stat().st_mode & 0o777
@@ -46,6 +46,7 @@ def _file_mode(path:Path)->int:
     umask = os.umask(0); os.umask(umask)
     return 0o666 & ~umask
 
+# %% ../nbs/01_files.ipynb #3a88a745
 def atomic_write(path:Union[str, Path], # the file to write
                  data:Union[str, bytes], # its whole content
                 )->Path:
@@ -70,18 +71,22 @@ def atomic_write(path:Union[str, Path], # the file to write
         raise
     return path
 
+# %% ../nbs/01_files.ipynb #82c1de51
 def write_json(path:Union[str, Path], obj)->Path:
     "Write `obj` as indented UTF-8 JSON, atomically."
     return atomic_write(path, json.dumps(obj, ensure_ascii=False, indent=1, default=str) + '\n')
 
+# %% ../nbs/01_files.ipynb #04475648
 def write_csv(path:Union[str, Path], df:pd.DataFrame)->Path:
     "Write `df` as UTF-8 CSV without its index, atomically."
     return atomic_write(path, df.to_csv(index=False))
 
-# %% ../nbs/01_files.ipynb #c5a7e1d0
-# a temporary file older than this is stale, whoever wrote it (a write takes milliseconds)
-STALE_TEMP_SECONDS = 24 * 3600
+# %% ../nbs/01_files.ipynb #2461a20a
+def process_record()->dict:
+    "This process as a run records it: pid, host and start time, so that a reused pid is not taken for it."
+    return dict(pid=os.getpid(), host=socket.gethostname(), started=psutil.Process().create_time())
 
+# %% ../nbs/01_files.ipynb #ff793a28
 def process_alive(pid:int, # a process id on this machine
                   started:Optional[float]=None, # its recorded start time (`psutil.Process.create_time`); None: any
                  )->bool:
@@ -94,9 +99,9 @@ def process_alive(pid:int, # a process id on this machine
     except (psutil.NoSuchProcess, TypeError, ValueError, OverflowError): return False
     except psutil.AccessDenied: return True
 
-def process_record()->dict:
-    "This process as a run records it: pid, host and start time, so that a reused pid is not taken for it."
-    return dict(pid=os.getpid(), host=socket.gethostname(), started=psutil.Process().create_time())
+# %% ../nbs/01_files.ipynb #c5a7e1d0
+# a temporary file older than this is stale, whoever wrote it (a write takes milliseconds)
+STALE_TEMP_SECONDS = 24 * 3600
 
 def clean_stale_temps(folder:Union[str, Path], # the folder of the file being written
                       name:str='*', # the file whose temporary files are cleaned (a glob; '*': every file)

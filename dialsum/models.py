@@ -22,8 +22,8 @@ from .data import TAGS
 # %% auto #0
 __all__ = ['FAMILIES', 'SCRATCH_MARKER', 'HUB_ID', 'TOKENIZER_FILES', 'SAFE_WEIGHTS', 'PICKLE_WEIGHTS', 'ModelError', 'Family',
            'family_of', 'param_counts', 'keep_text_at_tags', 'add_tag_tokens', 'train_tokenizer', 'build_scratch_model',
-           'encoder_specials', 'chat_end_token', 'end_token_ids', 'quantization_config', 'load_pretrained',
-           'load_model', 'check_model', 'is_4bit']
+           'encoder_specials', 'chat_end_token', 'end_token_ids', 'quantization_config', 'load_pretrained', 'is_4bit',
+           'check_model', 'load_model']
 
 # %% ../nbs/06_models.ipynb #2f62c8cd
 class ModelError(DialsumError):
@@ -178,9 +178,7 @@ def train_tokenizer(texts:list, # training texts (dialogues and summaries)
     add_tag_tokens(tok)
     return tok
 
-# %% ../nbs/06_models.ipynb #80f4df53
-SCRATCH_MARKER = 'dialsum_scratch.json'
-
+# %% ../nbs/06_models.ipynb #0a5c6c00
 def _bart_config(spec:ScratchModel, tokenizer)->BartConfig:
     "The `BartConfig` of `spec` with the vocabulary and special ids of `tokenizer`."
     return BartConfig(vocab_size=len(tokenizer), d_model=spec.d_model, encoder_layers=spec.encoder_layers,
@@ -191,6 +189,7 @@ def _bart_config(spec:ScratchModel, tokenizer)->BartConfig:
                       eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.eos_token_id,
                       forced_eos_token_id=tokenizer.eos_token_id)
 
+# %% ../nbs/06_models.ipynb #a7b596a2
 def _t5_config(spec:ScratchModel, tokenizer)->T5Config:
     "The `T5Config` of `spec`: T5's special ids, the decoder starting from `<pad>`, relative positions."
     return T5Config(vocab_size=len(tokenizer), d_model=spec.d_model, d_kv=spec.d_model // spec.attention_heads,
@@ -199,6 +198,7 @@ def _t5_config(spec:ScratchModel, tokenizer)->T5Config:
                     dropout_rate=spec.dropout, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                     decoder_start_token_id=tokenizer.pad_token_id)
 
+# %% ../nbs/06_models.ipynb #34ceb8df
 def _llama_config(spec:ScratchModel, tokenizer)->LlamaConfig:
     "The `LlamaConfig` of `spec`: a decoder-only LM of `decoder_layers` layers, rotary positions, tied embeddings."
     return LlamaConfig(vocab_size=len(tokenizer), hidden_size=spec.d_model, intermediate_size=spec.ffn_dim,
@@ -208,13 +208,18 @@ def _llama_config(spec:ScratchModel, tokenizer)->LlamaConfig:
                        eos_token_id=tokenizer.eos_token_id,
                        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
 
+# %% ../nbs/06_models.ipynb #eb07c54c
 _ARCHS = {'bart': (_bart_config, BartForConditionalGeneration), 't5': (_t5_config, T5ForConditionalGeneration),
           'llama': (_llama_config, LlamaForCausalLM)}
 
+# %% ../nbs/06_models.ipynb #a2f65036
 def _scratch_record(texts:list, spec:ScratchModel, seed:int)->dict:
     "What a scratch build depends on, as stored in its folder."
     h = hashlib.sha256('\0'.join(texts).encode('utf-8')).hexdigest()
     return {'spec': spec.model_dump(mode='json'), 'seed': seed, 'n_texts': len(texts), 'texts_sha256': h}
+
+# %% ../nbs/06_models.ipynb #80f4df53
+SCRATCH_MARKER = 'dialsum_scratch.json'
 
 def build_scratch_model(texts:list, # training texts: the tokenizer is trained on them
                         spec:ScratchModel, # sizes of the tokenizer and the model
@@ -419,6 +424,43 @@ def load_pretrained(name_or_path:str, # hub id (`owner/name`) or local model fol
     if model.generation_config.pad_token_id is None: model.generation_config.pad_token_id = tokenizer.pad_token_id
     return tokenizer, model
 
+# %% ../nbs/06_models.ipynb #2e7e36dc
+def _read_record(d:Path)->Optional[dict]:
+    "The build record of the scratch folder `d`, or None when there is no complete build."
+    f = d/SCRATCH_MARKER
+    if not (f.is_file() and (d/'config.json').is_file() and (d/'model.safetensors').is_file()): return None
+    try: return json.loads(f.read_text(encoding='utf-8'))
+    except (ValueError, UnicodeDecodeError): return None
+
+# %% ../nbs/06_models.ipynb #2406b01f
+def is_4bit(model:torch.nn.Module, # a loaded model
+           )->bool:
+    "Whether `model` holds bitsandbytes 4-bit linear layers, as `model.quantization: 4bit` must give."
+    try: from bitsandbytes.nn import Linear4bit
+    except ImportError: return False  # without bitsandbytes nothing can be 4-bit
+    return any(isinstance(m, Linear4bit) for m in model.modules())
+
+# %% ../nbs/06_models.ipynb #042896b4
+def check_model(cfg:ModelConfig, # the `model` section of the config
+                tokenizer, model, # as loaded
+                src, # where they came from, for messages
+               ):
+    "A `ModelError` when the model has too few positions for `cfg`, is not 4-bit as asked, or lacks a chat template."
+    n_pos = getattr(model.config, 'max_position_embeddings', None)
+    causal = family_of(cfg).prompted  # the summary follows the prompt in one sequence
+    need = cfg.max_source_length + (cfg.max_target_length if causal else 0)
+    if n_pos is not None and need > n_pos:
+        what = 'model.max_source_length + model.max_target_length' if causal else 'model.max_source_length'
+        raise ModelError(f"{what} ({need}) is above the model's max_position_embeddings ({n_pos}) of {src}; "
+                         f"lower it to {n_pos} or less")
+    if cfg.quantization == '4bit' and not is_4bit(model):  # never a silent full-precision run
+        raise ModelError(f"{src}: model.quantization is 4bit but the loaded model has no bitsandbytes 4-bit layers "
+                         "(Linear4bit); run it on a CUDA GPU with bitsandbytes installed, "
+                         "or set model.quantization: null to train the adapters on full-precision weights")
+    if causal and cfg.chat_template is True and not getattr(tokenizer, 'chat_template', None):
+        raise ModelError(f"{src}: model.chat_template is true but its tokenizer has no chat template; "
+                         "set model.chat_template: false to use model.prompt_template as plain text")
+
 # %% ../nbs/06_models.ipynb #95f0fd88
 def load_model(cfg:ModelConfig, # the `model` section of the config
                train_texts:list, # training texts, for the tokenizer of a scratch model
@@ -446,37 +488,3 @@ def load_model(cfg:ModelConfig, # the `model` section of the config
             raise ModelError(f"{e} (model.name_or_path: no folder {p} either)") from None
     check_model(cfg, tokenizer, model, src)
     return tokenizer, model, src
-
-def check_model(cfg:ModelConfig, # the `model` section of the config
-                tokenizer, model, # as loaded
-                src, # where they came from, for messages
-               ):
-    "A `ModelError` when the model has too few positions for `cfg`, is not 4-bit as asked, or lacks a chat template."
-    n_pos = getattr(model.config, 'max_position_embeddings', None)
-    causal = family_of(cfg).prompted  # the summary follows the prompt in one sequence
-    need = cfg.max_source_length + (cfg.max_target_length if causal else 0)
-    if n_pos is not None and need > n_pos:
-        what = 'model.max_source_length + model.max_target_length' if causal else 'model.max_source_length'
-        raise ModelError(f"{what} ({need}) is above the model's max_position_embeddings ({n_pos}) of {src}; "
-                         f"lower it to {n_pos} or less")
-    if cfg.quantization == '4bit' and not is_4bit(model):  # never a silent full-precision run
-        raise ModelError(f"{src}: model.quantization is 4bit but the loaded model has no bitsandbytes 4-bit layers "
-                         "(Linear4bit); run it on a CUDA GPU with bitsandbytes installed, "
-                         "or set model.quantization: null to train the adapters on full-precision weights")
-    if causal and cfg.chat_template is True and not getattr(tokenizer, 'chat_template', None):
-        raise ModelError(f"{src}: model.chat_template is true but its tokenizer has no chat template; "
-                         "set model.chat_template: false to use model.prompt_template as plain text")
-
-def is_4bit(model:torch.nn.Module, # a loaded model
-           )->bool:
-    "Whether `model` holds bitsandbytes 4-bit linear layers, as `model.quantization: 4bit` must give."
-    try: from bitsandbytes.nn import Linear4bit
-    except ImportError: return False  # without bitsandbytes nothing can be 4-bit
-    return any(isinstance(m, Linear4bit) for m in model.modules())
-
-def _read_record(d:Path)->Optional[dict]:
-    "The build record of the scratch folder `d`, or None when there is no complete build."
-    f = d/SCRATCH_MARKER
-    if not (f.is_file() and (d/'config.json').is_file() and (d/'model.safetensors').is_file()): return None
-    try: return json.loads(f.read_text(encoding='utf-8'))
-    except (ValueError, UnicodeDecodeError): return None

@@ -33,26 +33,29 @@ from .submissions import (_sample_problems, error_tail, exception_tail, finalize
 from .train import device_report, make_trainer, on_cpu, peak_gpu_memory_gb, train
 
 # %% auto #0
-__all__ = ['PREFLIGHT_FREE_BYTES', 'PreflightError', 'Problem', 'preflight', 'Context', 'open_run', 'cell_failed', 'watch_cells',
+__all__ = ['PREFLIGHT_FREE_BYTES', 'PreflightError', 'Problem', 'preflight', 'Context', 'cell_failed', 'watch_cells', 'open_run',
            'read_data', 'build_model', 'fit', 'score_dev', 'diagnose', 'write_submission', 'pictures', 'finish',
            'run_steps', 'run_pipeline', 'main', 'accelerate_command']
 
-# %% ../nbs/15_pipeline.ipynb #9d5bf19d
+# %% ../nbs/15_pipeline.ipynb #b463d086
 class PreflightError(DialsumError):
     "An input the run needs is missing or invalid; found before training."
 
-# less free disk than this at the run folder cannot hold a run's records and checkpoints
-PREFLIGHT_FREE_BYTES = 50 * 2**20
-
+# %% ../nbs/15_pipeline.ipynb #ac750e8f
 def _short(e:BaseException, n:int=400)->str:
     s = ' '.join(str(e).split()); return s if len(s) <= n else s[:n - 1] + '…'
 
+# %% ../nbs/15_pipeline.ipynb #520a71e0
 class Problem(str):
     "One problem `preflight` found; `error`: the exception it came from, if any (raised as it is when the only one)."
     error:Optional[BaseException] = None
     @classmethod
     def of(cls, text:str, error:BaseException)->'Problem':
         p = cls(text); p.error = error; return p
+
+# %% ../nbs/15_pipeline.ipynb #9d5bf19d
+# less free disk than this at the run folder cannot hold a run's records and checkpoints
+PREFLIGHT_FREE_BYTES = 50 * 2**20
 
 def preflight(cfg:Config, # the resolved config
               root:Union[str, Path], # the project folder (relative data paths start here)
@@ -102,8 +105,7 @@ def preflight(cfg:Config, # the resolved config
                    "or set output.runs_dir to a bigger disk (resources.check_disk: false skips this check)")
     return out
 
-
-# %% ../nbs/15_pipeline.ipynb #257910e8
+# %% ../nbs/15_pipeline.ipynb #bea6da8d
 @dataclass
 class Context:
     "One run in progress: its config, run folder, project folder and processes; only the main process writes."
@@ -124,6 +126,37 @@ class Context:
         "Write `df` as the run file `key` (main process only)."
         if self.main: write_csv(self.run.file(key), df)
 
+# %% ../nbs/15_pipeline.ipynb #6d3e665e
+def cell_failed(ctx:Context, # the run the notebook opened
+                etype:type, # the exception's type
+                value:BaseException, # the exception
+                stb:Optional[list]=None, # the traceback as the notebook shows it (IPython's structured traceback)
+               )->bool:
+    "Record a notebook cell's failure as the runner does, once (a run that already ended is left); True when recorded."
+    if not ctx.main or ctx.run.metadata.get('status') != 'running': return False
+    record_failure(ctx.run.path, f"{etype.__name__}: {value}", error_tail(stb or []),
+                   'interrupted' if issubclass(etype, KeyboardInterrupt) else 'failed', peak_gpu_memory_gb(),
+                   seconds=round(time.perf_counter() - ctx.t0, 2))
+    return True
+
+# %% ../nbs/15_pipeline.ipynb #af4e6e50
+def watch_cells(ctx:Context)->bool:
+    "In IPython, make a raising cell record the run's failure (`cell_failed`), its traceback shown; False elsewhere."
+    try: from IPython import get_ipython
+    except ImportError: return False
+    shell = get_ipython()
+    if shell is None or not ctx.main: return False
+    def handler(shell, etype, value, tb, tb_offset=None):
+        # the cell's error, shown as without a handler
+        shell.showtraceback((etype, value, tb), tb_offset=tb_offset, running_compiled_code=True)
+        try: cell_failed(ctx, etype, value,
+                         shell.InteractiveTB.structured_traceback(etype, value, tb, tb_offset=tb_offset))
+        except Exception as e:
+            print(f"{ctx.run.path}: the failure could not be recorded ({type(e).__name__}: {e})", file=sys.stderr)
+    shell.set_custom_exc((BaseException,), handler)
+    return True
+
+# %% ../nbs/15_pipeline.ipynb #257910e8
 def open_run(config:Union[str, Path], # the experiment YAML, relative to the project folder
              overrides:Sequence[str]=(), # dotted overrides
              run_dir:Union[str, Path, None]=None, # an existing run folder (the runner's), or None for a new one
@@ -148,34 +181,6 @@ def open_run(config:Union[str, Path], # the experiment YAML, relative to the pro
         err.recorded = True  # a failed run, not a config refused before one existed
         raise err
     return ctx
-
-def cell_failed(ctx:Context, # the run the notebook opened
-                etype:type, # the exception's type
-                value:BaseException, # the exception
-                stb:Optional[list]=None, # the traceback as the notebook shows it (IPython's structured traceback)
-               )->bool:
-    "Record a notebook cell's failure as the runner does, once (a run that already ended is left); True when recorded."
-    if not ctx.main or ctx.run.metadata.get('status') != 'running': return False
-    record_failure(ctx.run.path, f"{etype.__name__}: {value}", error_tail(stb or []),
-                   'interrupted' if issubclass(etype, KeyboardInterrupt) else 'failed', peak_gpu_memory_gb(),
-                   seconds=round(time.perf_counter() - ctx.t0, 2))
-    return True
-
-def watch_cells(ctx:Context)->bool:
-    "In IPython, make a raising cell record the run's failure (`cell_failed`), its traceback shown; False elsewhere."
-    try: from IPython import get_ipython
-    except ImportError: return False
-    shell = get_ipython()
-    if shell is None or not ctx.main: return False
-    def handler(shell, etype, value, tb, tb_offset=None):
-        # the cell's error, shown as without a handler
-        shell.showtraceback((etype, value, tb), tb_offset=tb_offset, running_compiled_code=True)
-        try: cell_failed(ctx, etype, value,
-                         shell.InteractiveTB.structured_traceback(etype, value, tb, tb_offset=tb_offset))
-        except Exception as e:
-            print(f"{ctx.run.path}: the failure could not be recorded ({type(e).__name__}: {e})", file=sys.stderr)
-    shell.set_custom_exc((BaseException,), handler)
-    return True
 
 # %% ../nbs/15_pipeline.ipynb #770ea0f8
 def read_data(ctx:Context)->Splits:
@@ -326,7 +331,7 @@ def finish(ctx:Context, scores:dict, result:dict, splits:Splits)->dict:
     ctx.state.wait_for_everyone()
     return metrics
 
-# %% ../nbs/15_pipeline.ipynb #7d32cf3d
+# %% ../nbs/15_pipeline.ipynb #f218c90e
 def run_steps(ctx:Context)->Run:
     "Every step after `open_run`, in order; a failure is recorded (`record_failure`) and raised."
     try:
@@ -346,6 +351,7 @@ def run_steps(ctx:Context)->Run:
         raise
     return ctx.run
 
+# %% ../nbs/15_pipeline.ipynb #7d32cf3d
 def run_pipeline(config:Union[str, Path], # the experiment YAML
                  overrides:Sequence[str]=(), # dotted overrides
                  run_dir:Union[str, Path, None]=None, # an existing run folder, or None for a new one
@@ -354,6 +360,7 @@ def run_pipeline(config:Union[str, Path], # the experiment YAML
     "Run the whole experiment in this process (one of many under `accelerate launch`); return the run."
     return run_steps(open_run(config, overrides, run_dir, root))
 
+# %% ../nbs/15_pipeline.ipynb #dc0ea7bb
 def main(argv:Optional[Sequence[str]]=None)->int:
     "`python -m dialsum.pipeline CONFIG [key=value ...] [--run-dir DIR]`, also as the program of `accelerate launch`."
     p = argparse.ArgumentParser(prog='python -m dialsum.pipeline',
@@ -378,6 +385,7 @@ def main(argv:Optional[Sequence[str]]=None)->int:
         import torch.distributed as dist
         if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
 
+# %% ../nbs/15_pipeline.ipynb #1206592e
 def accelerate_command(config:Union[str, Path], # the experiment YAML
                        overrides:Sequence[str]=(), # dotted overrides
                        accelerate_config:Union[str, Path, None]=None, # e.g. configs/accelerate/deepspeed_zero2.yaml
@@ -391,5 +399,6 @@ def accelerate_command(config:Union[str, Path], # the experiment YAML
     cmd += ['-m', 'dialsum.pipeline', str(config), *map(str, overrides)]
     return cmd + (['--run-dir', str(run_dir)] if run_dir else [])
 
+# %% ../nbs/15_pipeline.ipynb #fb984ff2
 # `python -m dialsum.pipeline`, not the notebook
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())

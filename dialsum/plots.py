@@ -80,6 +80,7 @@ def trainer_state(run_dir:Union[str, Path], # a run folder
     _, _, s, p = max(found, key=lambda t: (t[0], t[1]))
     return s, p
 
+# %% ../nbs/14_plots.ipynb #a213b03d
 def curve_frames(state:dict, # a trainer state, as read by `trainer_state`
                 )->tuple[pd.DataFrame, pd.DataFrame]:
     "The training log (`step`, `loss`) and the evaluations (`step`, `eval_loss`, `eval_score`, ...) of `state`."
@@ -90,7 +91,7 @@ def curve_frames(state:dict, # a trainer state, as read by `trainer_state`
     if evals.empty: evals = pd.DataFrame(columns=['step', 'eval_loss', f'eval_{SCORE}'])
     return train, evals
 
-# %% ../nbs/14_plots.ipynb #a6e5bbd3
+# %% ../nbs/14_plots.ipynb #4711e61d
 def _best(state:dict, evals:pd.DataFrame)->Optional[tuple]:
     "(step, score) of the best evaluation: the trainer's own choice when recorded, else the highest score."
     k = f'eval_{SCORE}'  # the metric the trainer picks the best checkpoint by
@@ -99,6 +100,7 @@ def _best(state:dict, evals:pd.DataFrame)->Optional[tuple]:
     r = at.iloc[-1] if len(at) else evals.loc[evals[k].idxmax()]
     return int(r['step']), float(r[k])
 
+# %% ../nbs/14_plots.ipynb #a6e5bbd3
 def plot_curves(run_dir:Union[str, Path], # a run folder with `checkpoints/`
                )->Path:
     "Write `run_dir/curves.png`: training and dev loss, and the dev score of each evaluation, from the trainer state."
@@ -146,7 +148,7 @@ def length_scores(table:pd.DataFrame, # per-row scores with a `chars` column (di
     return pd.DataFrame({'chars': g['chars'].median(), SCORE: g[SCORE].mean(),
                          'count': g.size()}).reset_index(drop=True)
 
-# %% ../nbs/14_plots.ipynb #8e368420
+# %% ../nbs/14_plots.ipynb #c42af8c9
 def _dev_split(run_dir:Path)->pd.DataFrame:
     "The dev split a run read: from the data report in `metrics.json`, else the run's `data/dev.csv`."
     try: recorded = json.loads((run_dir/RUN_FILES['metrics']).read_text(encoding='utf-8'))['data']['dev']['file']
@@ -157,6 +159,7 @@ def _dev_split(run_dir:Path)->pd.DataFrame:
                     f"(no data.dev file in {RUN_FILES['metrics']}, no data/dev.csv); "
                     f"pass it as plot_scores(run_dir, dev=...)")
 
+# %% ../nbs/14_plots.ipynb #8e368420
 def plot_scores(run_dir:Union[str, Path], # a run folder with `predictions_dev.csv`
                 dev:Optional[pd.DataFrame]=None, # the dev split (fname, dialogue); None: found from the run folder
                 top:int=15, # topics shown: the most frequent ones

@@ -68,13 +68,14 @@ def best_run(runs_dir:Union[str, Path], # the runs folder with index.csv
     raise DialsumError(f"{runs_dir}: no completed run with a dev score and a valid submission in "
                        f"{runs_dir/'index.csv'} ({len(read_index(runs_dir))} runs); see `dialsum runs`")
 
-# %% ../nbs/18_queries.ipynb #d6ebe300
+# %% ../nbs/18_queries.ipynb #b7fba3eb
 def _dev_rows(run_dir:Path)->pd.DataFrame:
     p = Path(run_dir)/RUN_FILES['dev_predictions']
     if not p.is_file():
         raise DialsumError(f"{p}: no per-row dev scores; the run did not reach dev scoring (see `dialsum runs`)")
     return pd.read_csv(p, dtype={'fname': str, 'prediction': str, 'reference': str}, keep_default_na=False)
 
+# %% ../nbs/18_queries.ipynb #d6ebe300
 def compare_runs(a:Union[str, Path], b:Union[str, Path], # run folders or experiment names (their newest runs)
                  runs_dir:Union[str, Path, None]=None, # where names are looked up (default: runs/)
                  top:int=5, # rows listed

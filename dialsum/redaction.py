@@ -43,11 +43,7 @@ def is_secret_name(name:str, # a key, variable or override name
     return (str(name) in SECRET_ENV or w[-1] in _LAST or any(x in _ANY for x in w)
             or any(p in str(name).lower() for p in _INSIDE))
 
-# %% ../nbs/02_redaction.ipynb #a3a3fb88
-_TOKEN_RE = re.compile(r'\bhf_[A-Za-z0-9]{16,}|\bsk-[A-Za-z0-9_-]{20,}|\bgh[pousr]_[A-Za-z0-9]{20,}')
-_ASSIGN_RE = re.compile(r'''(?P<q>["']?)(?P<name>[A-Za-z_][\w.-]*)(?P=q)\s*[=:]\s*["']?'''
-                        r'''(?P<val>(?!\[redacted\])[^\s"',;}\]\\]+)''')
-_EMPTY = {'None', 'null', '~', 'false', 'False', 'true', 'True'}
+# %% ../nbs/02_redaction.ipynb #5313a5c9
 # secret values shorter than SHORT_SECRET are not looked for; shorter than LONG_SECRET, only as whole words
 SHORT_SECRET, LONG_SECRET = 4, 8
 _FLAGS = {'none', 'null', 'true', 'false', 'yes', 'no', 'on', 'off'}
@@ -59,6 +55,12 @@ def secret_values(env:Optional[Mapping]=None, # variables to look in (default: `
     vals = {str(v).strip() for k, v in env.items() if is_secret_name(k) and len(str(v).strip()) >= SHORT_SECRET}
     return sorted((v for v in vals if v.lower() not in _FLAGS), key=len, reverse=True)
 
+# %% ../nbs/02_redaction.ipynb #8b5ade0e
+_TOKEN_RE = re.compile(r'\bhf_[A-Za-z0-9]{16,}|\bsk-[A-Za-z0-9_-]{20,}|\bgh[pousr]_[A-Za-z0-9]{20,}')
+_ASSIGN_RE = re.compile(r'''(?P<q>["']?)(?P<name>[A-Za-z_][\w.-]*)(?P=q)\s*[=:]\s*["']?'''
+                        r'''(?P<val>(?!\[redacted\])[^\s"',;}\]\\]+)''')
+_EMPTY = {'None', 'null', '~', 'false', 'False', 'true', 'True'}
+
 def _text(s:str, vals:list)->str:
     for v in vals:
         for form in {v, json.dumps(v)[1:-1], json.dumps(v, ensure_ascii=False)[1:-1]}:
@@ -68,6 +70,7 @@ def _text(s:str, vals:list)->str:
     keep = lambda m: not is_secret_name(m['name']) or m['val'] in _EMPTY
     return _ASSIGN_RE.sub(lambda m: m[0] if keep(m) else m[0][:m.start('val') - m.start()] + REDACTED, s)
 
+# %% ../nbs/02_redaction.ipynb #9a6c5669
 def _redact(obj, vals:list):
     if isinstance(obj, str): return _text(obj, vals)
     if isinstance(obj, Mapping):
@@ -77,6 +80,7 @@ def _redact(obj, vals:list):
         return type(obj)(_redact(v, vals) for v in obj) if type(obj) in (list, tuple) else obj
     return obj
 
+# %% ../nbs/02_redaction.ipynb #a3a3fb88
 def redact(obj, # a string, or dicts and lists of them, to be written somewhere
            env:Optional[Mapping]=None, # whose secret values to remove (default: `os.environ`)
           ):

@@ -83,12 +83,14 @@ def listing(d:Path, # a folder
 class CheckpointError(DialsumError):
     "No usable checkpoint, or no run folder, where one was asked for."
 
-# %% ../nbs/04_runs.ipynb #59a3108b
+# %% ../nbs/04_runs.ipynb #af70982e
 _RUN = re.compile(r'^(?P<exp>[A-Za-z0-9][A-Za-z0-9_.-]*)_(?P<stamp>\d{8}-\d{6})(?:-(?P<n>\d+))?$')
 
+# %% ../nbs/04_runs.ipynb #9418f11c
 def _is_run(p:Path)->bool:
     return p.is_dir() and ((p/RUN_FILES['metadata']).is_file() or (p/RUN_FILES['checkpoints']).is_dir())
 
+# %% ../nbs/04_runs.ipynb #563cb7b9
 def _started(p:Path, m:re.Match)->datetime:
     "When the run at `p` started: metadata.json's `started`, else its folder's time stamp (local time)."
     md = read_metadata(p)[0]
@@ -96,6 +98,7 @@ def _started(p:Path, m:re.Match)->datetime:
     except (TypeError, KeyError, ValueError): t = datetime.strptime(m['stamp'], '%Y%m%d-%H%M%S')
     return t if t.tzinfo else t.astimezone()
 
+# %% ../nbs/04_runs.ipynb #59a3108b
 def resolve_run(name_or_path:Union[str, Path], # a run folder, or an experiment name (its newest run)
                 runs_dir:Union[str, Path, None]=None, # where run folders are (default: `runs` in the project folder)
                )->Path:
@@ -124,7 +127,6 @@ def resolve_run(name_or_path:Union[str, Path], # a run folder, or an experiment 
                               + (f"; did you mean {close[0]!r}?" if close else '')
                               + f"; known experiments: {', '.join(known) or 'none'}")
     return max(mine, key=lambda q: (_started(q, runs[q]), runs[q]['stamp'], int(runs[q]['n'] or 1))).resolve()
-
 
 # %% ../nbs/04_runs.ipynb #b6a41ff7
 def run_path(runs_dir:Union[str, Path], # the runs folder
@@ -197,11 +199,12 @@ def rel_to(p:Union[str, Path], # a path
     try: return str(Path(p).resolve().relative_to(Path(root).resolve()))
     except ValueError: return str(p)
 
-# %% ../nbs/04_runs.ipynb #c8a54c3b
+# %% ../nbs/04_runs.ipynb #bd160341
 def utcnow()->str:
     "The current time as an ISO 8601 string, in UTC."
     return datetime.now(timezone.utc).isoformat(timespec='seconds')
 
+# %% ../nbs/04_runs.ipynb #d3850210
 def git_commit(root:Union[str, Path])->Optional[str]:
     "The project's git commit (with `+dirty` if it has uncommitted changes), or None outside git."
     try:
@@ -212,13 +215,15 @@ def git_commit(root:Union[str, Path])->Optional[str]:
     except (OSError, subprocess.SubprocessError): return None
     return (sha + ('+dirty' if dirty else '')) if sha else None
 
-# installed distributions recorded beside torch and transformers
-VERSIONED = ('peft', 'accelerate', 'tokenizers', 'papermill', 'python-mecab-ko', 'safetensors', 'numpy')
-
+# %% ../nbs/04_runs.ipynb #699e4b92
 def _version(dist:str)->Optional[str]:
     "The installed version of the distribution `dist`, None when it is not installed."
     try: return _dist.version(dist)
     except _dist.PackageNotFoundError: return None
+
+# %% ../nbs/04_runs.ipynb #c8a54c3b
+# installed distributions recorded beside torch and transformers
+VERSIONED = ('peft', 'accelerate', 'tokenizers', 'papermill', 'python-mecab-ko', 'safetensors', 'numpy')
 
 def environment()->dict:
     "Versions and device of this process, for the run record."
@@ -235,7 +240,7 @@ def save_config(cfg:Config, # the resolved config
     "Write the resolved config as YAML to `path`, atomically."
     return atomic_write(path, yaml.safe_dump(config_dict(cfg), sort_keys=False, allow_unicode=True))
 
-# %% ../nbs/04_runs.ipynb #e1e2c9b1
+# %% ../nbs/04_runs.ipynb #86a915c5
 @dataclass
 class Run:
     "A run folder and its config: paths of its files and its `metadata.json`."
@@ -253,6 +258,7 @@ class Run:
         return update_metadata(self.path, **fields)
     def __repr__(self): return f"Run({self.path.name})"
 
+# %% ../nbs/04_runs.ipynb #e1e2c9b1
 def start_run(cfg:Config, # the resolved config
               root:Union[str, Path], # the project folder (for `runs_dir` and the git commit)
               run_dir:Union[str, Path, None]=None, # an existing run folder (e.g. the runner's), or None for a new one
