@@ -85,6 +85,7 @@ def write_folds(config:Union[str, Path], # the experiment YAML
     "Write the fold CSVs and configs into the k-fold folder under the runs folder; return what was written."
     root = Path(root) if root else project_root()
     if pool not in POOLS: raise ConfigError(f"--pool {pool}: choose one of {', '.join(POOLS)}")
+    if not isinstance(k, int) or k < 2: raise ConfigError(f"--folds {k}: give 2 to N folds (N: the rows of the pool)")
     cfg = load_config(config, list(overrides), root, check_machine=False)
     seed = cfg.training.seed
     key = hashlib.sha256(json.dumps([config_hash(cfg), k, pool, stratify, seed]).encode()).hexdigest()[:8]
