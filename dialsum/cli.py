@@ -87,16 +87,17 @@ def _cmd_compare(a)->int:
     return 0
 
 # %% ../nbs/19_cli.ipynb #bd8bfa8f
-def _ensemble_rows(e, name:str='ensemble')->list[dict]:
-    "The members and the ensemble as rows of a table: dev score, interval, ensemble - member with its paired interval."
+def _ensemble_rows(e)->list[dict]:
+    "Members and ensemble as table rows: dev score, interval, ensemble - member (paired interval), test rows taken."
     ci = lambda c: '-' if not c else f"{c[0]:.2f}-{c[1]:.2f}"
     rows = [dict(run=m['run_id'], dev_score=f"{m['dev_score']:.2f}", ci95=ci(m['dev_ci95']),
                  ens_minus_run='-' if 'vs_diff' not in m else f"{m['vs_diff']:+.2f}",
                  paired_ci95='-' if 'vs_diff' not in m else f"{m['vs_lo']:+.2f} to {m['vs_hi']:+.2f}",
                  verdict='-' if 'vs_diff' not in m else 'better' if m['vs_lo'] > 0 else 'worse' if m['vs_hi'] < 0
-                 else 'within noise', chosen=f"{m['chosen_test']:.0%}") for m in e.members]
-    return rows + [dict(run=f"{e.path.name} ({name} {e.method})", dev_score=f"{e.scores[SCORE]:.2f}",
-                        ci95=ci(e.scores.get('score_ci95')), ens_minus_run='', paired_ci95='', verdict='', chosen='')]
+                 else 'within noise', test_rows=f"{m['chosen_test']:.0%}") for m in e.members]
+    return rows + [dict(run=f"{e.path.name} ({e.method} of {len(e.members)})", dev_score=f"{e.scores[SCORE]:.2f}",
+                        ci95=ci(e.scores.get('score_ci95')), **dict.fromkeys(('ens_minus_run', 'paired_ci95', 'verdict',
+                                                                              'test_rows'), ''))]
 
 def _promoted(e)->int:
     if e.promoted: print(f"submission promoted: {e.path/'submission.csv'}"); return 0
