@@ -1,4 +1,4 @@
-"`dialsum kfold`: three folds of the smoke config, out-of-fold score, an MBR ensemble promoted; --resume skips finished folds."
+"`dialsum kfold`: three folds of the smoke config, the out-of-fold score, a promoted MBR ensemble; --resume."
 import json
 from pathlib import Path
 
@@ -14,7 +14,7 @@ def metadata(run): return json.loads((Path(run)/'metadata.json').read_text(encod
 
 @pytest.mark.slow  # three smoke runs
 def test_kfold_three_folds_then_resume(tmp_path):
-    "3 folds stratified by topic: 3 ordinary runs with their fold, the out-of-fold estimate, a promoted ensemble; --resume skips."
+    "3 folds by topic: 3 ordinary runs with their fold, the out-of-fold estimate, a promoted ensemble; --resume skips."
     runs = tmp_path/'runs'
     cfg = tmp_path/'kf.yaml'; cfg.write_text(f"base: {SMOKE}\nexperiment: kf\noutput: {{runs_dir: {runs}}}\n")
     p = dialsum('kfold', cfg, '--folds', '3', '--stratify', 'topic')
