@@ -108,8 +108,8 @@ def member(run:Union[str, Path], # a run folder or experiment name (its newest r
     split = load_split(paths['dev'], 'dev', cfg.data)[0].iloc[:cfg.data.max_dev_samples]
     tdf = load_split(paths['test'], 'test', cfg.data)[0]
     cands = _candidates(d, 'dev', dev, 'prediction'), _candidates(d, 'test', test, 'summary')
-    return Member(d, d.name, dev, test, *cands, split, test_file_fnames(paths['test'], split_columns(cfg.data)), _hash(tdf),
-                  paths.get('sample_submission'))
+    fnames = test_file_fnames(paths['test'], split_columns(cfg.data))
+    return Member(d, d.name, dev, test, *cands, split, fnames, _hash(tdf), paths.get('sample_submission'))
 
 # %% ../nbs/12b_ensemble.ipynb #1cec13ae
 def check_members(ms:Sequence[Member], # the members, in the order given
@@ -118,7 +118,7 @@ def check_members(ms:Sequence[Member], # the members, in the order given
     "An `EnsembleError` naming the runs when `ms` cannot be combined."
     if len(ms) < 2:
         names = ', '.join(m.run_id for m in ms) or 'none'
-        raise EnsembleError(f"an ensemble needs at least 2 runs, got {len(ms)} ({names}); name two or more completed runs")
+        raise EnsembleError(f"an ensemble needs at least 2 runs, got {len(ms)} ({names}); name two or more")
     seen = {}
     for m in ms:
         if m.path in seen: raise EnsembleError(f"run {m.run_id} is named twice; name each member once")
@@ -131,7 +131,7 @@ def check_members(ms:Sequence[Member], # the members, in the order given
         if same_dev and sorted(m.dev['fname']) != sorted(a.dev['fname']):
             only = sorted(set(m.dev['fname']) ^ set(a.dev['fname']))
             raise EnsembleError(f"run {m.run_id} was scored on other dev rows than run {a.run_id} ({len(only)} fnames "
-                                f"in one only, e.g. {only[:3]}); an ensemble of runs of the same dev split can be scored")
+                                f"in one only, e.g. {only[:3]}); combine runs of the same dev split")
 
 # %% ../nbs/12b_ensemble.ipynb #9c7100bc
 def combine(ms:Sequence[Member], # the members
@@ -180,18 +180,19 @@ def ensemble_runs(runs:Sequence[Union[str, Path]], # run folders or experiment n
                   dev:Optional[tuple] = None, # (split, predictions `fname, summary, member`) replacing the members' dev
                   record:Optional[dict]=None, # more fields for the ensemble's metadata (k-fold's)
                  )->Ensemble:
-    "Combine completed runs into a new scored, promoted run folder; refuse runs that cannot be combined (nothing written)."
+    "Combine completed runs into a new scored, promoted run folder; refuse runs that cannot be combined."
     t0, root = time.monotonic(), Path(root) if root else project_root()
     if method not in METHODS: raise EnsembleError(f"method {method!r}: choose one of {', '.join(METHODS)}")
     ms = [member(r, runs_dir, root) for r in runs]
     check_members(ms, same_dev=dev is None)
     out_dir = Path(runs_dir) if runs_dir else ms[0].path.parent
-    run = Run(new_run_dir(out_dir, name or f"ensemble_{method.replace('-', '_')}").resolve(), None)
+    name = name or f"ensemble_{method.replace('-', '_')}"
+    run = Run(new_run_dir(out_dir, name).resolve(), None)
     shutil.copy2(ms[0].path/RUN_FILES['config'], run.file('config'))
     if (ms[0].path/'data').is_dir(): shutil.copytree(ms[0].path/'data', run.path/'data')
     ids = [m.run_id for m in ms]
     chash = hashlib.sha256(json.dumps([method, ids, dev is not None]).encode()).hexdigest()[:12]
-    run.update(run_id=run.path.name, experiment=run.path.name.rsplit('_', 2)[0], status='running', started=utcnow(),
+    run.update(run_id=run.path.name, experiment=name, status='running', started=utcnow(),
                model=f'ensemble:{method}', kind='ensemble', config_hash=chash, method=method,
                members=[rel_to(m.path, out_dir) for m in ms], test_hash=ms[0].test_hash,
                dev_source='out-of-fold' if dev is not None else 'shared dev split', **(record or {}))
