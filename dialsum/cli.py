@@ -109,6 +109,58 @@ def _cmd_compare(a)->int:
     print(compare_text(compare_runs(a.a, a.b, a.runs_dir, a.top)))
     return 0
 
+# %% ../nbs/19_cli.ipynb #bd8bfa8f
+def _ensemble_rows(e)->list[dict]:
+    "Members and ensemble as table rows: dev score, interval, ensemble - member (paired interval), test rows taken."
+    ci = lambda c: '-' if not c else f"{c[0]:.2f}-{c[1]:.2f}"
+    rows = [dict(run=m['run_id'], dev_score=f"{m['dev_score']:.2f}", ci95=ci(m['dev_ci95']),
+                 ens_minus_run='-' if 'vs_diff' not in m else f"{m['vs_diff']:+.2f}",
+                 paired_ci95='-' if 'vs_diff' not in m else f"{m['vs_lo']:+.2f} to {m['vs_hi']:+.2f}",
+                 verdict='-' if 'vs_diff' not in m else 'better' if m['vs_lo'] > 0 else 'worse' if m['vs_hi'] < 0
+                 else 'within noise', test_rows=f"{m['chosen_test']:.0%}") for m in e.members]
+    return rows + [dict(run=f"{e.path.name} ({e.method} of {len(e.members)})", dev_score=f"{e.scores[SCORE]:.2f}",
+                        ci95=ci(e.scores.get('score_ci95')), **dict.fromkeys(('ens_minus_run', 'paired_ci95', 'verdict',
+                                                                              'test_rows'), ''))]
+
+def _promoted(e)->int:
+    if e.promoted: print(f"submission promoted: {e.path/'submission.csv'}"); return 0
+    print(f"submission NOT promoted: {'; '.join(e.problems) or 'invalid'}", file=sys.stderr); return 1
+
+def _cmd_ensemble(a)->int:
+    from dialsum.ensemble import ensemble_runs  # no model is loaded: the runs' CSV files are combined
+    from dialsum.sweep import text_table
+    e = ensemble_runs(a.runs, a.method, a.name, a.runs_dir)
+    print(text_table(_ensemble_rows(e)) + f"\n{score_line(e.scores)} -> {e.path}"
+          + ''.join(f"\nwarning: {w}" for w in e.warnings))
+    return _promoted(e)
+
+# %% ../nbs/19_cli.ipynb #d872653a
+def _cmd_average(a)->int:
+    from dialsum.averaging import average_run  # torch and transformers: only for this command
+    r = average_run(a.run, a.last, a.checkpoints, a.runs_dir, progress=a.progress)
+    names = ', '.join(p.name for p in r.sources)
+    print(f"averaged   {len(r.sources)} checkpoints of {r.source_run.name}: {names}\n"
+          f"checkpoint {r.checkpoint}\n{score_line(r.scores)} (95% CI {r.scores['score_ci95'][0]:.2f}-"
+          f"{r.scores['score_ci95'][1]:.2f}); the source run's best checkpoint: {r.source_score:.2f}\n"
+          f"run        {r.path}")
+    if not r.promoted:
+        print(f"submission NOT promoted: {'; '.join(r.problems) or 'invalid'}", file=sys.stderr); return 1
+    print(f"submission promoted: {r.path/'submission.csv'}"); return 0
+
+def _cmd_kfold(a)->int:
+    from dialsum.kfold import run_kfold
+    from dialsum.sweep import text_table
+    k = run_kfold(a.config, a.folds, a.pool, a.stratify, a.set, resume=a.resume,
+                  say=lambda s: print(s, flush=True), progress=a.progress)
+    print('\n' + text_table(k.table) + f"\ncross-validation (out-of-fold, {k.oof_rows} rows): "
+          f"dev score {k.cv_score:.2f} "
+          f"(95% CI {k.cv_ci95[0]:.2f}-{k.cv_ci95[1]:.2f})")
+    if k.ensemble is None:
+        print(f"not every fold completed: no ensemble; fix the failures, then rerun with --resume ({k.folder})",
+              file=sys.stderr); return 1
+    print(f"test: the {a.folds} fold models combined by mbr -> {k.ensemble.path}")
+    return _promoted(k.ensemble)
+
 # %% ../nbs/19_cli.ipynb #1e5cbb11
 def parser()->argparse.ArgumentParser:
     "The `dialsum` command line."
@@ -186,6 +238,30 @@ def parser()->argparse.ArgumentParser:
     c.add_argument('a', help='run folder or experiment name'); c.add_argument('b', help='run folder or experiment name')
     c.add_argument('--top', type=int, default=5, help='dev rows listed'); runs_dir(c)
     c.set_defaults(func=_cmd_compare)
+    e = sub.add_parser('ensemble', help='combine completed runs per row into a scored, promoted run')
+    e.add_argument('runs', nargs='+', help='run folders or experiment names (their newest runs), two or more')
+    e.add_argument('--method', choices=('mbr', 'vote', 'best-dev'), default='mbr',
+                   help='per row: the candidate with the best mean competition score against the others (mbr), '
+                   'a similarity vote, or the best member by dev score')
+    e.add_argument('--name', help="the ensemble's experiment name (default: ensemble_<method>)"); runs_dir(e)
+    e.set_defaults(func=_cmd_ensemble)
+    v = sub.add_parser('average', help="average a run's checkpoint weights into a new run, scored on dev and promoted")
+    v.add_argument('run', help='run folder or experiment name (its newest run)')
+    g = v.add_mutually_exclusive_group()
+    g.add_argument('--last', type=int, metavar='K', help='the K newest complete checkpoints (default: all of them)')
+    g.add_argument('--checkpoints', nargs='+', metavar='CKPT', help='checkpoint folders, or names like checkpoint-200')
+    v.add_argument('--progress', action='store_true', help='show progress bars'); runs_dir(v)
+    v.set_defaults(func=_cmd_average)
+    k = sub.add_parser('kfold', help='K runs of a config, each holding out one fold as dev, then their mbr ensemble')
+    k.add_argument('config', help='experiment YAML')
+    k.add_argument('--folds', type=int, default=5, metavar='K', help='folds (at least 2)')
+    k.add_argument('--pool', choices=('train+dev', 'train'), default='train+dev', help='the rows split into folds')
+    k.add_argument('--stratify', choices=('topic',), help='keep each topic spread evenly over the folds')
+    k.add_argument('--set', nargs='+', action='extend', default=[], metavar='KEY=VALUE',
+                   help='overrides for every fold')
+    k.add_argument('--resume', action='store_true', help='skip folds that already completed')
+    k.add_argument('--progress', action='store_true', help="show papermill's progress bars")
+    k.set_defaults(func=_cmd_kfold)
     return p
 
 def main(argv:Optional[Sequence[str]]=None)->int:
