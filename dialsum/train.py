@@ -183,9 +183,11 @@ class DialsumTrainer(Trainer):
         if t is not None and t.batch_tokens and ds is not None:  # rows per batch vary; steps per epoch are fixed
             seq2seq = family_of(self.model).encoder_decoder and 'labels' in ds[0]
             labels = [len(f['labels']) for f in ds] if seq2seq else None
-            return TokenBudgetSampler([len(f['input_ids']) for f in ds], labels, t.batch_tokens, t.batch_padding,
-                                      seed=self.args.seed, world_size=max(1, self.args.world_size),
-                                      rank=self.args.process_index)
+            self._train_sampler_made = TokenBudgetSampler([len(f['input_ids']) for f in ds], labels, t.batch_tokens,
+                                                          t.batch_padding, seed=self.args.seed,
+                                                          world_size=max(1, self.args.world_size),
+                                                          rank=self.args.process_index)
+            return self._train_sampler_made
         if self.cfg is None or self.cfg.training.train_sampling_strategy != 'length_buckets' or ds is None:
             return super()._get_train_sampler(train_dataset)
         labels = [len(f['labels']) for f in ds] if family_of(self.model).encoder_decoder and 'labels' in ds[0] else None
@@ -258,4 +260,12 @@ def train(trainer:Trainer, # from `make_trainer`
     evals = [h for h in st.log_history if f'eval_{SCORE}' in h]
     return dict(train_seconds=round(time.perf_counter() - t0, 2), global_step=st.global_step, train_loss=out.training_loss,
                 best_checkpoint=st.best_model_checkpoint, best_score=st.best_metric, evaluations=len(evals),
-                train_samples_per_second=out.metrics.get('train_samples_per_second'))
+                train_samples_per_second=_rows_per_second(trainer, out.metrics))
+
+def _rows_per_second(trainer:Trainer, metrics:dict)->Optional[float]:
+    "Training rows per second; with a token budget, from the rows its steps held (the trainer counts rows x steps)."
+    smp, ds = getattr(trainer, '_train_sampler_made', None), trainer.train_dataset
+    if not isinstance(smp, TokenBudgetSampler) or not metrics.get('train_runtime'):
+        return metrics.get('train_samples_per_second')
+    rows = trainer.state.global_step * trainer.args.gradient_accumulation_steps * len(ds) / max(1, len(smp))
+    return round(rows / metrics['train_runtime'], 3)
