@@ -178,6 +178,7 @@ class TrainingConfig(_Section):
     train_sampling_strategy: Literal['length_buckets', 'group_by_length', 'random', 'sequential'] = 'random'  # length_buckets (opt-in, less padding): dialsum.train.LengthBucketSampler
     batch_tokens: Optional[int] = Field(None, ge=1)  # tokens per batch, instead of per_device_train_batch_size rows
     batch_padding: float = Field(0.03, gt=0, lt=1)  # with batch_tokens: the most padding, as a share of the tokens fed
+    packing: bool = False  # decoder-only: a batch's rows in one row, no padding, each attending to itself only
     report_to: list[str] = []
     resume_from_checkpoint: Union[bool, str, None] = None  # true = the newest checkpoint of this run
     dataloader_num_workers: int = Field(0, ge=0)
@@ -202,6 +203,9 @@ class TrainingConfig(_Section):
     @model_validator(mode='after')
     def _one_batching(self):
         "A token budget makes its own batches: a row-count sampler or batch-size search beside it would not act."
+        if self.packing and self.batch_tokens is not None:
+            raise ValueError('training.packing feeds no padding, and training.batch_tokens would only sort the rows by '
+                             'length: remove one of them')
         if self.batch_tokens is None:
             if self.batch_padding != 0.03:  # not its default (a saved config holds the default: it is no error)
                 raise ValueError('training.batch_padding acts only with training.batch_tokens: set both, or remove it')
@@ -304,6 +308,13 @@ class Config(_Section):
     def _qlora_needs_lora(self):
         if self.model.quantization and self.lora is None:
             raise ValueError('model.quantization: 4bit freezes the model in 4 bits, so only adapters can train: add a lora section')
+        return self
+
+    @model_validator(mode='after')
+    def _packing_is_causal(self):
+        if self.training.packing and self.model.family != 'causal':
+            raise ValueError(f'training.packing joins the rows of a decoder-only model; model.family is '
+                             f'{self.model.family!r}: set training.packing: false (an encoder-decoder pads per batch)')
         return self
 
     @model_validator(mode='after')

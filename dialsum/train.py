@@ -193,6 +193,11 @@ class DialsumTrainer(Trainer):
         labels = [len(f['labels']) for f in ds] if family_of(self.model).encoder_decoder and 'labels' in ds[0] else None
         return LengthBucketSampler([len(f['input_ids']) for f in ds], labels, self._train_batch_size, seed=self.args.seed)
 
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        "The trainer's loss; packed rows (`training.packing`) without the key-value cache, which hides the packing."
+        if self.cfg is not None and self.cfg.training.packing: inputs = {**inputs, 'use_cache': False}
+        return super().compute_loss(model, inputs, *args, **kwargs)
+
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix='eval'):
         out = super().evaluation_loop(dataloader, description, True, ignore_keys, metric_key_prefix)  # the loss only
         if self.gen_feats is not None and metric_key_prefix == 'eval':
@@ -244,7 +249,8 @@ def make_trainer(cfg:Config, # the resolved experiment config
     if evaluate:
         order = length_order(dev_feats)  # less padding in the loss batches
         eval_ds, refs = [dev_feats[i] for i in order], [dev_refs[i] for i in order]
-    return DialsumTrainer(model=model, args=args, data_collator=make_collator(tokenizer, model), train_dataset=train_feats,
+    collate = make_collator(tokenizer, model, cfg.training.packing)
+    return DialsumTrainer(model=model, args=args, data_collator=collate, train_dataset=train_feats,
                           eval_dataset=eval_ds, processing_class=tokenizer, callbacks=callbacks,
                           gen_feats=generation_inputs(eval_ds) if evaluate else None, refs=refs, cfg=cfg)
 
