@@ -456,7 +456,8 @@ def markdown(res):
              f"d_model {res['model']['d_model']}, {res['model']['encoder_layers']}+{res['model']['decoder_layers']} layers, "
              f"vocabulary {res['model']['vocab_size']}). Medians of {res['args']['reps']} alternating repetitions; "
              "how each figure is measured: [README.md](README.md).", "",
-             "| metric | dialsum | seed baseline | ratio | target | met |", "|---|---|---|---|---|---|"]
+             "| metric | dialsum | seed baseline (or the peer a row names) | ratio | target | met |",
+             "|---|---|---|---|---|---|"]
     for r in res["table"]:
         met = "-" if r["met"] is None else ("yes" if r["met"] else "**no**")
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
