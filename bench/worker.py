@@ -89,6 +89,7 @@ def run_train(a):
     features_s = time.perf_counter() - t
     cfg = Config(experiment="bench", model=ModelConfig(name_or_path=str(a.model)),
                  training=TrainingConfig(max_steps=a.steps, per_device_train_batch_size=a.batch, learning_rate=a.lr,
+                                         batch_tokens=getattr(a, "batch_tokens", 0) or None,
                                          eval_strategy="no", early_stopping_patience=None, warmup_steps=0,
                                          use_cpu=device == "cpu",
                                          seed=a.seed, **_precision(a)))
@@ -192,6 +193,7 @@ def main(argv=None):
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--batch-tokens", type=int, default=0, help="train: training.batch_tokens (0: rows of --batch)")
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--n", type=int, default=499)
     p.add_argument("--num-beams", type=int, default=4)

@@ -202,9 +202,11 @@ class TrainingConfig(_Section):
     )  # evaluations without improvement (configs/base.yaml: 3); null = off
     early_stopping_threshold: float = Field(0.0, ge=0)
     seed: int = 42
-    train_sampling_strategy: Literal['length_buckets', 'group_by_length', 'random', 'sequential'] = (
-        'random'  # length_buckets (opt-in, less padding): dialsum.train.LengthBucketSampler
-    )
+    # length_buckets (opt-in, less padding): dialsum.train.LengthBucketSampler
+    train_sampling_strategy: Literal['length_buckets', 'group_by_length', 'random', 'sequential'] = 'random'
+    batch_tokens: Optional[int] = Field(None, ge=1)  # tokens per batch, instead of per_device_train_batch_size rows
+    batch_padding: float = Field(0.03, gt=0, lt=1)  # with batch_tokens: the most padding, as a share of the tokens fed
+    packing: bool = False  # decoder-only: a batch's rows in one row, no padding, each attending to itself only
     report_to: list[str] = []
     resume_from_checkpoint: Union[bool, str, None] = None  # true = the newest checkpoint of this run
     dataloader_num_workers: int = Field(0, ge=0)
@@ -230,6 +232,23 @@ class TrainingConfig(_Section):
     def _false_is_no(cls, v):
         "YAML 1.1 reads a bare `no` (`training.eval_strategy=no`) as False: it means 'no'."
         return 'no' if v is False else v
+
+    @model_validator(mode='after')
+    def _one_batching(self):
+        "A token budget makes its own batches: a row-count sampler or batch-size search beside it would not act."
+        if self.packing and self.batch_tokens is not None:
+            raise ValueError('training.packing feeds no padding, and training.batch_tokens would only sort the rows by '
+                             'length: remove one of them')
+        if self.batch_tokens is None:
+            if self.batch_padding != 0.03:  # not its default (a saved config holds the default: it is no error)
+                raise ValueError('training.batch_padding acts only with training.batch_tokens: set both, or remove it')
+            return self
+        if self.train_sampling_strategy != 'random' or self.auto_find_batch_size:
+            other = ('auto_find_batch_size: true' if self.auto_find_batch_size
+                     else f'train_sampling_strategy: {self.train_sampling_strategy}')
+            raise ValueError(f'training.batch_tokens ({self.batch_tokens}) makes its own batches of similar length in '
+                             f'a random order, and training.{other} would make batches by rows: remove one of them')
+        return self
 
     @model_validator(mode='after')
     def _evaluation_keys_act(self):
@@ -354,6 +373,13 @@ class Config(_Section):
             raise ValueError(
                 'model.quantization: 4bit freezes the model in 4 bits, so only adapters can train: add a lora section'
             )
+        return self
+
+    @model_validator(mode='after')
+    def _packing_is_causal(self):
+        if self.training.packing and self.model.family != 'causal':
+            raise ValueError(f'training.packing joins the rows of a decoder-only model; model.family is '
+                             f'{self.model.family!r}: set training.packing: false (an encoder-decoder pads per batch)')
         return self
 
     @model_validator(mode='after')

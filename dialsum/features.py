@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Optional
 
 import pandas as pd
-from transformers import DataCollatorForSeq2Seq
+from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
 from .config import Config, ConfigError, ModelConfig
 from .data import model_inputs
@@ -114,7 +114,12 @@ def features(tokenizer, # the model's tokenizer
 # %% ../nbs/09_features.ipynb #90dcb2d6
 def make_collator(tokenizer, # the model's tokenizer
                   model, # the model (or its peft wrapper)
+                  packing:bool=False, # decoder-only: the batch's rows joined into one row (`training.packing`)
                  ):
-    "Pad per batch; labels padded with -100; seq2seq decoder inputs made by the model from the labels."
+    "Pad per batch; labels padded with -100; seq2seq decoder inputs made by the model from the labels. Or pack."
+    if packing:
+        if family_of(model).encoder_decoder:
+            raise ConfigError('training.packing joins the rows of a decoder-only model; this one is an encoder-decoder')
+        return DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
     return DataCollatorForSeq2Seq(tokenizer, model=model if family_of(model).collator_model else None,
                                   label_pad_token_id=-100)

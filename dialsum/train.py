@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
+from transformers.trainer_pt_utils import BatchRebalanceSampler
 
 from .config import Config, TrainingConfig
 from .features import make_collator
@@ -20,8 +21,8 @@ from .metrics import SCORE, competition_score
 from .models import family_of, param_counts
 
 # %% auto #0
-__all__ = ['on_cpu', 'resolve_precision', 'peak_gpu_memory_gb', 'device_report', 'LengthBucketSampler', 'DialsumTrainer',
-           'training_args', 'make_trainer', 'train']
+__all__ = ['on_cpu', 'resolve_precision', 'peak_gpu_memory_gb', 'device_report', 'LengthBucketSampler', 'padding_share',
+           'token_batches', 'TokenBudgetSampler', 'DialsumTrainer', 'training_args', 'make_trainer', 'train']
 
 # %% ../nbs/13_train.ipynb #05a8ed57
 def on_cpu(t:TrainingConfig)->bool:
@@ -104,6 +105,76 @@ class LengthBucketSampler(Sampler):
             k = int(np.argmax(cost)); full[0], full[k] = full[k], full[0]
         return full + short
 
+# %% ../nbs/13_train.ipynb #f439dfa1
+def padding_share(batches:list, # index arrays, one per batch
+                  src:np.ndarray, # input tokens of each row
+                  lab:Optional[np.ndarray]=None, # label tokens of each row (seq2seq); None: inputs only (decoder-only)
+                 )->float:
+    "Share of the tokens fed (inputs and labels padded to each batch's longest) that are padding."
+    src = np.asarray(src); lab = np.zeros_like(src) if lab is None else np.asarray(lab)
+    fed = sum(len(b) * (src[b].max() + lab[b].max()) for b in batches)
+    return float(1 - sum((src[b] + lab[b]).sum() for b in batches) / fed)
+
+# %% ../nbs/13_train.ipynb #4533bc8f
+def _cheapest_cut(order:np.ndarray, src:np.ndarray, lab:Optional[np.ndarray], max_tokens:int, price:float)->list:
+    "The cut of `order` into runs within `max_tokens` with the least padding plus `price` x `max_tokens` per run."
+    s, t = src[order], (np.zeros_like(src) if lab is None else lab)[order]
+    real = np.concatenate([[0], np.cumsum(s + t)])
+    most = int(max_tokens // max(1, int((s + t).min()))) + 1  # no batch holds more rows than this
+    best, start = np.zeros(len(order) + 1), np.zeros(len(order) + 1, dtype=int)
+    for j in range(1, len(order) + 1):  # best[j]: the cheapest cut of the first j rows; its last run starts at start[j]
+        i0 = max(0, j - most)
+        k = np.arange(1, j - i0 + 1)  # rows in the last run, which starts at j - k
+        fed = k * (np.maximum.accumulate(s[i0:j][::-1]) + np.maximum.accumulate(t[i0:j][::-1]))
+        cost = best[j - k] + fed - (real[j] - real[j - k]) + price * max_tokens
+        cost[(fed > max_tokens) & (k > 1)] = np.inf  # a row over the budget is a batch of its own
+        m = int(np.argmin(cost)); best[j], start[j] = cost[m], j - k[m]
+    cuts, j = [], len(order)
+    while j > 0: cuts.append(order[start[j]:j]); j = start[j]
+    return cuts[::-1]
+
+def token_batches(src:list[int], # input tokens of each row
+                  lab:Optional[list[int]]=None, # label tokens of each row (seq2seq); None: inputs only (decoder-only)
+                  max_tokens:int=4096, # tokens a batch may feed: rows x (longest input + longest label)
+                  max_padding:float=0.03, # the most padding, as a share of all tokens fed in the epoch
+                  seed:int=0, # breaks ties between rows of the same lengths
+                 )->list[np.ndarray]:
+    "Every row once, in batches of similar length within `max_tokens`: the fewest that pad at most `max_padding`."
+    src = np.asarray(src); lab = None if lab is None else np.asarray(lab)
+    keys = (np.random.default_rng(seed).random(len(src)),) + (() if lab is None else (-lab,)) + (-(src // 4),)
+    order = np.lexsort(keys)  # by input length in steps of 4 tokens, then by label length, ties at random
+    lo, hi, best = -4.0, 0.0, None  # log10 of the price of a batch (in padded tokens per budget token), bisected
+    for _ in range(14):
+        cut = _cheapest_cut(order, src, lab, max_tokens, 10 ** ((lo + hi) / 2))
+        if padding_share(cut, src, lab) <= max_padding: lo, best = (lo + hi) / 2, cut
+        else: hi = (lo + hi) / 2
+    return best if best is not None else _cheapest_cut(order, src, lab, max_tokens, 0.0)
+
+# %% ../nbs/13_train.ipynb #b5403994
+class TokenBudgetSampler(BatchRebalanceSampler):
+    "`token_batches` for one process of `world_size`: its share of every epoch's batches, in a random order."
+    def __init__(self, src:list[int], # input tokens of each row
+                 lab:Optional[list[int]]=None, # label tokens of each row (seq2seq); None: inputs only
+                 max_tokens:int=4096, # `training.batch_tokens`
+                 max_padding:float=0.03, # `training.batch_padding`
+                 seed:int=0, # fixes the batches and, with the epoch, their order
+                 world_size:int=1, rank:int=0, # the processes of the run, and this one
+                ):
+        bs = token_batches(src, lab, max_tokens, max_padding, seed)
+        while len(bs) % world_size and max(map(len, bs)) > 1:  # the same number of batches on every process
+            k = int(np.argmax([len(b) for b in bs])); bs[k:k+1] = [bs[k][:len(bs[k]) // 2], bs[k][len(bs[k]) // 2:]]
+        self.all_batches, self.seed, self.world_size, self.rank, self.epoch = bs, seed, world_size, rank, 0
+
+    def set_epoch(self, epoch:int): self.epoch = epoch
+    def __len__(self): return len(self.all_batches) // self.world_size
+    def __iter__(self):
+        mine = self.order()[self.rank::self.world_size][:len(self)]
+        return (self.all_batches[i].tolist() for i in mine)
+
+    def order(self)->np.ndarray:
+        "This epoch's order of all batches (of every process)."
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.all_batches))
+
 # %% ../nbs/13_train.ipynb #747299ca
 class DialsumTrainer(Trainer):
     "A `Trainer` whose evaluation also generates the dev summaries and scores them: `eval_score`, `eval_rouge1`, ..."
@@ -117,11 +188,25 @@ class DialsumTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset=None):
         ds = self.train_dataset if train_dataset is None else train_dataset
+        t = None if self.cfg is None else self.cfg.training
+        if t is not None and t.batch_tokens and ds is not None:  # rows per batch vary; steps per epoch are fixed
+            seq2seq = family_of(self.model).encoder_decoder and 'labels' in ds[0]
+            labels = [len(f['labels']) for f in ds] if seq2seq else None
+            self._train_sampler_made = TokenBudgetSampler([len(f['input_ids']) for f in ds], labels, t.batch_tokens,
+                                                          t.batch_padding, seed=self.args.seed,
+                                                          world_size=max(1, self.args.world_size),
+                                                          rank=self.args.process_index)
+            return self._train_sampler_made
         if self.cfg is None or self.cfg.training.train_sampling_strategy != 'length_buckets' or ds is None:
             return super()._get_train_sampler(train_dataset)
         labels = [len(f['labels']) for f in ds] if family_of(self.model).encoder_decoder and 'labels' in ds[0] else None
         return LengthBucketSampler([len(f['input_ids']) for f in ds], labels, self._train_batch_size,
                                    seed=self.args.seed)
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        "The trainer's loss; packed rows (`training.packing`) without the key-value cache, which hides the packing."
+        if self.cfg is not None and self.cfg.training.packing: inputs = {**inputs, 'use_cache': False}
+        return super().compute_loss(model, inputs, *args, **kwargs)
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix='eval'):
@@ -181,9 +266,9 @@ def make_trainer(cfg:Config, # the resolved experiment config
     if evaluate:
         order = length_order(dev_feats)  # less padding in the loss batches
         eval_ds, refs = [dev_feats[i] for i in order], [dev_refs[i] for i in order]
-    return DialsumTrainer(model=model, args=args, data_collator=make_collator(tokenizer, model),
-                          train_dataset=train_feats, eval_dataset=eval_ds, processing_class=tokenizer,
-                          callbacks=callbacks,
+    collate = make_collator(tokenizer, model, cfg.training.packing)
+    return DialsumTrainer(model=model, args=args, data_collator=collate, train_dataset=train_feats,
+                          eval_dataset=eval_ds, processing_class=tokenizer, callbacks=callbacks,
                           gen_feats=generation_inputs(eval_ds) if evaluate else None, refs=refs, cfg=cfg)
 
 # %% ../nbs/13_train.ipynb #4309ba43
@@ -199,4 +284,12 @@ def train(trainer:Trainer, # from `make_trainer`
     return dict(train_seconds=round(time.perf_counter() - t0, 2), global_step=st.global_step,
                 train_loss=out.training_loss,
                 best_checkpoint=st.best_model_checkpoint, best_score=st.best_metric, evaluations=len(evals),
-                train_samples_per_second=out.metrics.get('train_samples_per_second'))
+                train_samples_per_second=_rows_per_second(trainer, out.metrics))
+
+def _rows_per_second(trainer:Trainer, metrics:dict)->Optional[float]:
+    "Training rows per second; with a token budget, from the rows its steps held (the trainer counts rows x steps)."
+    smp, ds = getattr(trainer, '_train_sampler_made', None), trainer.train_dataset
+    if not isinstance(smp, TokenBudgetSampler) or not metrics.get('train_runtime'):
+        return metrics.get('train_samples_per_second')
+    rows = trainer.state.global_step * trainer.args.gradient_accumulation_steps * len(ds) / max(1, len(smp))
+    return round(rows / metrics['train_runtime'], 3)
