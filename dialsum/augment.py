@@ -21,7 +21,7 @@ from .redaction import redact
 # %% auto #0
 __all__ = ['SWAP_HOW', 'PLACEHOLDER', 'LANGUAGES', 'REASONS', 'METHODS', 'AugmentError', 'speakers', 'swap_tags',
            'tag_permutations', 'speaker_swap', 'placeholder_re', 'protect', 'restore', 'Step', 'LocalModel',
-           'ChatEndpoint', 'rewrite_rows', 'report_path', 'partial_path', 'method_steps', 'augment']
+           'ChatEndpoint', 'rewrite_rows', 'report_path', 'partial_path', 'check_request', 'method_steps', 'augment']
 
 # %% ../nbs/12d_augment.ipynb #d7c0bda8
 class AugmentError(DialsumError):
@@ -341,7 +341,23 @@ def _append(path:Path, recs:list[dict]):
     with open(path, 'a', encoding='utf-8') as f:
         f.write(''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in recs)); f.flush(); os.fsync(f.fileno())
 
-# %% ../nbs/12d_augment.ipynb #85d96ba1
+# %% ../nbs/12d_augment.ipynb #5c95517e
+def check_request(method:str, # one of `METHODS`
+                  input:Union[str, Path], # the training CSV to augment
+                  output:Union[str, Path], # the CSV to write
+                  keep:tuple=(0.65, 0.95), # --keep-score LO HI
+                  force:bool=False, # an existing output may be replaced
+                 )->tuple:
+    "Refuse an unknown method, a missing input, an output that is the input or exists, a bad --keep-score; return keep."
+    input, output = Path(input), Path(output)
+    if method not in METHODS: raise AugmentError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    if not input.is_file(): raise AugmentError(f"--input {input}: no such file; give the training CSV to augment")
+    if output.resolve() == input.resolve():
+        raise AugmentError(f"--output {output}: is the input; write the new rows to another file")
+    if output.exists() and not force:
+        raise AugmentError(f"--output {output}: exists; choose another file, or --force to replace it")
+    return _check_keep(keep)
+
 def method_steps(method:str, # 'back-translate' or 'paraphrase'
                  model, # the model of the (first) step: `LocalModel`, `ChatEndpoint` or any model(texts, step)
                  back_model=None, # back-translate: the pivot -> source model (default: `model`)
@@ -373,12 +389,7 @@ def augment(method:str, # one of `METHODS`
            )->dict:
     "Write the augmented rows of `input` to `output` and the report beside it; return the report."
     t0, input, output = time.time(), Path(input), Path(output)
-    if method not in METHODS: raise AugmentError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-    if output.resolve() == input.resolve():
-        raise AugmentError(f"--output {output}: is the input; write the new rows to another file")
-    if output.exists() and not force:
-        raise AugmentError(f"--output {output}: exists; choose another file, or --force to replace it")
-    keep = _check_keep(keep)
+    keep = check_request(method, input, output, keep, force)
     df = clean_split(read_split(input, 'train'))[0]
     if max_rows: df = df.head(max_rows)
     rows, dropped, part, resumed = df.to_dict('records'), Counter(), partial_path(output), 0
@@ -405,12 +416,13 @@ def augment(method:str, # one of `METHODS`
     orig = [dict(r, source=r.get('source') or 'original', parent_fname='') for r in rows] if with_input else []
     cols = ['fname', 'dialogue', 'summary'] + (['topic'] if 'topic' in df else []) + ['source', 'parent_fname']
     out = pd.DataFrame(orig + new, columns=cols).fillna('')
-    write_csv(output, out)
+    if new or with_input: write_csv(output, out)  # no new row: nothing to train on, no file (the report says why)
     models = [m.record() if hasattr(m, 'record') else str(getattr(m, 'path', type(m).__name__))
               for m in dict.fromkeys(m for m, _ in steps or [])]
     rep = dict(method=method, input=str(input), output=str(output), input_rows=len(rows), new_rows=len(new),
-               written_rows=len(out), dropped=dict(sorted(dropped.items())), resumed_rows=resumed,
-               keep_score=list(keep), models=models, seconds=round(time.time() - t0, 1), options=options or {})
+               written_rows=len(out) if new or with_input else 0, dropped=dict(sorted(dropped.items())),
+               resumed_rows=resumed, keep_score=list(keep), models=models, seconds=round(time.time() - t0, 1),
+               options=options or {})
     if method != 'speaker-swap':
         s = [g['scores'] for g in recs if g.get('row')]
         mean = lambda j: round(sum(x[j] for x in s) / len(s), 4)
