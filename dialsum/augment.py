@@ -203,9 +203,9 @@ class ChatEndpoint:
         import openai  # only when an endpoint is used
         key = os.environ.get(key_env, '').strip()
         if not key:
-            raise AugmentError(f"--base-url {base_url}: no API key in the environment variable {key_env}; set it "
-                               f"(export {key_env}=...) or name another with --api-key-env: the key is read only "
-                               "from the environment and never written")
+            raise AugmentError(f"--base-url {base_url}: no API key in the environment variable {key_env}; set "
+                               f"{key_env} in the environment, or name another variable with --api-key-env (the key "
+                               "is read only from the environment and never written)")
         if not model: raise AugmentError(f"--base-url {base_url}: give the endpoint's model name with --model")
         self.openai, self.base_url, self.model, self.key_env = openai, base_url, model, key_env
         self.client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=timeout)
