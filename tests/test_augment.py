@@ -17,6 +17,24 @@ KEY = 'sk-test-h15b-0123456789abcdefghijklmnop'
 def read(path): return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
+class Done:
+    "What a command did: its exit code and what it printed."
+    def __init__(self, returncode, stdout, stderr): self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def cli(capsys):
+    "`dialsum ...` in this process (a subprocess imports papermill and torch again: many seconds on a busy machine)."
+    from dialsum.cli import main
+    def run(*args):
+        capsys.readouterr()
+        try: code = main([str(a) for a in args])
+        except SystemExit as e: code = e.code  # argparse's refusals
+        out, err = capsys.readouterr()
+        return Done(code, out, err)
+    return run
+
+
 def consistent(parent, row):
     "Whether `row` is `parent` with its speakers permuted by one non-identity permutation, in dialogue and summary alike."
     return any(swap_tags(parent['dialogue'], p) == row['dialogue'] and swap_tags(parent['summary'], p) == row['summary']
@@ -43,14 +61,14 @@ def test_speaker_swap_doubles_demo(demo, tmp_path):
     assert (rep['input_rows'], rep['new_rows'], rep['written_rows']) == (40, 40, 80)
 
 
-def test_speaker_swap_three_speakers_and_left_out(tmp_path):
+def test_speaker_swap_three_speakers_and_left_out(cli, tmp_path):
     "Three speakers: five permutations (or one, the same for the same seed); a summary naming an absent speaker is left out and counted."
     rows = pd.DataFrame(dict(fname=['a', 'b', 'c'],
                              dialogue=['#Person1#: 안녕\n#Person2#: 네\n#Person3#: 반가워요, #Person1#씨',
                                        '#Person1#: 어디 가?\n#Person2#: 집에 가.', '#Person1#: 혼자 말한다.'],
                              summary=['#Person3#이 #Person1#에게 인사한다.', '#Person3#이 #Person1#을 부른다.', '#Person1#이 말한다.']))
     rows.to_csv(tmp_path/'in.csv', index=False)
-    p = dialsum('augment', 'speaker-swap', '--input', tmp_path/'in.csv', '--output', tmp_path/'all.csv')
+    p = cli('augment', 'speaker-swap', '--input', tmp_path/'in.csv', '--output', tmp_path/'all.csv')
     assert p.returncode == 0, p.stderr
     out, parent = read(tmp_path/'all.csv'), rows.iloc[0]
     assert len(out) == 5 and set(out.parent_fname) == {'a'} and out.dialogue.is_unique
@@ -58,7 +76,7 @@ def test_speaker_swap_three_speakers_and_left_out(tmp_path):
     rep = json.loads(report_path(tmp_path/'all.csv').read_text())
     assert rep['dropped'] == {'one_speaker': 1, 'summary_tag_not_in_dialogue': 1}
     assert 'dropped  1 summary_tag_not_in_dialogue' in p.stdout
-    one = [dialsum('augment', 'speaker-swap', '--input', tmp_path/'in.csv', '--output', tmp_path/f'one{i}.csv',
+    one = [cli('augment', 'speaker-swap', '--input', tmp_path/'in.csv', '--output', tmp_path/f'one{i}.csv',
                    '--permutations', 'one', '--seed', '3') for i in (1, 2)]
     assert all(q.returncode == 0 for q in one)
     assert len(read(tmp_path/'one1.csv')) == 1 and read(tmp_path/'one1.csv').equals(read(tmp_path/'one2.csv'))
@@ -77,7 +95,7 @@ def test_back_translate_fake_echo_restores_tags(demo, tmp_path):
 
 
 @pytest.mark.slow  # builds two tiny models and generates with them (a few seconds)
-def test_back_translate_tiny_local_models(demo, tmp_path):
+def test_back_translate_tiny_local_models(cli, demo, tmp_path):
     "Two tiny untrained seq2seq folders: their junk is filtered; every row is counted, by a known reason; no key, no hub."
     from dialsum.config import ScratchModel
     from dialsum.models import build_scratch_model
@@ -85,7 +103,7 @@ def test_back_translate_tiny_local_models(demo, tmp_path):
     spec = ScratchModel(vocab_size=400, d_model=16, encoder_layers=1, decoder_layers=1, attention_heads=2, ffn_dim=32,
                         max_position_embeddings=128)
     fwd, back = (build_scratch_model(texts, spec, tmp_path/n, seed=s) for n, s in (('ko_en', 0), ('en_ko', 1)))
-    p = dialsum('augment', 'back-translate', '--input', demo, '--output', tmp_path/'bt.csv', '--model', fwd, '--back-model', back,
+    p = cli('augment', 'back-translate', '--input', demo, '--output', tmp_path/'bt.csv', '--model', fwd, '--back-model', back,
                 '--max-rows', 8, '--num-beams', 1, '--max-new-tokens', 8, '--max-length', 128, '--chunk', 4)
     rep = json.loads(report_path(tmp_path/'bt.csv').read_text())
     assert rep['input_rows'] == 8 and rep['new_rows'] + sum(rep['dropped'].values()) == 8, rep
@@ -150,11 +168,11 @@ def endpoint_args(server, out, *more):
             '--rpm', 0, '--backoff', 0.01, '--chunk', 2, *more)
 
 
-def test_back_translate_endpoint(server, tmp_path, monkeypatch):
+def test_back_translate_endpoint(cli, server, tmp_path, monkeypatch):
     "Through the local server with the real openai client: a 429 retried, the copy and the lost tag dropped, the rest kept in range; no key written."
     ROWS.to_csv(tmp_path/'in.csv', index=False)
     monkeypatch.setenv('DIALSUM_TEST_KEY', KEY)
-    p = dialsum(*endpoint_args(server, tmp_path/'bt.csv'))
+    p = cli(*endpoint_args(server, tmp_path/'bt.csv'))
     assert p.returncode == 0, p.stderr
     rep = json.loads(report_path(tmp_path/'bt.csv').read_text())
     assert rep['dropped'] == {'tags_lost': 1, 'too_similar': 1} and rep['new_rows'] == 4, rep
@@ -172,27 +190,27 @@ def test_back_translate_endpoint(server, tmp_path, monkeypatch):
     assert '1 retried' in p.stdout and 'dropped  1 tags_lost' in p.stdout
 
 
-def test_endpoint_resume(server, tmp_path, monkeypatch):
+def test_endpoint_resume(cli, server, tmp_path, monkeypatch):
     "The endpoint fails after two rows: the command stops with what it did kept; run again, it asks only for the rest."
     ROWS.to_csv(tmp_path/'in.csv', index=False)
     monkeypatch.setenv('DIALSUM_TEST_KEY', KEY)
     server.busy, server.fail_after = set(), 2 * 4  # two rows: dialogue and summary, two steps each
-    p = dialsum(*endpoint_args(server, tmp_path/'bt.csv', '--retries', 1))
+    p = cli(*endpoint_args(server, tmp_path/'bt.csv', '--retries', 1))
     assert p.returncode == 2 and 'run the same command again' in p.stderr and not (tmp_path/'bt.csv').exists()
     part = partial_path(tmp_path/'bt.csv')
     assert len(part.read_text().splitlines()) == 1 + 2 and KEY not in part.read_text()
     server.fail_after, server.calls = None, 0
-    p = dialsum(*endpoint_args(server, tmp_path/'bt.csv', '--retries', 1))
+    p = cli(*endpoint_args(server, tmp_path/'bt.csv', '--retries', 1))
     assert p.returncode == 0, p.stderr
     rep = json.loads(report_path(tmp_path/'bt.csv').read_text())
     assert rep['resumed_rows'] == 2 and server.calls == 4 * 4 and rep['new_rows'] == 4 and not part.exists()
     assert read(tmp_path/'bt.csv').parent_fname.tolist() == ['r0', 'r1', 'r2', 'r3']
-    p = dialsum(*endpoint_args(server, tmp_path/'other.csv', '--keep-score', 0.1, 0.9))  # other options: a new file, fine
+    p = cli(*endpoint_args(server, tmp_path/'other.csv', '--keep-score', 0.1, 0.9))  # other options: a new file, fine
     assert p.returncode == 0, p.stderr
 
 
 @pytest.mark.parametrize('case', ['missing_input', 'missing_columns', 'lo_above_hi', 'unknown_method', 'no_key', 'output_exists'])
-def test_bad_inputs(case, demo, tmp_path, monkeypatch):
+def test_bad_inputs(cli, case, demo, tmp_path, monkeypatch):
     "Each refused with exit 2 and a message naming the file, option or variable; nothing written, an earlier file kept."
     monkeypatch.delenv('DIALSUM_TEST_KEY', raising=False)
     out, inp, extra = tmp_path/'out.csv', demo, []
@@ -205,7 +223,7 @@ def test_bad_inputs(case, demo, tmp_path, monkeypatch):
     if case == 'unknown_method': method, want = 'shuffle', "invalid choice: 'shuffle'"
     if case == 'no_key': extra, want = ['--base-url', 'http://127.0.0.1:9/v1', '--api-key-env', 'DIALSUM_TEST_KEY'], 'DIALSUM_TEST_KEY'
     if case == 'output_exists': out.write_text('mine\n'); want = 'exists'
-    p = dialsum('augment', method, '--input', inp, '--output', out, '--model', 'no/such/model', *extra)
+    p = cli('augment', method, '--input', inp, '--output', out, '--model', 'no/such/model', *extra)
     assert p.returncode == 2 and want in p.stderr, p.stderr
     assert (out.read_text() == 'mine\n') if case == 'output_exists' else not out.exists()
     assert 'Traceback' not in p.stderr
