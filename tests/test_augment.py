@@ -1,5 +1,6 @@
-"""`dialsum augment`: speaker swaps that keep the tags consistent, back-translation through tiny local models and through
-a local chat-completions server driven by the real openai client (retries, resume, the key never written), bad inputs."""
+"""`dialsum augment`: speaker swaps that keep the tags consistent, back-translation through tiny local models and
+through a local chat-completions server driven by the real openai client (retries, resume, the key never written),
+bad inputs."""
 import json, os, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -19,7 +20,8 @@ def read(path): return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 class Done:
     "What a command did: its exit code and what it printed."
-    def __init__(self, returncode, stdout, stderr): self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
 
 
 @pytest.fixture
@@ -36,7 +38,7 @@ def cli(capsys):
 
 
 def consistent(parent, row):
-    "Whether `row` is `parent` with its speakers permuted by one non-identity permutation, in dialogue and summary alike."
+    "Whether `row` is `parent` with its speakers permuted by one non-identity permutation, dialogue and summary alike."
     return any(swap_tags(parent['dialogue'], p) == row['dialogue'] and swap_tags(parent['summary'], p) == row['summary']
                for p in tag_permutations(speakers(parent['dialogue'])))
 
@@ -47,7 +49,7 @@ def demo(tmp_path):
 
 
 def test_speaker_swap_doubles_demo(demo, tmp_path):
-    "--with-input doubles the demo train file; every new row is its parent under one permutation, dialogue and summary alike."
+    "--with-input doubles the demo train file; every new row is its parent under one permutation of its speakers."
     p = dialsum('augment', 'speaker-swap', '--input', demo, '--output', tmp_path/'swap.csv', '--with-input')
     assert p.returncode == 0, p.stderr
     out, parents = read(tmp_path/'swap.csv'), read(demo).set_index('fname')
@@ -62,7 +64,7 @@ def test_speaker_swap_doubles_demo(demo, tmp_path):
 
 
 def test_speaker_swap_three_speakers_and_left_out(cli, tmp_path):
-    "Three speakers: five permutations (or one, the same for the same seed); a summary naming an absent speaker is left out and counted."
+    "Three speakers: five permutations (or one, the same for a seed); a summary naming an absent speaker is counted."
     rows = pd.DataFrame(dict(fname=['a', 'b', 'c'],
                              dialogue=['#Person1#: 안녕\n#Person2#: 네\n#Person3#: 반가워요, #Person1#씨',
                                        '#Person1#: 어디 가?\n#Person2#: 집에 가.', '#Person1#: 혼자 말한다.'],
@@ -90,21 +92,23 @@ def test_back_translate_fake_echo_restores_tags(demo, tmp_path):
     assert rep['dropped'] == {'too_similar': 10} and not (tmp_path/'a.csv').exists()
     rep = augment('back-translate', demo, tmp_path/'b.csv', steps, keep=(0, 1), max_rows=10)
     out, src = read(tmp_path/'b.csv'), read(demo).head(10)
-    assert rep['new_rows'] == 10 and out.dialogue.tolist() == src.dialogue.tolist() and out.summary.tolist() == src.summary.tolist()
+    assert rep['new_rows'] == 10 and out.dialogue.tolist() == src.dialogue.tolist()
+    assert out.summary.tolist() == src.summary.tolist()
     assert out.fname.tolist() == [f + '-bt' for f in src.fname] and set(out.source) == {'back-translate'}
 
 
 @pytest.mark.slow  # builds two tiny models and generates with them (a few seconds)
 def test_back_translate_tiny_local_models(cli, demo, tmp_path):
-    "Two tiny untrained seq2seq folders: their junk is filtered; every row is counted, by a known reason; no key, no hub."
+    "Two tiny untrained seq2seq folders: their junk is filtered, every row counted by a known reason; no key, no hub."
     from dialsum.config import ScratchModel
     from dialsum.models import build_scratch_model
     texts = read(demo).dialogue.tolist() + read(demo).summary.tolist()
     spec = ScratchModel(vocab_size=400, d_model=16, encoder_layers=1, decoder_layers=1, attention_heads=2, ffn_dim=32,
                         max_position_embeddings=128)
     fwd, back = (build_scratch_model(texts, spec, tmp_path/n, seed=s) for n, s in (('ko_en', 0), ('en_ko', 1)))
-    p = cli('augment', 'back-translate', '--input', demo, '--output', tmp_path/'bt.csv', '--model', fwd, '--back-model', back,
-                '--max-rows', 8, '--num-beams', 1, '--max-new-tokens', 8, '--max-length', 128, '--chunk', 4)
+    p = cli('augment', 'back-translate', '--input', demo, '--output', tmp_path/'bt.csv', '--model', fwd,
+            '--back-model', back, '--max-rows', 8, '--num-beams', 1, '--max-new-tokens', 8, '--max-length', 128,
+            '--chunk', 4)
     rep = json.loads(report_path(tmp_path/'bt.csv').read_text())
     assert rep['input_rows'] == 8 and rep['new_rows'] + sum(rep['dropped'].values()) == 8, rep
     assert set(rep['dropped']) <= set(REASONS) and rep['models'] == [str(fwd), str(back)]
@@ -113,7 +117,8 @@ def test_back_translate_tiny_local_models(cli, demo, tmp_path):
     if rep['new_rows']:
         out = read(tmp_path/'bt.csv')
         parents = read(demo).set_index('fname')
-        assert all(set(speakers(r['summary'])) == set(speakers(parents.loc[r['parent_fname'], 'summary'])) for r in out.to_dict('records'))
+        for r in out.to_dict('records'):
+            assert set(speakers(r['summary'])) == set(speakers(parents.loc[r['parent_fname'], 'summary']))
 
 
 class Chat(BaseHTTPRequestHandler):
@@ -124,7 +129,8 @@ class Chat(BaseHTTPRequestHandler):
         s = self.server; n = int(self.headers.get('content-length', 0))
         body = json.loads(self.rfile.read(n))
         s.auth.append(self.headers.get('authorization')); s.calls += 1
-        if s.calls in s.busy: return self.reply(429, {'error': {'message': 'slow down', 'type': 'rate_limit'}}, {'Retry-After': '0'})
+        if s.calls in s.busy:
+            return self.reply(429, {'error': {'message': 'slow down', 'type': 'rate_limit'}}, {'Retry-After': '0'})
         if s.fail_after is not None and s.ok >= s.fail_after: return self.reply(500, {'error': {'message': 'down'}})
         s.ok += 1
         prompt = body['messages'][-1]['content']
@@ -132,9 +138,9 @@ class Chat(BaseHTTPRequestHandler):
         if 'into Korean' in prompt and '그대로' not in text:
             text = text.replace('[2]', '') if '태그' in text else '\n'.join(
                 ' '.join(w for j, w in enumerate(l.split(' ')) if j % 4 != 3 or '[' in w) for l in text.split('\n'))
+        answer = {'index': 0, 'finish_reason': 'stop', 'message': {'role': 'assistant', 'content': text}}
         self.reply(200, {'id': 'c1', 'object': 'chat.completion', 'created': 0, 'model': body['model'],
-                         'choices': [{'index': 0, 'finish_reason': 'stop', 'message': {'role': 'assistant', 'content': text}}],
-                         'usage': {'prompt_tokens': 1, 'completion_tokens': 1, 'total_tokens': 2}})
+                         'choices': [answer], 'usage': {'prompt_tokens': 1, 'completion_tokens': 1, 'total_tokens': 2}})
 
     def reply(self, code, obj, headers=None):
         data = json.dumps(obj).encode()
@@ -169,7 +175,7 @@ def endpoint_args(server, out, *more):
 
 
 def test_back_translate_endpoint(cli, server, tmp_path, monkeypatch):
-    "Through the local server with the real openai client: a 429 retried, the copy and the lost tag dropped, the rest kept in range; no key written."
+    "Through a local server and the real openai client: a 429 retried, a copy and a lost tag dropped, the rest kept."
     ROWS.to_csv(tmp_path/'in.csv', index=False)
     monkeypatch.setenv('DIALSUM_TEST_KEY', KEY)
     p = cli(*endpoint_args(server, tmp_path/'bt.csv'))
@@ -184,7 +190,8 @@ def test_back_translate_endpoint(cli, server, tmp_path, monkeypatch):
     old = [src.loc[f, c] for f in out.parent_fname for c in ('dialogue', 'summary')]
     sc = score_rows([r[c] for r in out.to_dict('records') for c in ('dialogue', 'summary')], old)['score'] / 100
     assert sc.between(0.65, 0.95).all(), sc.tolist()
-    assert all(speakers(r['dialogue']) == speakers(src.loc[r['parent_fname'], 'dialogue']) for r in out.to_dict('records'))
+    assert all(speakers(r['dialogue']) == speakers(src.loc[r['parent_fname'], 'dialogue'])
+               for r in out.to_dict('records'))
     for text in (p.stdout, p.stderr, (tmp_path/'bt.csv').read_text(), report_path(tmp_path/'bt.csv').read_text()):
         assert KEY not in text
     assert '1 retried' in p.stdout and 'dropped  1 tags_lost' in p.stdout
@@ -209,7 +216,8 @@ def test_endpoint_resume(cli, server, tmp_path, monkeypatch):
     assert p.returncode == 0, p.stderr
 
 
-@pytest.mark.parametrize('case', ['missing_input', 'missing_columns', 'lo_above_hi', 'unknown_method', 'no_key', 'output_exists'])
+@pytest.mark.parametrize('case', ['missing_input', 'missing_columns', 'lo_above_hi', 'unknown_method', 'no_key',
+                                  'output_exists'])
 def test_bad_inputs(cli, case, demo, tmp_path, monkeypatch):
     "Each refused with exit 2 and a message naming the file, option or variable; nothing written, an earlier file kept."
     monkeypatch.delenv('DIALSUM_TEST_KEY', raising=False)
@@ -217,11 +225,13 @@ def test_bad_inputs(cli, case, demo, tmp_path, monkeypatch):
     method = 'back-translate'
     if case == 'missing_input': inp, want = tmp_path/'none.csv', 'none.csv'
     if case == 'missing_columns':
-        (tmp_path/'bad.csv').write_text('fname,dialogue\na,#Person1#: 안녕\n'); inp, want = tmp_path/'bad.csv', "missing column(s) 'summary'"
+        (tmp_path/'bad.csv').write_text('fname,dialogue\na,#Person1#: 안녕\n')
+        inp, want = tmp_path/'bad.csv', "missing column(s) 'summary'"
         method = 'speaker-swap'
     if case == 'lo_above_hi': extra, want = ['--keep-score', '0.9', '0.5'], '--keep-score 0.9 0.5'
     if case == 'unknown_method': method, want = 'shuffle', "invalid choice: 'shuffle'"
-    if case == 'no_key': extra, want = ['--base-url', 'http://127.0.0.1:9/v1', '--api-key-env', 'DIALSUM_TEST_KEY'], 'DIALSUM_TEST_KEY'
+    if case == 'no_key':
+        extra, want = ['--base-url', 'http://127.0.0.1:9/v1', '--api-key-env', 'DIALSUM_TEST_KEY'], 'DIALSUM_TEST_KEY'
     if case == 'output_exists': out.write_text('mine\n'); want = 'exists'
     p = cli('augment', method, '--input', inp, '--output', out, '--model', 'no/such/model', *extra)
     assert p.returncode == 2 and want in p.stderr, p.stderr
