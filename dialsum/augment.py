@@ -330,11 +330,13 @@ def _read_partial(path:Path, options:dict)->dict:
     if not isinstance(head, dict) or head.get('options') != options:
         raise AugmentError(f"{path}: a partial output made with other options ({(head or {}).get('options')}); rerun "
                            "with those options to finish it, or delete the file to start again")
-    recs = {}
+    recs, whole = {}, []
     for l in lines[1:]:
         try: rec = json.loads(l)
         except ValueError: continue  # the line a kill cut short: its rows are done again
-        recs[rec['parent']] = rec
+        recs[rec['parent']] = rec; whole.append(l)
+    if len(whole) != len([l for l in lines[1:] if l]):  # appends must not follow a cut line
+        atomic_write(path, '\n'.join([lines[0], *whole]) + '\n')
     return recs
 
 def _append(path:Path, recs:list[dict]):
