@@ -8,7 +8,9 @@ import argparse, json, math, os, signal, sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .config import DialsumError, load_config, project_root, resolve_path
+from .augment import (METHODS, PLACEHOLDER, REASONS, SWAP_HOW, AugmentError, ChatEndpoint, LocalModel, augment,
+                             check_request, method_steps, report_path)
+from .config import DialsumError, GenerationConfig, load_config, project_root, resolve_path
 from .metrics import SCORE, score_line
 from .redaction import redact
 from .runs import run_path
@@ -108,6 +110,94 @@ def _cmd_best(a)->int:
 def _cmd_compare(a)->int:
     print(compare_text(compare_runs(a.a, a.b, a.runs_dir, a.top)))
     return 0
+
+# %% ../nbs/19_cli.ipynb #e02bcac2
+def _augment_models(a)->Optional[list]:
+    "The (model, step) pairs of a text method: an endpoint with --base-url, else local model folders."
+    if a.method == 'speaker-swap': return None
+    if a.base_url:
+        make = lambda m: ChatEndpoint(a.base_url, m, a.api_key_env, a.rpm, a.retries, a.backoff, a.timeout,
+                                      a.temperature)
+    elif not a.model:
+        raise AugmentError(f"{a.method}: give --model FOLDER (a local model folder), or --base-url URL --model NAME")
+    else:
+        gen = GenerationConfig(num_beams=a.num_beams, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size,
+                               no_repeat_ngram_size=0)
+        make = lambda m: LocalModel(m, gen, a.max_length, a.placeholder)
+    first = make(a.model)
+    back = make(a.back_model) if a.back_model and a.back_model != a.model else None
+    return method_steps(a.method, first, back, a.lang, a.pivot, a.lang_codes)
+
+def _augment_options(a)->dict:
+    "What the report and the partial file record of the command (a resume must give the same)."
+    if a.method == 'speaker-swap': return dict(permutations=a.permutations, seed=a.seed, max_speakers=a.max_speakers)
+    o = dict(model=a.model, back_model=a.back_model, lang=a.lang, pivot=a.pivot, lang_codes=a.lang_codes)
+    if a.base_url: return o | dict(base_url=a.base_url, api_key_env=a.api_key_env, temperature=a.temperature)
+    return o | dict(num_beams=a.num_beams, max_new_tokens=a.max_new_tokens, max_length=a.max_length)
+
+def _cmd_augment(a)->int:
+    check_request(a.method, a.input, a.output, a.keep_score, a.force)  # before a model is loaded
+    if a.chunk < 1 or (a.max_rows is not None and a.max_rows < 1):
+        raise AugmentError(f"--chunk {a.chunk} / --max-rows {a.max_rows}: give whole numbers of 1 or more")
+    rep = augment(a.method, a.input, a.output, _augment_models(a), a.keep_score, a.placeholder, a.chunk, a.permutations,
+                  a.seed, a.max_speakers, a.with_input, a.max_rows, a.force, _augment_options(a), a.progress or None)
+    again = f" ({rep['resumed_rows']} done before: resumed)" if rep['resumed_rows'] else ''
+    m = rep.get('mean_score_kept')
+    mean = f" (mean score against the original: dialogue {m['dialogue']:.2f}, summary {m['summary']:.2f})" if m else ''
+    print(f"augment {rep['method']}: {rep['input_rows']} rows of {rep['input']}{again}")
+    print(f"  new rows {rep['new_rows']}{mean}")
+    for k, n in rep['dropped'].items(): print(f"  dropped  {n} {k}" + (f": {REASONS[k]}" if k in REASONS else ''))
+    for e in (e for e in rep['models'] if isinstance(e, dict)):
+        print(f"  endpoint {e['base_url']} ({e['model']}): {e['requests']} requests, {e['retries']} retried")
+    if rep['written_rows']:
+        print(f"wrote {rep['output']} ({rep['written_rows']} rows) and {report_path(rep['output'])}")
+        return 0
+    print(f"no new row kept: nothing written to {rep['output']}; see {report_path(rep['output'])}", file=sys.stderr)
+    return 1
+
+def _augment_parser(sub):
+    "The arguments of `dialsum augment`."
+    g = sub.add_parser('augment', help='more training rows that keep the tags (speaker-swap, back-translate, ...)')
+    g.add_argument('method', choices=METHODS, help='speaker-swap (offline), back-translate or paraphrase (a model)')
+    g.add_argument('--input', required=True, help='the training CSV to augment (fname, dialogue, summary)')
+    g.add_argument('--output', required=True, help='the training CSV to write (list it in data.train); '
+                   'OUTPUT_STEM.report.json is written beside it')
+    g.add_argument('--with-input', action='store_true', help='also write the input rows (source: original)')
+    g.add_argument('--force', action='store_true', help='replace --output when it exists')
+    g.add_argument('--max-rows', type=int, metavar='N', help='only the first N input rows (a trial)')
+    g.add_argument('--progress', action='store_true', help='a progress bar even when stderr is not a terminal')
+    s = g.add_argument_group('speaker-swap')
+    s.add_argument('--permutations', choices=SWAP_HOW, default='all', help='all: every permutation of the speakers '
+                   'but the identity (1 for 2 speakers, 5 for 3); one: one per row, drawn with --seed')
+    s.add_argument('--seed', type=int, default=0, help='draws the permutation of --permutations one')
+    s.add_argument('--max-speakers', type=int, default=3, help='rows with more speakers are left out (counted)')
+    t = g.add_argument_group('back-translate and paraphrase')
+    t.add_argument('--model', help="a local model folder (seq2seq translation or paraphrase model, or a decoder-only "
+                   "instruct model), or with --base-url the endpoint's model name")
+    t.add_argument('--back-model', help='back-translate: the PIVOT -> LANG model (default: --model)')
+    t.add_argument('--base-url', help='an OpenAI-compatible chat-completions endpoint, e.g. https://api.upstage.ai/v1')
+    t.add_argument('--api-key-env', default='OPENAI_API_KEY', metavar='VAR', help="the environment variable that "
+                   "holds the endpoint's key (the key itself is never given or written)")
+    t.add_argument('--lang', default='ko', help="the data's language (default ko)")
+    t.add_argument('--pivot', default='en', help='back-translate: the language in between (default en)')
+    t.add_argument('--lang-codes', nargs=2, metavar=('LANG', 'PIVOT'),
+                   help="a multilingual model's codes, e.g. kor_Hang eng_Latn")
+    t.add_argument('--keep-score', nargs=2, type=float, default=[0.65, 0.95], metavar=('LO', 'HI'),
+                   help='keep rows whose competition score against the original (dialogue and summary, 0-1) lies in '
+                   '[LO, HI] (default 0.65 0.95)')
+    t.add_argument('--placeholder', default=PLACEHOLDER, help='what a tag becomes inside a model ({i}: its number)')
+    t.add_argument('--chunk', type=int, default=16, help='rows per batch and per record of the resumable partial file')
+    t.add_argument('--num-beams', type=int, default=4, help='local models: beams')
+    t.add_argument('--max-new-tokens', type=int, default=256, help='local models: tokens written per line or text')
+    t.add_argument('--batch-size', type=int, default=16, help='local models: texts per generation batch')
+    t.add_argument('--max-length', type=int, default=512, help='local models: input tokens kept')
+    t.add_argument('--rpm', type=float, default=60, help='endpoint: requests a minute at most')
+    t.add_argument('--retries', type=int, default=5, help='endpoint: retries of a 429, 5xx, timeout or lost connection')
+    t.add_argument('--backoff', type=float, default=1.0, help="endpoint: seconds before the first retry, doubled each "
+                   "time (the server's Retry-After first)")
+    t.add_argument('--timeout', type=float, default=120, help='endpoint: seconds a request may take')
+    t.add_argument('--temperature', type=float, default=0.7, help='endpoint: sampling temperature')
+    g.set_defaults(func=_cmd_augment)
 
 # %% ../nbs/19_cli.ipynb #bd8bfa8f
 def _ensemble_rows(e)->list[dict]:
@@ -262,6 +352,7 @@ def parser()->argparse.ArgumentParser:
     k.add_argument('--resume', action='store_true', help='skip folds that already completed')
     k.add_argument('--progress', action='store_true', help="show papermill's progress bars")
     k.set_defaults(func=_cmd_kfold)
+    _augment_parser(sub)
     return p
 
 def main(argv:Optional[Sequence[str]]=None)->int:
