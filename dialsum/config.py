@@ -57,12 +57,12 @@ class DemoData(_Section):
 DEMO_REPLACES = ('train', 'dev', 'test', 'sample_submission', 'columns')  # what `data.demo` takes the place of
 
 class TrainSource(_Section):
-    "One training source of `data.train`: a CSV, JSONL or Parquet file (or a `datasets` hub name), its columns, weight, size."
+    "One source of `data.train`: a CSV, JSONL or Parquet file (or a `datasets` hub name), its columns, weight, size."
     path: Optional[str] = None  # a .csv, .jsonl (.json) or .parquet file; relative paths start at the project folder
     hub: Optional[str] = None  # a `datasets` hub name (owner/name), for machines that reach the hub
     split: str = 'train'  # hub only: which split of the hub data set
     columns: Columns = Columns()  # the source's column names (fname, dialogue, summary, topic)
-    weight: float = Field(1.0, gt=0)  # repeat factor: 2 = every row twice, 0.5 = half the rows (drawn with training.seed)
+    weight: float = Field(1.0, gt=0)  # repeat factor: 2 = every row twice, 0.5 = half the rows (drawn with the seed)
     max_samples: Optional[int] = Field(None, ge=1)  # its first N rows only (before the weight)
 
     @model_validator(mode='after')
@@ -155,7 +155,7 @@ DEFAULT_PROMPT = '다음 대화를 요약하세요.\n### 대화:\n{dialogue}\n##
 
 class ModelConfig(_Section):
     "Which model to fine-tune: a hub id or local directory, or a from-scratch build."
-    name_or_path: Optional[str] = None  # hub id or local directory; run:RUN_ID or run:EXPERIMENT starts from a run's best checkpoint
+    name_or_path: Optional[str] = None  # hub id or local directory; run:RUN_ID, run:EXPERIMENT: a run's best checkpoint
     scratch: Optional[ScratchModel] = None  # build a tiny model instead (offline demo and tests)
     family: Literal['seq2seq', 'causal'] = 'seq2seq'  # seq2seq: BART, T5, mT5 (encoder-decoder); causal: decoder-only LMs
     max_source_length: int = Field(512, ge=8)  # seq2seq: encoder tokens kept; causal: prompt tokens kept (dialogue cut to fit)

@@ -147,9 +147,10 @@ def read_split(path:Union[str, Path], # a CSV file shaped like the competition's
 def check_frame(df:pd.DataFrame, # a split as read, all values strings, the file's column names
                 path:Path, # the file it came from, for messages
                 split:str, # 'train', 'dev' or 'test': test needs no summary
-                columns:Columns=Columns(), # the file's column names
+                columns:Optional[Columns]=None, # the file's column names (default: the competition's)
                )->pd.DataFrame:
-    "`df` with dialsum's column names after the checks of every split (columns, header lines, empty and duplicated rows)."
+    "`df` with dialsum's column names, after every split's checks: columns, header lines, empty or duplicated rows."
+    columns = columns or Columns()
     found = [str(c).strip() for c in df.columns]
     df = _rename(df.set_axis(found, axis=1), path, columns)
     need = ['fname', 'dialogue'] + ([] if split == 'test' else ['summary'])
@@ -370,7 +371,8 @@ def _emptied(path:Path, raw:pd.DataFrame, clean:pd.DataFrame, split:str, data:Da
     for col in ['dialogue'] + ([] if split == 'test' else ['summary']):
         idx = [i for i in range(len(raw)) if is_missing(clean[col].iat[i]) and not is_missing(raw[col].iat[i])]
         if not idx: continue
-        lines = lines or (_record_lines(path) if Path(path).suffix.lower() == '.csv' else range(1, len(raw) + 1))  # JSONL: a row a line
+        csv_file = Path(path).suffix.lower() == '.csv'
+        lines = lines or (_record_lines(path) if csv_file else range(1, len(raw) + 1))  # JSONL: a row a line
         for i in idx[:5]:
             v = raw[col].iat[i]
             out.append(f"{col} empty after cleaning at row {i + 1} (fname {raw.fname.iat[i]!r}, line {lines[i]}), which holds only {v!r}: "
@@ -391,7 +393,7 @@ def split_paths(data:DataConfig, # the config's data section
                )->dict[str, Optional[Path]]:
     "The files of train, dev, test and sample_submission (None where the config names none)."
     names = (*SPLITS, 'sample_submission')
-    if isinstance(data.train, list):  # several sources: `train` is the first file among them (`load_sources` reads them all)
+    if isinstance(data.train, list):  # several sources: `train` is the first file of them (`load_sources` reads all)
         first = next((s.path for s in data.train if s.path is not None), None)
         return {s: resolve_path(first if s == 'train' else getattr(data, s), Path(root)) for s in names}
     if not data.demo: return {s: resolve_path(getattr(data, s), Path(root)) for s in names}
@@ -431,27 +433,33 @@ def _as_text(v)->str:
 
 def _hub_frame(s:TrainSource)->tuple[pd.DataFrame, Optional[str]]:
     "The hub data set of `s` as a frame of texts, and its fingerprint."
-    if any(os.environ.get(k, '').strip().upper() in {'1', 'ON', 'YES', 'TRUE'} for k in ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE')):
-        raise DataError(f"hub data set {s.hub!r}: the hub is off on this machine (HF_HUB_OFFLINE); download it where the hub "
-                        "is reachable (datasets.load_dataset(...).to_parquet('x.parquet')) and give its file as path")
+    off = ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE')
+    if any(os.environ.get(k, '').strip().upper() in {'1', 'ON', 'YES', 'TRUE'} for k in off):
+        raise DataError(f"hub data set {s.hub!r}: the hub is off on this machine (HF_HUB_OFFLINE); download it where "
+                        "the hub is reachable (datasets.load_dataset(...).to_parquet('x.parquet')) and give that file "
+                        "as path")
     import datasets
     try: ds = datasets.load_dataset(s.hub, split=s.split)
     except Exception as e:
-        raise DataError(f"hub data set {s.hub!r} (split {s.split!r}) cannot be loaded: {type(e).__name__}: {e}") from None
+        raise DataError(f"hub data set {s.hub!r} (split {s.split!r}) cannot be loaded: "
+                        f"{type(e).__name__}: {e}") from None
     return ds.to_pandas().map(_as_text), ds._fingerprint
 
 def read_source(s:TrainSource, # one entry of `data.train`
                 root:Path, # the project folder: relative paths start here
                )->tuple[pd.DataFrame, Optional[str]]:
     "The rows of one training source, read and checked as the train file is (raw, not cleaned), and its hash."
-    if s.hub is not None: df, digest = _hub_frame(s); return check_frame(df, Path(f"hub:{s.hub}"), 'train', s.columns), digest
+    if s.hub is not None:
+        df, digest = _hub_frame(s)
+        return check_frame(df, Path(f"hub:{s.hub}"), 'train', s.columns), digest
     path = resolve_path(s.path, Path(root))
     kind = SOURCE_FORMATS.get(path.suffix.lower())
     if kind is None:
         raise DataError(f"{path}: not a CSV, JSONL or Parquet file (its name ends in {path.suffix or 'nothing'!r}); "
                         f"give a file ending in {', '.join(SOURCE_FORMATS)}")
     if not path.is_file():
-        raise DataError(f"{path}: training source not found; check its path (relative paths start at the project folder)")
+        raise DataError(f"{path}: training source not found; check its path (relative paths start at the project "
+                        "folder)")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if kind == 'csv': return read_split(path, 'train', s.columns), digest
     import datasets
@@ -492,11 +500,11 @@ def load_sources(data:DataConfig, # the config's data section, `train` a list of
                 raise DataError(f"{where}:\n" + '\n'.join(f"  {p}" for p in problems))
         except DataError as e: raise DataError(f"{label}: {e}") from None
         kept = df.iloc[:s.max_samples]
-        rows = kept.iloc[weighted_rows(len(kept), s.weight, f"dialsum-source:{seed}:{i}")].assign(data_source=source_name(s))
-        frames.append(rows)
-        reports.append(dict(source=source_name(s), sha256=digest, rows_read=len(df), rows_kept=len(kept), examples=len(rows),
-                            weight=s.weight, max_samples=s.max_samples, cleaning=cr['changed'], normalized=cr['normalized'],
-                            unknown_tags=cr['unknown_tags']))
+        rows = kept.iloc[weighted_rows(len(kept), s.weight, f"dialsum-source:{seed}:{i}")]
+        frames.append(rows.assign(data_source=source_name(s)))
+        reports.append(dict(source=source_name(s), sha256=digest, rows_read=len(df), rows_kept=len(kept),
+                            examples=len(rows), weight=s.weight, max_samples=s.max_samples, cleaning=cr['changed'],
+                            normalized=cr['normalized'], unknown_tags=cr['unknown_tags']))
     train, total = pd.concat(frames, ignore_index=True), sum(r['examples'] for r in reports)
     for r in reports: r['share'] = round(r['examples'] / total, 4)
     unknown = Counter()
@@ -515,9 +523,11 @@ def overlaps(train:pd.DataFrame, # the cleaned training frame (`data_source` nam
     "The training rows whose dialogue is a dialogue of one of `others`: fname, source, split and that split's fname."
     seen = {}
     for split, df in others.items():
-        if df is not None: seen.update({t: (split, f) for t, f in zip(df.dialogue, df.fname) if t not in seen})
+        if df is None: continue
+        seen.update({t: (split, f) for t, f in zip(df.dialogue, df.fname, strict=True) if t not in seen})
     src = train['data_source'] if 'data_source' in train else [''] * len(train)
-    return [dict(fname=f, source=s, split=seen[t][0], other=seen[t][1]) for f, s, t in zip(train.fname, src, train.dialogue) if t in seen]
+    return [dict(fname=f, source=s, split=seen[t][0], other=seen[t][1])
+            for f, s, t in zip(train.fname, src, train.dialogue, strict=True) if t in seen]
 
 
 # %% ../nbs/03_data.ipynb #931c22b7
@@ -561,5 +571,5 @@ def _refuse_leaks(res:Splits, data:DataConfig):
     text = (f"{len(hits)} training row(s) have the dialogue of a dev or test row after cleaning: {listed}"
             + (f" and {len(hits) - 10} more" if len(hits) > 10 else ''))
     if data.allow_overlap: res.report['train']['notes'].append(f"{text} (data.allow_overlap: true)"); return
-    raise LeakageError(f"{text}; a dev score over them measures recall, and a test row's summary would be learned. Remove "
-                       "those rows from their source, or set data.allow_overlap: true to train on them anyway")
+    raise LeakageError(f"{text}; a dev score over them measures recall, and a test row's summary would be learned. "
+                       "Remove those rows from their source, or set data.allow_overlap: true to train on them anyway")
