@@ -222,7 +222,8 @@ def _merged(choice:CheckpointChoice, parent_cfg:Config, dest:Path)->Path:
     if (dest/'config.json').is_file() and (dest/'model.safetensors').is_file(): return dest
     if parent_cfg.model.quantization:
         raise ModelError(f"{choice.path}: adapters trained on 4-bit weights (QLoRA) cannot be merged exactly; start "
-                         "the new run from the parent's base model instead, or train the parent without model.quantization")
+                         "the new run from the parent's base model instead, or train the parent without "
+                         "model.quantization")
     tok, model = load_checkpoint(choice.path, parent_cfg)
     if hasattr(model, 'merge_and_unload'): model = model.merge_and_unload()
     tmp = dest.parent/f'.{dest.name}.tmp{os.getpid()}'
