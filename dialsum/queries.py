@@ -53,7 +53,8 @@ def runs_table(df:pd.DataFrame, # from `runs_frame`
     return text_table([dict(run_id=r.run_id, experiment=r.experiment, status=r.status, dev_score=_f(r.dev_score),
                             ci95='-' if math.isnan(r.dev_score_lo) else f"{r.dev_score_lo:.2f}-{r.dev_score_hi:.2f}",
                             seconds=_f(r.seconds, '{:.0f}'), started=r.started or '-',
-                            warn=getattr(r, 'warn', '') or '-', parent=getattr(r, 'parent', '') or '-', error=one_line(r.error, error_chars))
+                            warn=getattr(r, 'warn', '') or '-', parent=getattr(r, 'parent', '') or '-',
+                            error=one_line(r.error, error_chars))
                        for r in df.itertuples()])
 
 # %% ../nbs/18_queries.ipynb #7f19d43b
