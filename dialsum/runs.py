@@ -199,7 +199,8 @@ def git_commit(root:Union[str, Path])->Optional[str]:
     except (OSError, subprocess.SubprocessError): return None
     return (sha + ('+dirty' if dirty else '')) if sha else None
 
-VERSIONED = ('peft', 'accelerate', 'tokenizers', 'papermill', 'python-mecab-ko', 'safetensors', 'numpy')  # installed distributions, beside torch and transformers
+# installed distributions, beside torch and transformers
+VERSIONED = ('peft', 'accelerate', 'tokenizers', 'datasets', 'papermill', 'python-mecab-ko', 'safetensors', 'numpy')
 
 def _version(dist:str)->Optional[str]:
     "The installed version of the distribution `dist`, None when it is not installed."

@@ -182,13 +182,18 @@ def test_mapped_column_missing_is_named(tmp_path, source_files):
     assert "'text'" in str(e.value)  # the columns the file has
 
 
-@pytest.mark.parametrize('weight', ['0', '-1'])
-def test_weight_not_positive_is_refused(weight, tmp_path, source_files):
+def test_weight_not_positive_is_refused(tmp_path, source_files):
+    "weight 0 through the command line (exit 2, no run folder); a negative weight and a missing path by the schema."
+    from dialsum.config import ConfigError, DataConfig
     cfg = tmp_path/'w.yaml'
-    cfg.write_text(SOURCES.format(smoke=SMOKE, name='w', d=source_files, extra='').replace('weight: 2.5', f'weight: {weight}'))
+    cfg.write_text(SOURCES.format(smoke=SMOKE, name='w', d=source_files, extra='').replace('weight: 2.5', 'weight: 0'))
     p = dialsum('run', cfg, f'output.runs_dir={tmp_path/"runs"}')
     assert p.returncode == 2 and 'data.train[1].weight: Input should be greater than 0' in p.stderr, p.stderr
     assert not (tmp_path/'runs').exists() or not run_folders(tmp_path/'runs')
+    with pytest.raises(ValueError, match=r'data.train\[0\].weight: Input should be greater than 0'):
+        DataConfig(train=[{'path': 'a.csv', 'weight': -1}])
+    with pytest.raises(ValueError, match='give exactly one of path'): DataConfig(train=[{'weight': 2}])
+    assert issubclass(ConfigError, Exception)
 
 
 def test_run_naming_no_run_fails_before_training(tmp_path):
