@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_features.ipynb #ab52279b
 from __future__ import annotations
-import hashlib, json, os, shutil
+import hashlib, json, os, shutil, time
 from pathlib import Path
 from typing import Optional
 
@@ -167,6 +167,11 @@ def cached_features(tokenizer, # the model's tokenizer
                     with_labels:bool=True, # add the summaries as labels
                    )->tuple[list[dict], dict]:
     "`features(...)`, read from `cache_dir` when a run made them before (else made and kept), and what the cache did."
+    t0 = time.perf_counter()
+    feats, what = _cached(tokenizer, df, cfg, cache_dir, with_labels)
+    return feats, {**what, 'rows': len(feats), 'seconds': round(time.perf_counter() - t0, 3)}
+
+def _cached(tokenizer, df, cfg, cache_dir, with_labels):
     if cache_dir is None or not cfg.data.cache_features:
         return features(tokenizer, df, cfg, with_labels), dict(cache='off')
     key = features_key(tokenizer, df, cfg, with_labels)
