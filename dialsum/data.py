@@ -19,7 +19,8 @@ from .files import atomic_write
 __all__ = ['SPEAKER_TAGS', 'MASK_TAGS', 'TAGS', 'NORMALIZE_STEPS', 'SPLITS', 'SOURCE_FORMATS', 'DataError', 'normalize_text',
            'is_missing', 'read_split', 'check_frame', 'clean_text', 'clean_split', 'model_inputs', 'references',
            'demo_rows', 'make_demo_data', 'demo_slots_kept', 'Splits', 'split_paths', 'split_columns', 'load_split',
-           'source_name', 'read_source', 'weighted_rows', 'load_sources', 'LeakageError', 'overlaps', 'load_splits']
+           'source_name', 'read_source', 'source_error', 'weighted_rows', 'load_sources', 'LeakageError', 'overlaps',
+           'load_splits']
 
 # %% ../nbs/03_data.ipynb #2c97b31a
 SPEAKER_TAGS = [f'#Person{i}#' for i in range(1, 8)]
@@ -473,6 +474,14 @@ def read_source(s:TrainSource, # one entry of `data.train`
 
 
 # %% ../nbs/03_data.ipynb #9308fc4e
+def source_error(i:int, # the source's place in `data.train`
+                 s:TrainSource, # the source
+                 e:Exception, # what reading or checking it raised
+                )->DataError:
+    "`e` as a `DataError` that names the source `data.train[i]`, its column hints pointing at the source's own columns."
+    text = str(e).replace('set data.columns.<name>', f'set data.train[{i}].columns.<name>')
+    return DataError(f"data.train[{i}] ({source_name(s)}): {text}")
+
 def weighted_rows(n:int, # rows of the source
                   weight:float, # repeat factor (> 0)
                   seed:str, # what seeds the draw of the fractional part
@@ -491,14 +500,13 @@ def load_sources(data:DataConfig, # the config's data section, `train` a list of
     "The training frame of every source (cleaned, cut, weighted, a `data_source` column) and its report."
     frames, reports = [], []
     for i, s in enumerate(data.train):
-        label = f"data.train[{i}] ({source_name(s)})"
         try:
             raw, digest = read_source(s, root)
             df, cr = clean_split(raw, data.newline_literals, data.collapse_whitespace)
             where = Path(f"hub:{s.hub}") if s.hub else resolve_path(s.path, Path(root))
             if problems := _emptied(where, raw, df, 'train', data):
                 raise DataError(f"{where}:\n" + '\n'.join(f"  {p}" for p in problems))
-        except DataError as e: raise DataError(f"{label}: {e}") from None
+        except DataError as e: raise source_error(i, s, e) from None
         kept = df.iloc[:s.max_samples]
         rows = kept.iloc[weighted_rows(len(kept), s.weight, f"dialsum-source:{seed}:{i}")]
         frames.append(rows.assign(data_source=source_name(s)))

@@ -16,8 +16,8 @@ from transformers import set_seed
 
 from .runs import CheckpointError
 from .config import Config, DialsumError, load_config, project_root, resolve_path
-from .data import (SPLITS, DataError, Splits, demo_rows, demo_slots_kept, load_splits, model_inputs, read_source,
-                          read_split, references, source_name, split_columns)
+from .data import (SPLITS, Splits, demo_rows, demo_slots_kept, load_splits, model_inputs, read_source, read_split,
+                          references, source_error, split_columns)
 from .features import FEATURES_DIR, cached_features, features
 from .inference import predict, score_predictions
 from .lora import apply_lora, merge_for_inference
@@ -59,7 +59,7 @@ def _source_problems(data, root:Path)->list:
     for i, s in enumerate(data.train):
         try: read_source(s, root)
         except DialsumError as e:
-            err = DataError(f"data.train[{i}] ({source_name(s)}): {e}")
+            err = source_error(i, s, e)
             out.append(Problem.of(str(err), err))
     return out
 

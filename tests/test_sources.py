@@ -179,7 +179,7 @@ def test_mapped_column_missing_is_named(tmp_path, source_files):
                                                         'columns': {'fname': 'id', 'dialogue': 'body', 'summary': 'gist'}}])
     with pytest.raises(DataError) as e: load_sources(data, ROOT)
     assert f"data.train[1] ({source_files/'b.jsonl'})" in str(e.value) and "missing column(s) 'body'" in str(e.value)
-    assert "'text'" in str(e.value)  # the columns the file has
+    assert "'text'" in str(e.value) and 'set data.train[1].columns.<name>' in str(e.value)  # the file's columns, the key to set
 
 
 def test_weight_not_positive_is_refused(tmp_path, source_files):
