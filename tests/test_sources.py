@@ -5,6 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from casebook import record
 from conftest import ROOT, SMOKE, dialsum, run_folders
 
 SOURCES = """base: {smoke}
@@ -143,6 +144,8 @@ def test_leaking_row_is_refused_with_its_fname(tmp_path, source_files):
     md = md_of(run)
     assert md['status'] == 'failed' and 'ext_1' in md['error'] and not md.get('promoted')
     assert not (runs/'latest_submission.csv').exists() and not (run/'checkpoints').exists()
+    record('source-leak', 'Training data', 'a training source row whose dialogue is a dev dialogue (extra spaces around it)',
+           'refused before training', 'exit 1, run recorded as failed, nothing promoted', md['error'], tmp_path, source_files)
 
 
 def test_allow_overlap_reports_the_rows(tmp_path, source_files):
@@ -170,6 +173,8 @@ def test_missing_source_file_fails_before_training(tmp_path, source_files):
     (run,) = run_folders(runs)
     assert md_of(run)['status'] == 'failed' and 'nope.jsonl' in md_of(run)['error']
     assert not (run/'checkpoints').exists()
+    record('source-missing', 'Training data', 'data.train lists a JSONL file that does not exist', 'refused before training',
+           'exit 1, run recorded as failed', md_of(run)['error'], tmp_path, source_files)
 
 
 def test_mapped_column_missing_is_named(tmp_path, source_files):
@@ -180,6 +185,8 @@ def test_mapped_column_missing_is_named(tmp_path, source_files):
     with pytest.raises(DataError) as e: load_sources(data, ROOT)
     assert f"data.train[1] ({source_files/'b.jsonl'})" in str(e.value) and "missing column(s) 'body'" in str(e.value)
     assert "'text'" in str(e.value) and 'set data.train[1].columns.<name>' in str(e.value)  # the file's columns, the key to set
+    record('source-column', 'Training data', "a source's columns map dialogue to a column the file lacks", 'refused',
+           'DataError naming the source and the columns found', str(e.value), source_files)
 
 
 def test_weight_not_positive_is_refused(tmp_path, source_files):
@@ -190,6 +197,8 @@ def test_weight_not_positive_is_refused(tmp_path, source_files):
     p = dialsum('run', cfg, f'output.runs_dir={tmp_path/"runs"}')
     assert p.returncode == 2 and 'data.train[1].weight: Input should be greater than 0' in p.stderr, p.stderr
     assert not (tmp_path/'runs').exists() or not run_folders(tmp_path/'runs')
+    record('source-weight', 'Training data', 'a source with weight: 0', 'refused at validation', 'exit 2, no run folder',
+           p.stderr, tmp_path, source_files)
     with pytest.raises(ValueError, match=r'data.train\[0\].weight: Input should be greater than 0'):
         DataConfig(train=[{'path': 'a.csv', 'weight': -1}])
     with pytest.raises(ValueError, match='give exactly one of path'): DataConfig(train=[{'weight': 2}])
@@ -203,6 +212,8 @@ def test_run_naming_no_run_fails_before_training(tmp_path):
     assert "no completed run of an experiment 'no_such_experiment'" in p.stderr, p.stderr
     (run,) = run_folders(runs)
     assert md_of(run)['status'] == 'failed' and not (run/'checkpoints').exists()
+    record('staged-no-run', 'Training data', 'model.name_or_path: run:NAME naming no run and no experiment',
+           'refused before training', 'exit 1, run recorded as failed', md_of(run)['error'], tmp_path)
 
 
 def test_run_without_checkpoint_is_refused(tmp_path):
@@ -213,5 +224,44 @@ def test_run_without_checkpoint_is_refused(tmp_path):
     write_json(d/'metadata.json', dict(run_id=d.name, experiment='broken', status='failed'))
     with pytest.raises(CheckpointError) as e: parent_run(f'run:{d.name}', runs)
     assert 'has no checkpoint to start from' in str(e.value) and d.name in str(e.value)
+    record('staged-no-checkpoint', 'Training data', 'model.name_or_path: run:RUN_ID naming a run without checkpoints',
+           'refused', 'CheckpointError naming the run', str(e.value), tmp_path)
     with pytest.raises(CheckpointError) as e: parent_run('run:../elsewhere', runs)
     assert 'not a path' in str(e.value)
+
+
+CONCURRENT = """
+import json, sys, time
+from pathlib import Path
+from dialsum.config import Config
+from dialsum.data import demo_rows
+from dialsum.features import cached_features
+from dialsum.models import train_tokenizer
+df = demo_rows('train', 48)
+tok = train_tokenizer(list(df.dialogue) + list(df.summary), 500)
+cfg = Config(experiment='x', model={'name_or_path': 'x', 'max_source_length': 128, 'max_target_length': 32})
+Path(sys.argv[2]).touch()
+while not Path(sys.argv[3]).exists(): time.sleep(0.005)
+feats, what = cached_features(tok, df, cfg, Path(sys.argv[1]))
+print(json.dumps(dict(what=what, feats=feats)))
+"""
+
+
+def test_concurrent_runs_share_one_cache_entry(tmp_path):
+    "Two processes make the features of the same split at once: one makes and keeps them, the other waits and reads them."
+    import subprocess, sys, time
+    cache, go = tmp_path/'.features', tmp_path/'go'
+    procs = [subprocess.Popen([sys.executable, '-c', CONCURRENT, str(cache), str(tmp_path/f'ready-{t}'), str(go)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT) for t in 'ab']
+    deadline = time.time() + 300
+    while not all((tmp_path/f'ready-{t}').exists() for t in 'ab'):
+        assert time.time() < deadline and all(p.poll() is None for p in procs); time.sleep(0.01)
+    go.touch()
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    assert sorted(o['what']['cache'] for o in outs) == ['hit', 'miss']
+    assert outs[0]['feats'] == outs[1]['feats'] and outs[0]['what']['key'] == outs[1]['what']['key']
+    assert [p.name for p in cache.iterdir() if not p.name.endswith('.lock')] == [outs[0]['what']['key']]  # no temporary left
