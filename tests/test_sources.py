@@ -128,10 +128,10 @@ def test_staged_run_starts_from_the_parent_checkpoint(sources_sweep, tmp_path):
 
 
 def test_leaking_row_is_refused_with_its_fname(tmp_path, source_files):
-    "A source row that is a dev dialogue (once cleaned): exit 1, the fname and source named, the run failed, nothing promoted."
+    "A source row that is a dev dialogue (once cleaned): exit 1, fname and source named, run failed, nothing promoted."
     dev = pd.read_csv(source_files/'dev.csv', dtype=str, keep_default_na=False)
-    leak = pd.DataFrame({'fname': ['ext_0', 'ext_1'], 'dialogue': ['#Person1#: 전혀 다른 대화', '  ' + dev.dialogue[3] + '  '],
-                         'summary': ['다른 요약', '새는 요약']})
+    leak = pd.DataFrame({'fname': ['ext_0', 'ext_1'], 'summary': ['다른 요약', '새는 요약'],
+                         'dialogue': ['#Person1#: 전혀 다른 대화', '  ' + dev.dialogue[3] + '  ']})
     leak.to_csv(tmp_path/'leak.csv', index=False)
     cfg = config(tmp_path, 'leaky', source_files)
     runs = tmp_path/'runs'
@@ -144,15 +144,17 @@ def test_leaking_row_is_refused_with_its_fname(tmp_path, source_files):
     md = md_of(run)
     assert md['status'] == 'failed' and 'ext_1' in md['error'] and not md.get('promoted')
     assert not (runs/'latest_submission.csv').exists() and not (run/'checkpoints').exists()
-    record('source-leak', 'Training data', 'a training source row whose dialogue is a dev dialogue (extra spaces around it)',
-           'refused before training', 'exit 1, run recorded as failed, nothing promoted', md['error'], tmp_path, source_files)
+    record('source-leak', 'Training data', 'a training source row whose dialogue is a dev dialogue (with extra spaces)',
+           'refused before training', 'exit 1, run recorded as failed, nothing promoted', md['error'], tmp_path,
+           source_files)
 
 
 def test_allow_overlap_reports_the_rows(tmp_path, source_files):
     from dialsum.config import DataConfig
     from dialsum.data import load_splits
     dev = pd.read_csv(source_files/'dev.csv', dtype=str, keep_default_na=False)
-    pd.DataFrame({'fname': ['ext_1'], 'dialogue': [dev.dialogue[0]], 'summary': ['요약']}).to_csv(tmp_path/'leak.csv', index=False)
+    leak = pd.DataFrame({'fname': ['ext_1'], 'dialogue': [dev.dialogue[0]], 'summary': ['요약']})
+    leak.to_csv(tmp_path/'leak.csv', index=False)
     data = DataConfig(train=[str(source_files/'a.csv'), str(tmp_path/'leak.csv')], dev=str(source_files/'dev.csv'),
                       test=str(source_files/'test.csv'), allow_overlap=True)
     sp = load_splits(data, ROOT)
@@ -173,18 +175,18 @@ def test_missing_source_file_fails_before_training(tmp_path, source_files):
     (run,) = run_folders(runs)
     assert md_of(run)['status'] == 'failed' and 'nope.jsonl' in md_of(run)['error']
     assert not (run/'checkpoints').exists()
-    record('source-missing', 'Training data', 'data.train lists a JSONL file that does not exist', 'refused before training',
-           'exit 1, run recorded as failed', md_of(run)['error'], tmp_path, source_files)
+    record('source-missing', 'Training data', 'data.train lists a JSONL file that does not exist',
+           'refused before training', 'exit 1, run recorded as failed', md_of(run)['error'], tmp_path, source_files)
 
 
 def test_mapped_column_missing_is_named(tmp_path, source_files):
     from dialsum.config import DataConfig
     from dialsum.data import DataError, load_sources
-    data = DataConfig(train=[str(source_files/'a.csv'), {'path': str(source_files/'b.jsonl'),
-                                                        'columns': {'fname': 'id', 'dialogue': 'body', 'summary': 'gist'}}])
+    cols = {'fname': 'id', 'dialogue': 'body', 'summary': 'gist'}
+    data = DataConfig(train=[str(source_files/'a.csv'), {'path': str(source_files/'b.jsonl'), 'columns': cols}])
     with pytest.raises(DataError) as e: load_sources(data, ROOT)
     assert f"data.train[1] ({source_files/'b.jsonl'})" in str(e.value) and "missing column(s) 'body'" in str(e.value)
-    assert "'text'" in str(e.value) and 'set data.train[1].columns.<name>' in str(e.value)  # the file's columns, the key to set
+    assert "'text'" in str(e.value) and 'set data.train[1].columns.<name>' in str(e.value)  # its columns, the key
     record('source-column', 'Training data', "a source's columns map dialogue to a column the file lacks", 'refused',
            'DataError naming the source and the columns found', str(e.value), source_files)
 
@@ -197,8 +199,8 @@ def test_weight_not_positive_is_refused(tmp_path, source_files):
     p = dialsum('run', cfg, f'output.runs_dir={tmp_path/"runs"}')
     assert p.returncode == 2 and 'data.train[1].weight: Input should be greater than 0' in p.stderr, p.stderr
     assert not (tmp_path/'runs').exists() or not run_folders(tmp_path/'runs')
-    record('source-weight', 'Training data', 'a source with weight: 0', 'refused at validation', 'exit 2, no run folder',
-           p.stderr, tmp_path, source_files)
+    record('source-weight', 'Training data', 'a source with weight: 0', 'refused at validation',
+           'exit 2, no run folder', p.stderr, tmp_path, source_files)
     with pytest.raises(ValueError, match=r'data.train\[0\].weight: Input should be greater than 0'):
         DataConfig(train=[{'path': 'a.csv', 'weight': -1}])
     with pytest.raises(ValueError, match='give exactly one of path'): DataConfig(train=[{'weight': 2}])
@@ -207,7 +209,8 @@ def test_weight_not_positive_is_refused(tmp_path, source_files):
 
 def test_run_naming_no_run_fails_before_training(tmp_path):
     runs = tmp_path/'runs'
-    p = dialsum('run', SMOKE, f'output.runs_dir={runs}', 'model.scratch=null', 'model.name_or_path=run:no_such_experiment')
+    p = dialsum('run', SMOKE, f'output.runs_dir={runs}', 'model.scratch=null',
+                'model.name_or_path=run:no_such_experiment')
     assert p.returncode == 1, p.stdout + p.stderr
     assert "no completed run of an experiment 'no_such_experiment'" in p.stderr, p.stderr
     (run,) = run_folders(runs)
@@ -248,7 +251,7 @@ print(json.dumps(dict(what=what, feats=feats)))
 
 
 def test_concurrent_runs_share_one_cache_entry(tmp_path):
-    "Two processes make the features of the same split at once: one makes and keeps them, the other waits and reads them."
+    "Two processes make the same split's features at once: one makes and keeps them, the other waits and reads them."
     import subprocess, sys, time
     cache, go = tmp_path/'.features', tmp_path/'go'
     procs = [subprocess.Popen([sys.executable, '-c', CONCURRENT, str(cache), str(tmp_path/f'ready-{t}'), str(go)],
@@ -264,4 +267,5 @@ def test_concurrent_runs_share_one_cache_entry(tmp_path):
         outs.append(json.loads(out.strip().splitlines()[-1]))
     assert sorted(o['what']['cache'] for o in outs) == ['hit', 'miss']
     assert outs[0]['feats'] == outs[1]['feats'] and outs[0]['what']['key'] == outs[1]['what']['key']
-    assert [p.name for p in cache.iterdir() if not p.name.endswith('.lock')] == [outs[0]['what']['key']]  # no temporary left
+    kept = [p.name for p in cache.iterdir() if not p.name.endswith('.lock')]
+    assert kept == [outs[0]['what']['key']]  # no temporary left
