@@ -116,6 +116,13 @@ class DataConfig(_Section):
     @classmethod
     def _train_sources(cls, v): return _sources(v)
 
+    @model_validator(mode='after')
+    def _one_cut(self):
+        if isinstance(self.train, list) and self.max_train_samples is not None:
+            raise ValueError(f"data.max_train_samples ({self.max_train_samples}) with several training sources would "
+                             "cut the later sources first; give each source its max_samples instead")
+        return self
+
     @model_validator(mode='before')
     @classmethod
     def _demo_fills_no_files(cls, d):

@@ -509,6 +509,9 @@ def load_sources(data:DataConfig, # the config's data section, `train` a list of
         except DataError as e: raise source_error(i, s, e) from None
         kept = df.iloc[:s.max_samples]
         rows = kept.iloc[weighted_rows(len(kept), s.weight, f"dialsum-source:{seed}:{i}")]
+        if not len(rows):
+            raise DataError(f"data.train[{i}] ({source_name(s)}): weight {s.weight} of its {len(kept)} rows is no "
+                            "row at all; raise its weight (or remove the source)")
         frames.append(rows.assign(data_source=source_name(s)))
         reports.append(dict(source=source_name(s), sha256=digest, rows_read=len(df), rows_kept=len(kept),
                             examples=len(rows), weight=s.weight, max_samples=s.max_samples, cleaning=cr['changed'],
