@@ -13,11 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 # %% auto #0
 __all__ = ['DEMO_REPLACES', 'DEFAULT_PROMPT', 'HUB_GENERATE', 'YAML_MAX_VALUES', 'RENAMED', 'HASH_EXCLUDED', 'DialsumError',
-           'ConfigError', 'Columns', 'DemoData', 'DataConfig', 'ScratchModel', 'ModelConfig', 'LoraConfig',
-           'TrainingConfig', 'GenerationConfig', 'OutputConfig', 'ResourcesConfig', 'Config', 'YamlProblem',
-           'ConfigLoader', 'load_yaml', 'read_yaml', 'deep_merge', 'read_layers', 'apply_overrides', 'machine',
-           'machine_problems', 'suggest_key', 'validate', 'project_root', 'resolve_path', 'load_config', 'config_dict',
-           'config_hash']
+           'ConfigError', 'Columns', 'DemoData', 'TrainSource', 'DataConfig', 'ScratchModel', 'ModelConfig',
+           'LoraConfig', 'TrainingConfig', 'GenerationConfig', 'OutputConfig', 'ResourcesConfig', 'Config',
+           'YamlProblem', 'ConfigLoader', 'load_yaml', 'read_yaml', 'deep_merge', 'read_layers', 'apply_overrides',
+           'machine', 'machine_problems', 'suggest_key', 'validate', 'project_root', 'resolve_path', 'load_config',
+           'config_dict', 'config_hash']
 
 # %% ../nbs/00_config.ipynb #4f9a8811
 class DialsumError(Exception):
@@ -58,9 +58,47 @@ class DemoData(_Section):
 
 DEMO_REPLACES = ('train', 'dev', 'test', 'sample_submission', 'columns')  # what `data.demo` takes the place of
 
+class TrainSource(_Section):
+    "One source of `data.train`: a CSV, JSONL or Parquet file (or a `datasets` hub name), its columns, weight, size."
+    path: Optional[str] = None  # a .csv, .jsonl (.json) or .parquet file; relative paths start at the project folder
+    hub: Optional[str] = None  # a `datasets` hub name (owner/name), for machines that reach the hub
+    split: str = 'train'  # hub only: which split of the hub data set
+    columns: Columns = Columns()  # the source's column names (fname, dialogue, summary, topic)
+    weight: float = Field(1.0, gt=0)  # repeat factor: 2 = every row twice, 0.5 = half the rows (drawn with the seed)
+    max_samples: Optional[int] = Field(None, ge=1)  # its first N rows only (before the weight)
+
+    @model_validator(mode='after')
+    def _one_place(self):
+        if (self.path is None) == (self.hub is None):
+            raise ValueError('give exactly one of path (a CSV, JSONL or Parquet file) and hub (a datasets hub name)')
+        return self
+
+def _source_problem(i:int, err:dict)->str:
+    "One pydantic error of the source `data.train[i]` in words."
+    loc = '.'.join(str(x) for x in err['loc'])
+    where = f"data.train[{i}]" + (f".{loc}" if loc else '')
+    if err['type'] == 'extra_forbidden':
+        close = difflib.get_close_matches(str(err['loc'][-1]), list(TrainSource.model_fields), n=1)
+        return f"{where}: unknown key" + (f"; did you mean {close[0]!r}?" if close else
+                                          f"; valid keys: {', '.join(TrainSource.model_fields)}")
+    got = f" (got {err['input']!r})" if 'input' in err and not isinstance(err['input'], dict) else ''
+    return f"{where}: {err['msg'].removeprefix('Value error, ')}{got}"
+
+def _sources(v):
+    "`data.train` as given: one file (a text), or a list of sources, each a mapping or a file name."
+    if not isinstance(v, list): return v
+    if not v: raise ValueError("an empty list of training sources; give one file or at least one {path: ...} source")
+    out, probs = [], []
+    for i, s in enumerate(v):
+        if isinstance(s, TrainSource): out.append(s); continue
+        try: out.append(TrainSource.model_validate({'path': s} if isinstance(s, str) else s))
+        except ValidationError as e: probs += [_source_problem(i, err) for err in e.errors()]
+    if probs: raise ValueError('; '.join(probs))
+    return out
+
 class DataConfig(_Section):
     "Where the splits are and how their text is cleaned."
-    train: Optional[str] = 'data/train.csv'
+    train: Union[str, list[TrainSource], None] = 'data/train.csv'  # one CSV file, or a list of sources (`TrainSource`)
     dev: Optional[str] = 'data/dev.csv'
     test: Optional[str] = 'data/test.csv'
     sample_submission: Optional[str] = None
@@ -73,6 +111,19 @@ class DataConfig(_Section):
     max_train_samples: Optional[int] = Field(None, ge=1)
     max_dev_samples: Optional[int] = Field(None, ge=1)
     max_test_samples: Optional[int] = Field(None, ge=1)
+    allow_overlap: bool = False  # train on source rows whose dialogue is a dev or test dialogue (refused otherwise)
+    cache_features: bool = True  # keep tokenized features in runs/.features, reused by runs on the same data
+
+    @field_validator('train', mode='before')
+    @classmethod
+    def _train_sources(cls, v): return _sources(v)
+
+    @model_validator(mode='after')
+    def _one_cut(self):
+        if isinstance(self.train, list) and self.max_train_samples is not None:
+            raise ValueError(f"data.max_train_samples ({self.max_train_samples}) with several training sources would "
+                             "cut the later sources first; give each source its max_samples instead")
+        return self
 
     @model_validator(mode='before')
     @classmethod
@@ -120,7 +171,7 @@ DEFAULT_PROMPT = '다음 대화를 요약하세요.\n### 대화:\n{dialogue}\n##
 
 class ModelConfig(_Section):
     "Which model to fine-tune: a hub id or local directory, or a from-scratch build."
-    name_or_path: Optional[str] = None  # hub id or local directory
+    name_or_path: Optional[str] = None  # hub id or local directory; run:RUN_ID, run:EXPERIMENT: a run's best checkpoint
     scratch: Optional[ScratchModel] = None  # build a tiny model instead (offline demo and tests)
     family: Literal['seq2seq', 'causal'] = (
         'seq2seq'  # seq2seq: BART, T5, mT5 (encoder-decoder); causal: decoder-only LMs
@@ -145,6 +196,9 @@ class ModelConfig(_Section):
     def _one_source(self):
         if (self.name_or_path is None) == (self.scratch is None):
             raise ValueError('set exactly one of model.name_or_path (hub id or local directory) and model.scratch')
+        if self.name_or_path is not None and self.name_or_path.startswith('run:') and not self.name_or_path[4:].strip():
+            raise ValueError("model.name_or_path 'run:' names no run: write run:RUN_ID (a run folder's name) or "
+                             "run:EXPERIMENT (that experiment's best completed run)")
         s = self.scratch
         if s and (s.arch == 'llama') != (self.family == 'causal'):
             want = 'causal' if s.arch == 'llama' else 'seq2seq'
@@ -769,6 +823,8 @@ HASH_EXCLUDED = {  # keys that do not change a run's result, and why; `config_ha
     'generation.batch_size': 'greedy and beam search give the same summaries at any batch size '
     '(padding is masked); it counts when sampling (generation.do_sample), which seeds each batch',
     'model.allow_pickle': 'permission to load pickle weights: the weights are the same',
+    'data.allow_overlap': 'permission to train on rows that are dev or test dialogues: refused runs have no result',
+    'data.cache_features': 'whether tokenized features are kept for the next run: the features are the same',
 }
 
 def config_hash(cfg:Config)->str:

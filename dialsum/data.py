@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_data.ipynb #f8d09327
 from __future__ import annotations
-import csv, io, random, re, string, unicodedata
+import csv, hashlib, io, math, os, random, re, string, unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,13 +12,15 @@ from typing import Optional, Union
 
 import pandas as pd
 
-from .config import Columns, DataConfig, DialsumError, resolve_path
+from .config import Columns, DataConfig, DialsumError, TrainSource, resolve_path
 from .files import atomic_write
 
 # %% auto #0
-__all__ = ['SPEAKER_TAGS', 'MASK_TAGS', 'TAGS', 'NORMALIZE_STEPS', 'SPLITS', 'DataError', 'normalize_text', 'is_missing',
-           'read_split', 'clean_text', 'clean_split', 'model_inputs', 'references', 'demo_rows', 'make_demo_data',
-           'demo_slots_kept', 'Splits', 'split_paths', 'split_columns', 'load_split', 'load_splits']
+__all__ = ['SPEAKER_TAGS', 'MASK_TAGS', 'TAGS', 'NORMALIZE_STEPS', 'SPLITS', 'SOURCE_FORMATS', 'DataError', 'normalize_text',
+           'is_missing', 'read_split', 'check_frame', 'clean_text', 'clean_split', 'model_inputs', 'references',
+           'demo_rows', 'make_demo_data', 'demo_slots_kept', 'Splits', 'split_paths', 'split_columns', 'load_split',
+           'source_name', 'read_source', 'source_error', 'weighted_rows', 'load_sources', 'LeakageError', 'overlaps',
+           'load_splits']
 
 # %% ../nbs/03_data.ipynb #2c97b31a
 SPEAKER_TAGS = [f'#Person{i}#' for i in range(1, 8)]
@@ -160,7 +162,17 @@ def read_split(path:Union[str, Path], # a CSV file shaped like the competition's
     except pd.errors.ParserError as e:
         raise DataError(f"{path}: not a valid CSV file ({e}); "
                         "fields with commas, quotes or newlines must be in double quotes") from None
-    found = [c.strip() for c in df.columns]
+    return check_frame(df, path, split, columns)
+
+# %% ../nbs/03_data.ipynb #693f2668
+def check_frame(df:pd.DataFrame, # a split as read, all values strings, the file's column names
+                path:Path, # the file it came from, for messages
+                split:str, # 'train', 'dev' or 'test': test needs no summary
+                columns:Optional[Columns]=None, # the file's column names (default: the competition's)
+               )->pd.DataFrame:
+    "`df` with dialsum's column names, after every split's checks: columns, header lines, empty or duplicated rows."
+    columns = columns or Columns()
+    found = [str(c).strip() for c in df.columns]
     df = _rename(df.set_axis(found, axis=1), path, columns)
     need = ['fname', 'dialogue'] + ([] if split == 'test' else ['summary'])
     if miss := [repr(getattr(columns, n)) for n in need if n not in df.columns]:
@@ -415,7 +427,8 @@ def _emptied(path:Path, raw:pd.DataFrame, clean:pd.DataFrame, split:str, data:Da
     for col in ['dialogue'] + ([] if split == 'test' else ['summary']):
         idx = [i for i in range(len(raw)) if is_missing(clean[col].iat[i]) and not is_missing(raw[col].iat[i])]
         if not idx: continue
-        lines = lines or _record_lines(path)
+        csv_file = Path(path).suffix.lower() == '.csv'
+        lines = lines or (_record_lines(path) if csv_file else range(1, len(raw) + 1))  # JSONL: a row a line
         for i in idx[:5]:
             v = raw[col].iat[i]
             out.append(f"{col} empty after cleaning at row {i + 1} (fname {raw.fname.iat[i]!r}, line {lines[i]}), "
@@ -437,6 +450,9 @@ def split_paths(data:DataConfig, # the config's data section
                )->dict[str, Optional[Path]]:
     "The files of train, dev, test and sample_submission (None where the config names none)."
     names = (*SPLITS, 'sample_submission')
+    if isinstance(data.train, list):  # several sources: `train` is the first file of them (`load_sources` reads all)
+        first = next((s.path for s in data.train if s.path is not None), None)
+        return {s: resolve_path(first if s == 'train' else getattr(data, s), Path(root)) for s in names}
     if not data.demo: return {s: resolve_path(getattr(data, s), Path(root)) for s in names}
     if run_dir is None:
         raise DataError("data.demo is set but no out_dir was given to write the demo data into; pass the run folder")
@@ -460,17 +476,143 @@ def load_split(path:Path, # a CSV shaped like the competition's
         raise DataError(f"{path}:\n" + '\n'.join(f"  {p}" for p in problems))
     return df, {**cr, 'notes': raw.attrs.get('notes', [])}
 
+# %% ../nbs/03_data.ipynb #70b6d35b
+SOURCE_FORMATS = {'.csv': 'csv', '.jsonl': 'json', '.json': 'json', '.parquet': 'parquet'}
+
+def source_name(s:TrainSource)->str:
+    "The source as the config names it: its path or hub name."
+    return s.path if s.path is not None else f"hub:{s.hub}"
+
+def _as_text(v)->str:
+    "A cell of a JSONL or Parquet file as text: missing values empty (as `read_split` reads CSV)."
+    if v is None or (isinstance(v, float) and math.isnan(v)): return ''
+    return v if isinstance(v, str) else str(v)
+
+def _hub_frame(s:TrainSource)->tuple[pd.DataFrame, Optional[str]]:
+    "The hub data set of `s` as a frame of texts, and its fingerprint."
+    off = ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE')
+    if any(os.environ.get(k, '').strip().upper() in {'1', 'ON', 'YES', 'TRUE'} for k in off):
+        raise DataError(f"hub data set {s.hub!r}: the hub is off on this machine (HF_HUB_OFFLINE); download it where "
+                        "the hub is reachable (datasets.load_dataset(...).to_parquet('x.parquet')) and give that file "
+                        "as path")
+    import datasets
+    try: ds = datasets.load_dataset(s.hub, split=s.split)
+    except Exception as e:
+        raise DataError(f"hub data set {s.hub!r} (split {s.split!r}) cannot be loaded: "
+                        f"{type(e).__name__}: {e}") from None
+    return ds.to_pandas().map(_as_text), ds._fingerprint
+
+def read_source(s:TrainSource, # one entry of `data.train`
+                root:Path, # the project folder: relative paths start here
+               )->tuple[pd.DataFrame, Optional[str]]:
+    "The rows of one training source, read and checked as the train file is (raw, not cleaned), and its hash."
+    if s.hub is not None:
+        df, digest = _hub_frame(s)
+        return check_frame(df, Path(f"hub:{s.hub}"), 'train', s.columns), digest
+    path = resolve_path(s.path, Path(root))
+    kind = SOURCE_FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(f"{path}: not a CSV, JSONL or Parquet file (its name ends in {path.suffix or 'nothing'!r}); "
+                        f"give a file ending in {', '.join(SOURCE_FORMATS)}")
+    if not path.is_file():
+        raise DataError(f"{path}: training source not found; check its path (relative paths start at the project "
+                        "folder)")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if kind == 'csv': return read_split(path, 'train', s.columns), digest
+    import datasets
+    try: ds = datasets.load_dataset(kind, data_files=str(path), split='train', keep_in_memory=True)
+    except Exception as e:
+        raise DataError(f"{path}: cannot be read as {kind.upper() if kind == 'json' else 'Parquet'} "
+                        f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
+                        "a JSONL file holds one JSON object per line") from None
+    if not ds.num_rows: raise DataError(f"{path}: no rows; a training source needs at least one row")
+    return check_frame(ds.to_pandas().map(_as_text), path, 'train', s.columns), digest
+
+
+# %% ../nbs/03_data.ipynb #9308fc4e
+def source_error(i:int, # the source's place in `data.train`
+                 s:TrainSource, # the source
+                 e:Exception, # what reading or checking it raised
+                )->DataError:
+    "`e` as a `DataError` that names the source `data.train[i]`, its column hints pointing at the source's own columns."
+    text = str(e).replace('set data.columns.<name>', f'set data.train[{i}].columns.<name>')
+    return DataError(f"data.train[{i}] ({source_name(s)}): {text}")
+
+def weighted_rows(n:int, # rows of the source
+                  weight:float, # repeat factor (> 0)
+                  seed:str, # what seeds the draw of the fractional part
+                 )->list[int]:
+    "Row positions of a source repeated `weight` times: the whole part in order, the fraction drawn with `seed`."
+    whole, frac = int(weight), weight - int(weight)
+    extra = sorted(random.Random(seed).sample(range(n), round(frac * n))) if frac else []
+    return list(range(n)) * whole + extra
+
+
+# %% ../nbs/03_data.ipynb #88d11f04
+def load_sources(data:DataConfig, # the config's data section, `train` a list of sources
+                 root:Path, # the project folder
+                 seed:int=0, # seeds the fractional part of each weight (`training.seed`)
+                )->tuple[pd.DataFrame, dict]:
+    "The training frame of every source (cleaned, cut, weighted, a `data_source` column) and its report."
+    frames, reports = [], []
+    for i, s in enumerate(data.train):
+        try:
+            raw, digest = read_source(s, root)
+            df, cr = clean_split(raw, data.newline_literals, data.collapse_whitespace)
+            where = Path(f"hub:{s.hub}") if s.hub else resolve_path(s.path, Path(root))
+            if problems := _emptied(where, raw, df, 'train', data):
+                raise DataError(f"{where}:\n" + '\n'.join(f"  {p}" for p in problems))
+        except DataError as e: raise source_error(i, s, e) from None
+        kept = df.iloc[:s.max_samples]
+        rows = kept.iloc[weighted_rows(len(kept), s.weight, f"dialsum-source:{seed}:{i}")]
+        if not len(rows):
+            raise DataError(f"data.train[{i}] ({source_name(s)}): weight {s.weight} of its {len(kept)} rows is no "
+                            "row at all; raise its weight (or remove the source)")
+        frames.append(rows.assign(data_source=source_name(s)))
+        reports.append(dict(source=source_name(s), sha256=digest, rows_read=len(df), rows_kept=len(kept),
+                            examples=len(rows), weight=s.weight, max_samples=s.max_samples, cleaning=cr['changed'],
+                            normalized=cr['normalized'], unknown_tags=cr['unknown_tags']))
+    train, total = pd.concat(frames, ignore_index=True), sum(r['examples'] for r in reports)
+    for r in reports: r['share'] = round(r['examples'] / total, 4)
+    unknown = Counter()
+    for r in reports: unknown.update(r['unknown_tags'])
+    return train, dict(sources=reports, rows_read=sum(r['rows_read'] for r in reports), rows_kept=len(train),
+                       max_samples=None, unknown_tags=dict(unknown.most_common()), notes=[])
+
+
+# %% ../nbs/03_data.ipynb #d72c9108
+class LeakageError(DataError):
+    "Training rows that are dev or test dialogues, refused before training."
+
+def overlaps(train:pd.DataFrame, # the cleaned training frame (`data_source` names each row's source, when there is one)
+             others:dict, # {'dev': frame, 'test': frame}: the cleaned splits a training row must not copy
+            )->list[dict]:
+    "The training rows whose dialogue is a dialogue of one of `others`: fname, source, split and that split's fname."
+    seen = {}
+    for split, df in others.items():
+        if df is None: continue
+        seen.update({t: (split, f) for t, f in zip(df.dialogue, df.fname, strict=True) if t not in seen})
+    src = train['data_source'] if 'data_source' in train else [''] * len(train)
+    return [dict(fname=f, source=s, split=seen[t][0], other=seen[t][1])
+            for f, s, t in zip(train.fname, src, train.dialogue, strict=True) if t in seen]
+
+
 # %% ../nbs/03_data.ipynb #931c22b7
 def load_splits(data:DataConfig, # the config's data section
                 root:Path, # project folder: relative paths start here
                 out_dir:Optional[Path]=None, # run folder; the demo data is written to `out_dir/'data'`
                 write_demo:bool=True, # write the demo data (False: read what another process wrote)
+                seed:int=0, # seeds the fractional part of each training source's weight (`training.seed`)
                )->Splits:
     "Read (or, with `data.demo`, generate) the splits; clean them and cut them to `max_*_samples` as configured."
     paths = split_paths(data, root, out_dir)
     if data.demo and write_demo: make_demo_data(Path(out_dir)/'data', **data.demo.model_dump())
     res, train = Splits(paths=paths), None
+    sources = isinstance(data.train, list)
     for s in SPLITS:
+        if s == 'train' and sources:
+            train, res.report['train'] = load_sources(data, root, seed)
+            res.train = train; continue
         if paths[s] is None: res.report[s] = None; continue
         df, cr = load_split(paths[s], s, data)
         notes, limit = cr['notes'], getattr(data, f'max_{s}_samples')
@@ -486,4 +628,17 @@ def load_splits(data:DataConfig, # the config's data section
                        else 'the model has seen their summaries')
                 notes.append(f"{c['rows']} of {len(df)} {s} rows have the dialogue of a train row after cleaning "
                              f"({', '.join(c['first'])}{', ...' if c['rows'] > 5 else ''}): {why}")
+    if sources: _refuse_leaks(res, data)
     return res
+
+def _refuse_leaks(res:Splits, data:DataConfig):
+    "Refuse (or, with `data.allow_overlap`, report) training rows that are dev or test dialogues."
+    hits = overlaps(res.train, {'dev': res.dev, 'test': res.test})
+    res.report['train']['overlap'] = dict(rows=len(hits), first=hits[:20], allowed=data.allow_overlap)
+    if not hits: return
+    listed = ', '.join(f"{h['fname']} ({h['source']}) = {h['split']} {h['other']}" for h in hits[:10])
+    text = (f"{len(hits)} training row(s) have the dialogue of a dev or test row after cleaning: {listed}"
+            + (f" and {len(hits) - 10} more" if len(hits) > 10 else ''))
+    if data.allow_overlap: res.report['train']['notes'].append(f"{text} (data.allow_overlap: true)"); return
+    raise LeakageError(f"{text}; a dev score over them measures recall, and a test row's summary would be learned. "
+                       "Remove those rows from their source, or set data.allow_overlap: true to train on them anyway")

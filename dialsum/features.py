@@ -4,9 +4,13 @@
 
 # %% ../nbs/09_features.ipynb #ab52279b
 from __future__ import annotations
+import hashlib, json, os, shutil, time
+from pathlib import Path
 from typing import Optional
 
+import datasets
 import pandas as pd
+from filelock import FileLock, Timeout
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
 from .config import Config, ConfigError, ModelConfig
@@ -14,7 +18,8 @@ from .data import model_inputs
 from .models import chat_end_token, family_of
 
 # %% auto #0
-__all__ = ['use_chat_template', 'prompt_parts', 'prompt_for', 'make_features', 'features', 'make_collator']
+__all__ = ['FEATURES_DIR', 'FEATURES_LOCK_TIMEOUT', 'use_chat_template', 'prompt_parts', 'prompt_for', 'make_features',
+           'features', 'tokenizer_hash', 'features_key', 'cached_features', 'make_collator']
 
 # %% ../nbs/09_features.ipynb #e164ba14
 _SLOT = '\uE000DIALOGUE\uE000'  # a private-use marker no template or dialogue contains
@@ -110,6 +115,83 @@ def features(tokenizer, # the model's tokenizer
     srcs = model_inputs(df, cfg.data.prefix, cfg.data.topic_prefix)
     return make_features(tokenizer, srcs, list(df['summary']) if with_labels else None, cfg.model.max_source_length,
                          cfg.model.max_target_length, prompt_for(tokenizer, cfg))
+
+# %% ../nbs/09_features.ipynb #6644d3db
+FEATURES_DIR = '.features'  # in the runs folder: runs/.features/<key>
+FEATURES_LOCK_TIMEOUT = 3600  # seconds a run waits for another that is tokenizing the same split
+
+def tokenizer_hash(tokenizer)->str:
+    "A hash of how `tokenizer` tokenizes: vocabulary, merges, added and special tokens, and the ids dialsum adds."
+    backend = getattr(tokenizer, 'backend_tokenizer', None)
+    if backend is not None:  # truncation and padding: what the last call set, not how the tokenizer tokenizes
+        body = json.dumps({k: v for k, v in json.loads(backend.to_str()).items() if k not in ('truncation', 'padding')})
+    else: body = json.dumps(sorted(tokenizer.get_vocab().items()))
+    extra = [type(tokenizer).__name__, tokenizer.all_special_tokens, getattr(tokenizer, 'encoder_specials', None),
+             getattr(tokenizer, 'chat_template', None), tokenizer.padding_side, tokenizer.truncation_side]
+    return hashlib.sha256((body + json.dumps(extra, default=str)).encode('utf-8')).hexdigest()
+
+def features_key(tokenizer, # the model's tokenizer
+                 df:pd.DataFrame, # a cleaned split
+                 cfg:Config, # the experiment config
+                 with_labels:bool=True, # with the summaries as labels
+                )->str:
+    "The cache key of `features(tokenizer, df, cfg, with_labels)`: a hash of everything they depend on."
+    h = hashlib.sha256()
+    m, d = cfg.model, cfg.data
+    settings = [m.family, m.max_source_length, m.max_target_length, m.prompt_template, m.chat_template, d.prefix,
+                d.topic_prefix, with_labels, prompt_for(tokenizer, cfg), tokenizer_hash(tokenizer)]
+    h.update(json.dumps(settings, default=str).encode('utf-8'))
+    for t in model_inputs(df, d.prefix, d.topic_prefix) + (list(df['summary']) if with_labels else []):
+        h.update(t.encode('utf-8')); h.update(b'\0')
+    return h.hexdigest()[:24]
+
+
+# %% ../nbs/09_features.ipynb #06b897d5
+def _saved(feats:list[dict], dest:Path):
+    "`feats` as an Arrow data set at `dest`, written under a temporary name and renamed into place."
+    tmp = dest.parent/f'.{dest.name}.tmp{os.getpid()}'
+    shutil.rmtree(tmp, ignore_errors=True)
+    quiet = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try: datasets.Dataset.from_list(feats).save_to_disk(str(tmp))
+    finally:
+        if quiet: datasets.enable_progress_bars()
+    os.replace(tmp, dest)
+
+def _loaded(d:Path)->list[dict]:
+    "The features saved at `d`, as the list `features` returns."
+    ds = datasets.load_from_disk(str(d))
+    return ds.to_list()
+
+def cached_features(tokenizer, # the model's tokenizer
+                    df:pd.DataFrame, # a cleaned split
+                    cfg:Config, # the experiment config
+                    cache_dir:Optional[Path], # the features folder (`runs/.features`); None: no cache
+                    with_labels:bool=True, # add the summaries as labels
+                   )->tuple[list[dict], dict]:
+    "`features(...)`, read from `cache_dir` when a run made them before (else made and kept), and what the cache did."
+    t0 = time.perf_counter()
+    feats, what = _cached(tokenizer, df, cfg, cache_dir, with_labels)
+    return feats, {**what, 'rows': len(feats), 'seconds': round(time.perf_counter() - t0, 3)}
+
+def _cached(tokenizer, df, cfg, cache_dir, with_labels):
+    if cache_dir is None or not cfg.data.cache_features:
+        return features(tokenizer, df, cfg, with_labels), dict(cache='off')
+    key = features_key(tokenizer, df, cfg, with_labels)
+    dest = Path(cache_dir)/key
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(str(dest) + '.lock', timeout=FEATURES_LOCK_TIMEOUT):
+            if dest.is_dir():
+                try: return _loaded(dest), dict(cache='hit', key=key)
+                except Exception: shutil.rmtree(dest, ignore_errors=True)  # damaged (a disk error): made again
+            feats = features(tokenizer, df, cfg, with_labels)
+            try: _saved(feats, dest)
+            except OSError as e: return feats, dict(cache='not written', key=key, error=f"{type(e).__name__}: {e}")
+            return feats, dict(cache='miss', key=key)
+    except Timeout:
+        return features(tokenizer, df, cfg, with_labels), dict(cache='lock timeout', key=key)
+
 
 # %% ../nbs/09_features.ipynb #90dcb2d6
 def make_collator(tokenizer, # the model's tokenizer

@@ -16,9 +16,9 @@ from transformers import set_seed
 
 from .runs import CheckpointError
 from .config import Config, DialsumError, load_config, project_root, resolve_path
-from .data import (SPLITS, Splits, demo_rows, demo_slots_kept, load_splits, model_inputs, read_split,
-                          references, split_columns)
-from .features import features
+from .data import (SPLITS, Splits, demo_rows, demo_slots_kept, load_splits, model_inputs, read_source, read_split,
+                          references, source_error, split_columns)
+from .features import FEATURES_DIR, cached_features, features
 from .inference import predict, score_predictions
 from .lora import apply_lora, merge_for_inference
 from .metrics import SCORE, bootstrap_ci, score_line
@@ -30,7 +30,7 @@ from .runs import Run, start_run, utcnow
 from .checkpoints import check_disk, remove_torn, resume_point, unsafe_pickle
 from .submissions import (_sample_problems, error_tail, exception_tail, finalize_run, read_index, record_failure,
                                  test_file_fnames)
-from .train import device_report, make_trainer, on_cpu, peak_gpu_memory_gb, train
+from .train import RUN_PREFIX, device_report, make_trainer, on_cpu, parent_run, peak_gpu_memory_gb, start_folder, train
 
 # %% auto #0
 __all__ = ['PREFLIGHT_FREE_BYTES', 'PreflightError', 'Problem', 'preflight', 'Context', 'cell_failed', 'watch_cells', 'open_run',
@@ -57,6 +57,16 @@ class Problem(str):
 # less free disk than this at the run folder cannot hold a run's records and checkpoints
 PREFLIGHT_FREE_BYTES = 50 * 2**20
 
+def _source_problems(data, root:Path)->list:
+    "One problem per training source of `data.train` (a list) that cannot be read or fails the train file's checks."
+    out = []
+    for i, s in enumerate(data.train):
+        try: read_source(s, root)
+        except DialsumError as e:
+            err = source_error(i, s, e)
+            out.append(Problem.of(str(err), err))
+    return out
+
 def preflight(cfg:Config, # the resolved config
               root:Union[str, Path], # the project folder (relative data paths start here)
               run_dir:Union[str, Path], # the run folder (exists)
@@ -67,6 +77,7 @@ def preflight(cfg:Config, # the resolved config
     if not data.demo:
         test = None
         for s in SPLITS:
+            if s == 'train' and isinstance(data.train, list): out += _source_problems(data, root); continue
             p = resolve_path(getattr(data, s), root)
             if p is None: continue
             if p.is_dir(): out.append(f"data.{s}: {p} is a folder; give the CSV file inside it"); continue
@@ -84,7 +95,10 @@ def preflight(cfg:Config, # the resolved config
                    "checkpoints are scored and chosen on the dev split; set data.dev to a dev CSV, "
                    "or training.eval_strategy: no (and training.early_stopping_patience: null)")
     name = cfg.model.name_or_path
-    if name and not cfg.model.scratch:
+    if name and name.startswith(RUN_PREFIX):  # a staged run: the parent run and its checkpoint must be there
+        try: parent_run(name, resolve_path(cfg.output.runs_dir, root))
+        except DialsumError as e: out.append(Problem.of(str(e), e))
+    elif name and not cfg.model.scratch:
         try:
             from transformers import AutoTokenizer
             AutoTokenizer.from_pretrained(str(resolve_path(name, root)) if resolve_path(name, root).is_dir() else name,
@@ -104,6 +118,7 @@ def preflight(cfg:Config, # the resolved config
                    f"under the {PREFLIGHT_FREE_BYTES / 2**20:.0f} MB a run needs; free disk space "
                    "or set output.runs_dir to a bigger disk (resources.check_disk: false skips this check)")
     return out
+
 
 # %% ../nbs/15_pipeline.ipynb #bea6da8d
 @dataclass
@@ -186,15 +201,31 @@ def open_run(config:Union[str, Path], # the experiment YAML, relative to the pro
 def read_data(ctx:Context)->Splits:
     "The cleaned splits; demo data is written by the main process and read by the others."
     with ctx.state.main_process_first():  # the others read what the main process wrote into the run folder
-        return load_splits(ctx.cfg.data, ctx.root, ctx.run.path, write_demo=ctx.main)
+        splits = load_splits(ctx.cfg.data, ctx.root, ctx.run.path, write_demo=ctx.main, seed=ctx.cfg.training.seed)
+    if sources := (splits.report.get('train') or {}).get('sources'):  # each source: rows, hash, share of the examples
+        keep = ('source', 'rows_read', 'rows_kept', 'examples', 'share', 'weight', 'sha256')
+        ctx.record(train_sources=[{k: s[k] for k in keep} for s in sources], overlap=splits.report['train']['overlap'])
+        if ctx.main:
+            print('training sources: ' + '; '.join(f"{s['source']} {s['examples']} examples ({s['share']:.0%})"
+                                                    for s in sources))
+    return splits
 
 # %% ../nbs/15_pipeline.ipynb #a8539bc5
 def build_model(ctx:Context, splits:Splits)->tuple:
     "Tokenizer and model as the config says (built or loaded, then LoRA); device report, disk check printed, recorded."
     cfg = ctx.cfg
     texts = model_inputs(splits.train, cfg.data.prefix, cfg.data.topic_prefix) + list(splits.train['summary'])
+    mcfg, parent = cfg.model, None
+    if (cfg.model.name_or_path or '').startswith(RUN_PREFIX):  # a staged run: the parent's best checkpoint
+        with ctx.state.main_process_first():  # a LoRA parent is merged once, by the main process
+            folder, parent = start_folder(cfg, ctx.root, ctx.run.path)
+        mcfg = cfg.model.model_copy(update={'name_or_path': str(folder)})
+        ctx.record(parent=parent)
+        if ctx.main:
+            print(f"starting from run {parent['run_id']}, {parent['checkpoint']} ({parent['kind']}): "
+                  f"{parent['reason']}")
     with ctx.state.main_process_first():  # a scratch model is built once, by the main process
-        tok, model, source = load_model(cfg.model, texts, ctx.run.path, ctx.root, seed=cfg.training.seed)
+        tok, model, source = load_model(mcfg, texts, ctx.run.path, ctx.root, seed=cfg.training.seed)
     set_seed(cfg.training.seed)  # the adapters' initial weights
     if cfg.lora: model = apply_lora(model, tok, cfg)
     report = device_report(model, cfg)
@@ -214,9 +245,14 @@ def build_model(ctx:Context, splits:Splits)->tuple:
 def fit(ctx:Context, tok, model, splits:Splits)->tuple:
     "Train (or resume), checkpoints scored on dev; the best model ready for inference (adapters merged) and the result."
     cfg, dev = ctx.cfg, splits.dev
-    ctx.trainer = make_trainer(cfg, tok, model, features(tok, splits.train, cfg),
-                               None if dev is None else features(tok, dev, cfg),
-                               None if dev is None else references(dev), ctx.run.file('checkpoints'))
+    cache = resolve_path(cfg.output.runs_dir, ctx.root)/FEATURES_DIR  # shared by the runs of this runs folder
+    train_feats, cached = cached_features(tok, splits.train, cfg, cache)
+    dev_feats, dev_cached = (None, None) if dev is None else cached_features(tok, dev, cfg, cache)
+    ctx.record(features_cache=dict(train=cached, dev=dev_cached))
+    if ctx.main: print(f"features: train {cached['cache']}" + (f", dev {dev_cached['cache']}" if dev_cached else '')
+                       + (f" ({cache})" if cached['cache'] != 'off' else ''))
+    ctx.trainer = make_trainer(cfg, tok, model, train_feats, dev_feats, None if dev is None else references(dev),
+                               ctx.run.file('checkpoints'))
     # the newest complete checkpoint
     resume = resume_point(ctx.run.file('checkpoints'), cfg.training.resume_from_checkpoint)
     ctx.record(resumed_from=ctx.run.rel(resume))

@@ -24,6 +24,11 @@ __all__ = ['default_runs_dir', 'runs_frame', 'runs_table', 'best_run', 'compare_
 def default_runs_dir()->Path: return resolve_path('runs', project_root())
 
 # %% ../nbs/18_queries.ipynb #73fd850d
+def _parent(md:dict)->str:
+    "The run id of a staged run's parent, from its record ('' for a run that started from a model)."
+    p = md.get('parent')
+    return str(p.get('run_id') or '') if isinstance(p, dict) else ''
+
 def runs_frame(runs_dir:Union[str, Path], # the runs folder with index.csv
                status:Optional[str]=None, # keep only runs with this status (a dead `running` run is `interrupted`)
                experiment:Optional[str]=None, # keep only runs of this experiment
@@ -35,6 +40,7 @@ def runs_frame(runs_dir:Union[str, Path], # the runs folder with index.csv
                     for d, s in zip(dirs, ix.status, strict=True)]
     # the diagnostics' flags (`dialsum.pipeline.diagnose`)
     ix['warn'] = [(read_metadata(d)[0].get('warn') or '') if d else '' for d in dirs]
+    ix['parent'] = [_parent(read_metadata(d)[0]) if d else '' for d in dirs]  # a staged run's parent run
     if status: ix = ix[ix.status == status]
     if experiment: ix = ix[ix.experiment == experiment]
     return ix.sort_values(['dev_score', 'started'], ascending=[False, False], na_position='last',
@@ -51,7 +57,8 @@ def runs_table(df:pd.DataFrame, # from `runs_frame`
     return text_table([dict(run_id=r.run_id, experiment=r.experiment, status=r.status, dev_score=_f(r.dev_score),
                             ci95='-' if math.isnan(r.dev_score_lo) else f"{r.dev_score_lo:.2f}-{r.dev_score_hi:.2f}",
                             seconds=_f(r.seconds, '{:.0f}'), started=r.started or '-',
-                            warn=getattr(r, 'warn', '') or '-', error=one_line(r.error, error_chars))
+                            warn=getattr(r, 'warn', '') or '-', parent=getattr(r, 'parent', '') or '-',
+                            error=one_line(r.error, error_chars))
                        for r in df.itertuples()])
 
 # %% ../nbs/18_queries.ipynb #7f19d43b

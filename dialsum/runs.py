@@ -223,7 +223,7 @@ def _version(dist:str)->Optional[str]:
 
 # %% ../nbs/04_runs.ipynb #c8a54c3b
 # installed distributions recorded beside torch and transformers
-VERSIONED = ('peft', 'accelerate', 'tokenizers', 'papermill', 'python-mecab-ko', 'safetensors', 'numpy')
+VERSIONED = ('peft', 'accelerate', 'tokenizers', 'datasets', 'papermill', 'python-mecab-ko', 'safetensors', 'numpy')
 
 def environment()->dict:
     "Versions and device of this process, for the run record."

@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_train.ipynb #7db98948
 from __future__ import annotations
-import os, resource, time
+import os, resource, shutil, time
 from pathlib import Path
 from typing import Optional
 
@@ -14,15 +14,20 @@ from torch.utils.data import Sampler
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
 from transformers.trainer_pt_utils import BatchRebalanceSampler
 
-from .config import Config, TrainingConfig
+from .config import Config, TrainingConfig, load_config, resolve_path
 from .features import make_collator
 from .inference import generation_inputs, generate_from_features, length_order
 from .metrics import SCORE, competition_score
-from .models import family_of, param_counts
+from .models import ModelError, family_of, param_counts
+from .runs import RUN_FILES, CheckpointError, indexed_run, read_metadata, rel_to
+from .checkpoints import CheckpointChoice, find_checkpoint
+from .lora import load_checkpoint
+from .submissions import read_index
 
 # %% auto #0
-__all__ = ['on_cpu', 'resolve_precision', 'peak_gpu_memory_gb', 'device_report', 'LengthBucketSampler', 'padding_share',
-           'token_batches', 'TokenBudgetSampler', 'DialsumTrainer', 'training_args', 'make_trainer', 'train']
+__all__ = ['RUN_PREFIX', 'START_DIR', 'on_cpu', 'resolve_precision', 'peak_gpu_memory_gb', 'device_report', 'LengthBucketSampler',
+           'padding_share', 'token_batches', 'TokenBudgetSampler', 'DialsumTrainer', 'training_args', 'make_trainer',
+           'train', 'parent_run', 'start_folder']
 
 # %% ../nbs/13_train.ipynb #05a8ed57
 def on_cpu(t:TrainingConfig)->bool:
@@ -293,3 +298,68 @@ def _rows_per_second(trainer:Trainer, metrics:dict)->Optional[float]:
         return metrics.get('train_samples_per_second')
     rows = trainer.state.global_step * trainer.args.gradient_accumulation_steps * len(ds) / max(1, len(smp))
     return round(rows / metrics['train_runtime'], 3)
+
+# %% ../nbs/13_train.ipynb #003f2b02
+RUN_PREFIX = 'run:'  # model.name_or_path: run:RUN_ID or run:EXPERIMENT
+START_DIR = 'start_model'  # in a staged run's folder: the merged starting model of a LoRA parent
+
+def parent_run(name:str, # `model.name_or_path`: run:RUN_ID or run:EXPERIMENT
+               runs_dir:Path, # the runs folder
+              )->tuple[Path, CheckpointChoice]:
+    "The run folder `name` names (a run id, else an experiment's best completed run) and its best checkpoint."
+    want, runs_dir = name[len(RUN_PREFIX):].strip(), Path(runs_dir)
+    d = runs_dir/want
+    if '/' in want or '\\' in want or '..' in want:
+        raise CheckpointError(f"model.name_or_path {name!r}: give a run folder's name in {runs_dir} or an "
+                              "experiment name, not a path")
+    if not (d/RUN_FILES['metadata']).is_file():
+        ix = read_index(runs_dir)
+        done = ix[(ix.experiment == want) & (ix.status == 'completed')].sort_values('dev_score', ascending=False,
+                                                                                   na_position='last', kind='stable')
+        found = [r for r in (indexed_run(runs_dir, rid) for rid in done.run_id) if r is not None]
+        if not found:
+            known = sorted(set(ix.experiment[ix.status == 'completed']))
+            raise CheckpointError(f"model.name_or_path {name!r}: no run folder {want!r} in {runs_dir} and no "
+                                  f"completed run of an experiment {want!r} (experiments with completed runs: "
+                                  f"{', '.join(known) or 'none'}; `dialsum runs` lists the runs)")
+        d = found[0]
+    try: return d.resolve(), find_checkpoint(d)
+    except CheckpointError as e:
+        raise CheckpointError(f"model.name_or_path {name!r}: run {d.name} has no checkpoint to start from ({e}); "
+                              "name a run that trained") from None
+
+
+# %% ../nbs/13_train.ipynb #b3f15a9a
+def _merged(choice:CheckpointChoice, parent_cfg:Config, dest:Path)->Path:
+    "The adapters of `choice` merged into their base model, saved (with the tokenizer) at `dest`; kept when there."
+    if (dest/'config.json').is_file() and (dest/'model.safetensors').is_file(): return dest
+    if parent_cfg.model.quantization:
+        raise ModelError(f"{choice.path}: adapters trained on 4-bit weights (QLoRA) cannot be merged exactly; start "
+                         "the new run from the parent's base model instead, or train the parent without "
+                         "model.quantization")
+    tok, model = load_checkpoint(choice.path, parent_cfg)
+    if hasattr(model, 'merge_and_unload'): model = model.merge_and_unload()
+    tmp = dest.parent/f'.{dest.name}.tmp{os.getpid()}'
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp); tok.save_pretrained(tmp)
+    os.replace(tmp, dest)
+    return dest
+
+def start_folder(cfg:Config, # the new run's config, `model.name_or_path` run:...
+                 root:Path, # the project folder
+                 run_dir:Path, # the new run's folder (a LoRA parent's merged model goes into its start_model/)
+                )->tuple[Path, dict]:
+    "The model folder a staged run starts from, and the record of its parent."
+    runs_dir = resolve_path(cfg.output.runs_dir, Path(root))
+    d, choice = parent_run(cfg.model.name_or_path, runs_dir)
+    parent_cfg = load_config(d/RUN_FILES['config'], root=root, check_machine=False)
+    if parent_cfg.model.family != cfg.model.family:
+        raise ModelError(f"model.name_or_path {cfg.model.name_or_path!r}: run {d.name} trained a "
+                         f"{parent_cfg.model.family} model; set model.family: {parent_cfg.model.family}")
+    adapters = (choice.path/'adapter_config.json').is_file()
+    folder = _merged(choice, parent_cfg, Path(run_dir)/START_DIR) if adapters else choice.path
+    md = read_metadata(d)[0]
+    return folder, dict(run_id=d.name, experiment=md.get('experiment'), checkpoint=rel_to(choice.path, d),
+                        step=choice.step, score=choice.score, reason=choice.reason, kind='lora' if adapters else 'full',
+                        config_hash=md.get('config_hash'), runs_dir=str(runs_dir))
+
