@@ -114,7 +114,7 @@ def generate_candidates(model, tokenizer, # a seq2seq or decoder-only model and 
     mine, st = _sharded(batches, distributed)
     kws = [generation_kwargs(g) for g in gens]
     for kw in kws:
-        kw.update(eos_token_id=end_token_ids(tokenizer, model))  # the model's, the tokenizer's, a chat model's end of turn
+        kw.update(eos_token_id=end_token_ids(tokenizer, model))  # the model's, the tokenizer's, a chat model's end
         if not fam.encoder_decoder: kw.update(pad_token_id=tokenizer.pad_token_id)
         if st is not None and st.distributed_type.name in ('DEEPSPEED', 'FSDP'): kw['synced_gpus'] = True
     reuse = fam.encoder_decoder and len(gens) > 1  # settings that change only decoding share the encoder's output
@@ -127,10 +127,10 @@ def generate_candidates(model, tokenizer, # a seq2seq or decoder-only model and 
                                   padding_side=fam.generation_padding, return_tensors='pt').to(model.device)
             devices = [model.device] if model.device.type == 'cuda' else []
             enc = model.get_encoder()(**batch).last_hidden_state if reuse else None
-            for g, (gen, kw) in enumerate(zip(gens, kws)):
+            for g, (gen, kw) in enumerate(zip(gens, kws, strict=True)):
                 inputs = batch
-                if enc is not None and gen.strategy not in HUB_GENERATE:  # a new wrapper: generate expands what it is given
-                    inputs = {**batch, 'encoder_outputs': BaseModelOutput(last_hidden_state=enc)}  # ids: the encoder penalty
+                if enc is not None and gen.strategy not in HUB_GENERATE:  # a new wrapper: generate expands it
+                    inputs = {**batch, 'encoder_outputs': BaseModelOutput(last_hidden_state=enc)}  # ids: encoder penalty
                 with torch.random.fork_rng(devices=devices) if gen.do_sample else contextlib.nullcontext():
                     if gen.do_sample: torch.manual_seed(seed + k)  # the training's random state is left as it was
                     cache = beam_cache(model, gen)
@@ -142,7 +142,7 @@ def generate_candidates(model, tokenizer, # a seq2seq or decoder-only model and 
         from accelerate.utils import gather_object
         done = gather_object(done)
     for g, idx, cands in done:
-        for i, c in zip(idx, cands): out[g][i] = c
+        for i, c in zip(idx, cands, strict=True): out[g][i] = c
     return out
 
 def generate_from_features(model, tokenizer, # a seq2seq or decoder-only model and its tokenizer
@@ -195,7 +195,7 @@ def predict_nbest(model, tokenizer, # a seq2seq or decoder-only model and its to
     srcs = model_inputs(df, cfg.data.prefix, cfg.data.topic_prefix)
     feats = make_features(tokenizer, srcs, None, cfg.model.max_source_length, prompt=prompt_for(tokenizer, cfg))
     cands = generate_candidates(model, tokenizer, feats, [cfg.generation], progress, cfg.training.seed, distributed)[0]
-    rows = [(f, r, s) for f, c in zip(df['fname'].tolist(), cands) for r, s in enumerate(c, 1)]
+    rows = [(f, r, s) for f, c in zip(df['fname'].tolist(), cands, strict=True) for r, s in enumerate(c, 1)]
     return pd.DataFrame(rows, columns=NBEST_COLUMNS)
 
 # %% ../nbs/12_inference.ipynb #1b036435

@@ -19,7 +19,7 @@ from .config import Config, DialsumError, load_config, project_root, resolve_pat
 from .data import (SPLITS, Splits, demo_rows, demo_slots_kept, load_splits, model_inputs, read_split,
                           references, split_columns)
 from .features import features
-from .inference import predict, score_predictions
+from .inference import predict, predict_nbest, score_predictions
 from .lora import apply_lora, merge_for_inference
 from .metrics import SCORE, bootstrap_ci, score_line
 from .diagnostics import diagnostic_warnings, encoder_check, prediction_diagnostics, warning_flags
@@ -217,11 +217,19 @@ def fit(ctx:Context, tok, model, splits:Splits)->tuple:
     ctx.record(best_checkpoint=result['best_checkpoint'], train=result)
     return merge_for_inference(ctx.trainer.model, cfg), result
 
+def _predict_and_keep(ctx:Context, model, tok, df:pd.DataFrame, nbest_key:str)->pd.DataFrame:
+    "`predict`'s frame; with generation.num_return_sequences > 1 its n-best list is written as run file `nbest_key`."
+    if ctx.cfg.generation.num_return_sequences == 1:
+        return predict(model, tok, df, ctx.cfg, progress=ctx.main, distributed=True)
+    nb = predict_nbest(model, tok, df, ctx.cfg, progress=ctx.main, distributed=True)
+    ctx.write(nbest_key, nb)
+    return nb[nb['rank'] == 1][['fname', 'summary']].reset_index(drop=True)
+
 def score_dev(ctx:Context, model, tok, splits:Splits)->tuple[dict, Optional[pd.DataFrame]]:
     "Competition scores of the model on dev (with a bootstrap 95% interval) and the per-row table, written as predictions_dev.csv."
     if splits.dev is None: return {}, None
     t = time.perf_counter()
-    pred = predict(model, tok, splits.dev, ctx.cfg, progress=ctx.main, distributed=True)
+    pred = _predict_and_keep(ctx, model, tok, splits.dev, 'nbest_dev')
     scores, table = score_predictions(splits.dev, pred)
     scores['score_ci95'] = bootstrap_ci(table[SCORE].values)
     ctx.write('dev_predictions', table)
@@ -231,7 +239,7 @@ def score_dev(ctx:Context, model, tok, splits:Splits)->tuple[dict, Optional[pd.D
 def write_submission(ctx:Context, model, tok, splits:Splits)->pd.DataFrame:
     "The test summaries, written as submission.csv."
     t = time.perf_counter()
-    sub = predict(model, tok, splits.test, ctx.cfg, progress=ctx.main, distributed=True)
+    sub = _predict_and_keep(ctx, model, tok, splits.test, 'nbest_test')
     ctx.write('submission', sub)
     ctx.infer_seconds += time.perf_counter() - t
     return sub
