@@ -267,8 +267,8 @@ class GenerationConfig(_Section):
         n = self.num_return_sequences
         if n > 1 and not self.do_sample and (n > self.num_beams or self.strategy == 'contrastive'):
             raise ValueError(f'generation.num_return_sequences ({n}) is above num_beams ({self.num_beams}): '
-                             f'beam search returns at most its beams; raise generation.num_beams to {n} or more, or lower '
-                             'num_return_sequences')
+                             f'beam search returns at most its beams; raise generation.num_beams to {n} or more, '
+                             'or lower num_return_sequences')
         if self.min_new_tokens > self.max_new_tokens:
             raise ValueError(f'generation.min_new_tokens ({self.min_new_tokens}) is above max_new_tokens ({self.max_new_tokens})')
         return self

@@ -130,7 +130,7 @@ def generate_candidates(model, tokenizer, # a seq2seq or decoder-only model and 
             for g, (gen, kw) in enumerate(zip(gens, kws, strict=True)):
                 inputs = batch
                 if enc is not None and gen.strategy not in HUB_GENERATE:  # a new wrapper: generate expands it
-                    inputs = {**batch, 'encoder_outputs': BaseModelOutput(last_hidden_state=enc)}  # ids: encoder penalty
+                    inputs = {**batch, 'encoder_outputs': BaseModelOutput(last_hidden_state=enc)}  # ids: penalties
                 with torch.random.fork_rng(devices=devices) if gen.do_sample else contextlib.nullcontext():
                     if gen.do_sample: torch.manual_seed(seed + k)  # the training's random state is left as it was
                     cache = beam_cache(model, gen)
