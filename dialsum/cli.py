@@ -72,6 +72,8 @@ def _cmd_sweep(a)->int:
     return sweep_exit_code(entries)
 
 def _cmd_predict(a)->int:
+    if a.generation: return _predict_generation(a)
+    if not a.output: raise DialsumError('give --output FILE (where fname,summary goes), or --generation best|FILE.yaml')
     from dialsum.inference import predict_run  # torch and transformers (seconds): only for this command
     p = predict_run(a.run, a.input, a.output, a.checkpoint, a.config, a.runs_dir, progress=a.progress, force=a.force)
     print(
@@ -85,6 +87,37 @@ def _cmd_predict(a)->int:
         )
         return 1
     print(f"wrote      {p.output} ({p.rows} rows, valid: the input's fnames in its order)")
+    return 0
+
+def _predict_generation(a)->int:
+    "`predict --run RUN --generation best|FILE`: a new run folder: the run's dev scores and submission with those keys."
+    given = [f for f, v in (('--input', a.input), ('--output', a.output), ('--checkpoint', a.checkpoint),
+                            ('--config', a.config)) if v]
+    if not a.run or given:
+        raise DialsumError("--generation writes a new run folder from the run's best checkpoint, its dev and test "
+                           f"splits: give --run RUN{', without ' + ', '.join(given) if given else ''}")
+    from dialsum.decoding_search import predict_with_generation  # torch and transformers: only for this command
+    from dialsum.runs import read_metadata
+    path = predict_with_generation(a.run, a.generation, a.runs_dir, progress=a.progress)
+    md = read_metadata(path)[0]
+    d = md.get('dev') if isinstance(md.get('dev'), dict) else {}
+    print(f"run        {path}\n  from     {md.get('source_run')} with {md.get('generation_source')}: "
+          + ' '.join(f"{k}={v}" for k, v in (md.get('generation_keys') or {}).items())
+          + (f"\n  {score_line(d)}" if d.get(SCORE) is not None else ''))
+    if not md.get('promoted'):
+        why = md.get('submission_problems') or [str(md.get('error'))]
+        print("its submission was NOT promoted:\n  " + '\n  '.join(why), file=sys.stderr)
+        return 1
+    print(f"wrote      {path/'submission.csv'} (valid, promoted to {md.get('history_path')})")
+    return 0
+
+def _cmd_tune(a)->int:
+    from dialsum.decoding_search import search_generation, search_text  # torch and transformers: only for this command
+    r = search_generation(a.run, a.grid, a.max_dev, a.apply, a.seed, a.runs_dir, progress=a.progress)
+    print(f"run        {r.run_dir}\ncheckpoint {r.checkpoint}\n  chosen:  {r.reason}\n"
+          f"dev        {r.rows} rows, {len(r.table)} settings, each batch encoded once\n\n{search_text(r.table)}\n")
+    print(f"wrote      {r.path}" + (f"\n           {r.plot}" if r.plot else ''))
+    if r.best: print(f"applied    {r.best}: `dialsum predict --run {r.run_dir.name} --generation best` uses it")
     return 0
 
 def _cmd_runs(a)->int:
@@ -300,18 +333,24 @@ def parser()->argparse.ArgumentParser:
     q.add_argument('--run', help='run folder, or experiment name (its newest run)')
     q.add_argument('--checkpoint', help="checkpoint folder (default: the run's best complete checkpoint)")
     q.add_argument('--input', help="CSV with fname,dialogue (default: the run's test split)")
-    q.add_argument(
-        '--output',
-        required=True,
-        help='where to write fname,summary (never the input, a run folder, runs/history/, '
-        'runs/latest_submission.csv or runs/index.csv)',
-    )
-    q.add_argument(
-        '--force', action='store_true', help='replace --output when it exists (one of your files, not a record)'
-    )
+    q.add_argument('--output', help='where to write fname,summary (never the input, a run folder, runs/history/, '
+                   'runs/latest_submission.csv or runs/index.csv)')
+    q.add_argument('--force', action='store_true',
+                   help='replace --output when it exists (one of your files, not a record)')
     q.add_argument('--config', help="config for lengths and generation (default: the run's config.yaml)")
     q.add_argument('--progress', action='store_true', help='show a progress bar'); runs_dir(q)
+    q.add_argument('--generation', metavar='best|FILE', help="other generation keys: best (the run's "
+                   "generation_best.yaml from tune-generation --apply) or a YAML file of them; writes a new run folder")
     q.set_defaults(func=_cmd_predict)
+    t = sub.add_parser('tune-generation', help="score a grid of generation settings on a run's dev split (no training)")
+    t.add_argument('run', help='run folder, or experiment name (its newest run)')
+    t.add_argument('--grid', nargs='+', action='extend', required=True, metavar='KEY=V1,V2',
+                   help='generation keys and their values, e.g. --grid num_beams=2,4 length_penalty=0.5,1.0')
+    t.add_argument('--max-dev', type=int, metavar='N', help='only the first N dev rows (default: all the run scored)')
+    t.add_argument('--apply', action='store_true', help="write the best setting to the run's generation_best.yaml")
+    t.add_argument('--seed', type=int, default=0, help='bootstrap seed')
+    t.add_argument('--progress', action='store_true', help='show a progress bar'); runs_dir(t)
+    t.set_defaults(func=_cmd_tune)
     l = sub.add_parser('runs', help='the run index as a table, best dev score first')
     l.add_argument('--status', help='only runs with this status (completed, failed, running, interrupted)')
     l.add_argument('--experiment', help='only runs of this experiment')

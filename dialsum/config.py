@@ -270,6 +270,8 @@ class TrainingConfig(_Section):
     )
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more time
     auto_find_batch_size: bool = False  # halve the batch size after a CUDA out-of-memory error and retry
+    label_smoothing_factor: float = Field(0.0, ge=0, lt=1)  # probability spread over the vocabulary (0.1 is common)
+    max_grad_norm: float = Field(1.0, gt=0)  # gradients are clipped to this norm
 
     @field_validator('max_steps')
     @classmethod
@@ -356,6 +358,9 @@ class GenerationConfig(_Section):
         None
     )
     trust_remote_code: bool = False  # run that repo's generate.py (contrastive and diverse beam search need it)
+    repetition_penalty: float = Field(1.0, gt=0)  # > 1: tokens already generated less likely (3rd place: 1.2)
+    encoder_repetition_penalty: float = Field(1.0, gt=0)  # > 1: the dialogue's tokens more likely (copying)
+    num_return_sequences: int = Field(1, ge=1)  # n-best kept per row (beams: <= num_beams); the first is the summary
 
     @property
     def strategy(self)->str:
@@ -394,6 +399,11 @@ class GenerationConfig(_Section):
                 f"{self.custom_generate or HUB_GENERATE[self.strategy]} (custom_generate/generate.py); read it, "
                 f"then set generation.trust_remote_code: true"
             )
+        n = self.num_return_sequences
+        if n > 1 and not self.do_sample and (n > self.num_beams or self.strategy == 'contrastive'):
+            raise ValueError(f'generation.num_return_sequences ({n}) is above num_beams ({self.num_beams}): '
+                             f'beam search returns at most its beams; raise generation.num_beams to {n} or more, '
+                             'or lower num_return_sequences')
         if self.min_new_tokens > self.max_new_tokens:
             raise ValueError(
                 f'generation.min_new_tokens ({self.min_new_tokens}) is above max_new_tokens ({self.max_new_tokens})'

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache, EncoderDecoderCache
+from transformers.modeling_outputs import BaseModelOutput
 
 from .runs import RUN_FILES, CheckpointError, resolve_run
 from .checkpoints import checkpoint_problems, find_checkpoint
@@ -27,9 +28,10 @@ from .files import write_csv
 from .submissions import submission_problems, test_file_fnames
 
 # %% auto #0
-__all__ = ['generation_kwargs', 'decode_summaries', 'SharedCrossCache', 'beam_cache', 'generation_inputs', 'length_order',
-           'generate_from_features', 'generate_summaries', 'predict', 'score_predictions', 'read_input',
-           'choose_checkpoint', 'load_for_inference', 'refuse_output', 'Prediction', 'predict_run']
+__all__ = ['NBEST_COLUMNS', 'generation_kwargs', 'decode_summaries', 'SharedCrossCache', 'beam_cache', 'generation_inputs',
+           'length_order', 'generate_candidates', 'generate_from_features', 'generate_summaries', 'predict',
+           'predict_nbest', 'score_predictions', 'read_input', 'choose_checkpoint', 'load_for_inference',
+           'refuse_output', 'Prediction', 'predict_run']
 
 # %% ../nbs/12_inference.ipynb #70230384
 def generation_kwargs(gen:GenerationConfig, # the config's generation section
@@ -47,6 +49,8 @@ def generation_kwargs(gen:GenerationConfig, # the config's generation section
     if gen.strategy in HUB_GENERATE:
         kw.update(custom_generate=gen.custom_generate or HUB_GENERATE[gen.strategy],
                   trust_remote_code=gen.trust_remote_code)
+    kw.update({k: v for k in ('repetition_penalty', 'encoder_repetition_penalty', 'num_return_sequences')
+               if (v := getattr(gen, k)) != 1})  # 1: off, transformers' default
     return kw
 
 # %% ../nbs/12_inference.ipynb #02528b2a
@@ -96,22 +100,24 @@ def _sharded(items:list, distributed:bool)->tuple[list, Optional[object]]:
     if st.num_processes == 1: return items, None
     with st.split_between_processes(items, apply_padding=True) as mine: return list(mine), st
 
-def generate_from_features(model, tokenizer, # a seq2seq or decoder-only model and its tokenizer
-                           feats:list[dict], # `make_features` without labels (or `generation_inputs`)
-                           gen:GenerationConfig, # the config's generation section
-                           progress:bool=True, # show a tqdm bar
-                           seed:int=0, # seeds sampling, batch by batch
-                           distributed:bool=False, # deal the batches out to the processes of a distributed run
-                          )->list[str]:
-    "Summaries for `feats`, in their order, generated in length-sorted batches."
-    fam, out = family_of(model), [None]*len(feats)
-    order = length_order(feats)
-    batches = list(enumerate(order[i:i+gen.batch_size] for i in range(0, len(order), gen.batch_size)))
+def generate_candidates(model, tokenizer, # a seq2seq or decoder-only model and its tokenizer
+                        feats:list[dict], # `make_features` without labels (or `generation_inputs`)
+                        gens:list[GenerationConfig], # one or more generation settings (the batch size of the first)
+                        progress:bool=True, # show a tqdm bar
+                        seed:int=0, # seeds sampling, batch by batch
+                        distributed:bool=False, # deal the batches out to the processes of a distributed run
+                       )->list[list[list[str]]]:
+    "Per setting, per feature (in their order), its `num_return_sequences` candidates; each batch is encoded once."
+    fam, out = family_of(model), [[None]*len(feats) for _ in gens]
+    order, size = length_order(feats), gens[0].batch_size
+    batches = list(enumerate(order[i:i+size] for i in range(0, len(order), size)))
     mine, st = _sharded(batches, distributed)
-    kw = generation_kwargs(gen)
-    kw.update(eos_token_id=end_token_ids(tokenizer, model))  # the model's, the tokenizer's, a chat model's end of turn
-    if not fam.encoder_decoder: kw.update(pad_token_id=tokenizer.pad_token_id)
-    if st is not None and st.distributed_type.name in ('DEEPSPEED', 'FSDP'): kw['synced_gpus'] = True
+    kws = [generation_kwargs(g) for g in gens]
+    for kw in kws:
+        kw.update(eos_token_id=end_token_ids(tokenizer, model))  # the model's, the tokenizer's, a chat model's end
+        if not fam.encoder_decoder: kw.update(pad_token_id=tokenizer.pad_token_id)
+        if st is not None and st.distributed_type.name in ('DEEPSPEED', 'FSDP'): kw['synced_gpus'] = True
+    reuse = fam.encoder_decoder and len(gens) > 1  # settings that change only decoding share the encoder's output
     model.eval()
     done = []
     with torch.inference_mode():
@@ -120,18 +126,34 @@ def generate_from_features(model, tokenizer, # a seq2seq or decoder-only model a
             batch = tokenizer.pad(rows,
                                   padding_side=fam.generation_padding, return_tensors='pt').to(model.device)
             devices = [model.device] if model.device.type == 'cuda' else []
-            with torch.random.fork_rng(devices=devices) if gen.do_sample else contextlib.nullcontext():
-                if gen.do_sample: torch.manual_seed(seed + k)  # the training's random state is left as it was
-                cache = beam_cache(model, gen)
-                ids = model.generate(**batch, **kw, **({'past_key_values': cache} if cache is not None else {}))
-            if not fam.encoder_decoder: ids = ids[:, batch['input_ids'].shape[1]:]  # only the new tokens
-            done.append((k, idx, decode_summaries(tokenizer, ids.cpu())))
+            enc = model.get_encoder()(**batch).last_hidden_state if reuse else None
+            for g, (gen, kw) in enumerate(zip(gens, kws, strict=True)):
+                inputs = batch
+                if enc is not None and gen.strategy not in HUB_GENERATE:  # a new wrapper: generate expands it
+                    inputs = {**batch, 'encoder_outputs': BaseModelOutput(last_hidden_state=enc)}  # ids: penalties
+                with torch.random.fork_rng(devices=devices) if gen.do_sample else contextlib.nullcontext():
+                    if gen.do_sample: torch.manual_seed(seed + k)  # the training's random state is left as it was
+                    cache = beam_cache(model, gen)
+                    ids = model.generate(**inputs, **kw, **({'past_key_values': cache} if cache is not None else {}))
+                if not fam.encoder_decoder: ids = ids[:, batch['input_ids'].shape[1]:]  # only the new tokens
+                texts, n = decode_summaries(tokenizer, ids.cpu()), gen.num_return_sequences
+                done.append((g, idx, [texts[j:j+n] for j in range(0, len(texts), n)]))
     if st is not None:
         from accelerate.utils import gather_object
         done = gather_object(done)
-    for _, idx, texts in done:
-        for i, s in zip(idx, texts, strict=True): out[i] = s
+    for g, idx, cands in done:
+        for i, c in zip(idx, cands, strict=True): out[g][i] = c
     return out
+
+def generate_from_features(model, tokenizer, # a seq2seq or decoder-only model and its tokenizer
+                           feats:list[dict], # `make_features` without labels (or `generation_inputs`)
+                           gen:GenerationConfig, # the config's generation section
+                           progress:bool=True, # show a tqdm bar
+                           seed:int=0, # seeds sampling, batch by batch
+                           distributed:bool=False, # deal the batches out to the processes of a distributed run
+                          )->list[str]:
+    "Summaries for `feats`, in their order, generated in length-sorted batches (the first candidate of each)."
+    return [c[0] for c in generate_candidates(model, tokenizer, feats, [gen], progress, seed, distributed)[0]]
 
 # %% ../nbs/12_inference.ipynb #9bb7b66f
 def generate_summaries(model, tokenizer, # a seq2seq or decoder-only model and its tokenizer
@@ -159,6 +181,22 @@ def predict(model, tokenizer, # a seq2seq or decoder-only model and its tokenize
     preds = generate_summaries(model, tokenizer, srcs, cfg.generation, cfg.model.max_source_length, progress,
                                prompt_for(tokenizer, cfg), cfg.training.seed, distributed)
     return pd.DataFrame({'fname': df['fname'].tolist(), 'summary': preds})
+
+# %% ../nbs/12_inference.ipynb #ce509ac8
+NBEST_COLUMNS = ['fname', 'rank', 'summary']  # nbest_dev.csv, nbest_test.csv: rank 1 is the prediction
+
+def predict_nbest(model, tokenizer, # a seq2seq or decoder-only model and its tokenizer
+                  df:pd.DataFrame, # a split from `dialsum.data.read_split`
+                  cfg:Config, # the experiment config (its generation.num_return_sequences: candidates per row)
+                  progress:bool=True, # show a tqdm bar
+                  distributed:bool=False, # share the generation among the processes of a distributed run
+                 )->pd.DataFrame:
+    "A `fname,rank,summary` frame: each row of `df` in its order, its candidates ranked 1 (the prediction) to n."
+    srcs = model_inputs(df, cfg.data.prefix, cfg.data.topic_prefix)
+    feats = make_features(tokenizer, srcs, None, cfg.model.max_source_length, prompt=prompt_for(tokenizer, cfg))
+    cands = generate_candidates(model, tokenizer, feats, [cfg.generation], progress, cfg.training.seed, distributed)[0]
+    rows = [(f, r, s) for f, c in zip(df['fname'].tolist(), cands, strict=True) for r, s in enumerate(c, 1)]
+    return pd.DataFrame(rows, columns=NBEST_COLUMNS)
 
 # %% ../nbs/12_inference.ipynb #1b036435
 def score_predictions(df:pd.DataFrame, # a dev split with references

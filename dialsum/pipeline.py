@@ -19,7 +19,7 @@ from .config import Config, DialsumError, load_config, project_root, resolve_pat
 from .data import (SPLITS, Splits, demo_rows, demo_slots_kept, load_splits, model_inputs, read_source, read_split,
                           references, source_error, split_columns)
 from .features import FEATURES_DIR, cached_features, features
-from .inference import predict, score_predictions
+from .inference import predict, predict_nbest, score_predictions
 from .lora import apply_lora, merge_for_inference
 from .metrics import SCORE, bootstrap_ci, score_line
 from .diagnostics import diagnostic_warnings, encoder_check, prediction_diagnostics, warning_flags
@@ -279,12 +279,21 @@ def fit(ctx:Context, tok, model, splits:Splits)->tuple:
     ctx.record(best_checkpoint=result['best_checkpoint'], train=result)
     return merge_for_inference(ctx.trainer.model, cfg), result
 
+# %% ../nbs/15_pipeline.ipynb #77dead29
+def _predict_and_keep(ctx:Context, model, tok, df:pd.DataFrame, nbest_key:str)->pd.DataFrame:
+    "`predict`'s frame; with generation.num_return_sequences > 1 its n-best list is written as run file `nbest_key`."
+    if ctx.cfg.generation.num_return_sequences == 1:
+        return predict(model, tok, df, ctx.cfg, progress=ctx.main, distributed=True)
+    nb = predict_nbest(model, tok, df, ctx.cfg, progress=ctx.main, distributed=True)
+    ctx.write(nbest_key, nb)
+    return nb[nb['rank'] == 1][['fname', 'summary']].reset_index(drop=True)
+
 # %% ../nbs/15_pipeline.ipynb #f608c6c7
 def score_dev(ctx:Context, model, tok, splits:Splits)->tuple[dict, Optional[pd.DataFrame]]:
     "The model's competition scores on dev (with a bootstrap 95% interval) and the per-row table (predictions_dev.csv)."
     if splits.dev is None: return {}, None
     t = time.perf_counter()
-    pred = predict(model, tok, splits.dev, ctx.cfg, progress=ctx.main, distributed=True)
+    pred = _predict_and_keep(ctx, model, tok, splits.dev, 'nbest_dev')
     scores, table = score_predictions(splits.dev, pred)
     scores['score_ci95'] = bootstrap_ci(table[SCORE].values)
     ctx.write('dev_predictions', table)
@@ -329,7 +338,7 @@ def _pct(v): return '-' if v is None else f'{v:.0%}'
 def write_submission(ctx:Context, model, tok, splits:Splits)->pd.DataFrame:
     "The test summaries, written as submission.csv."
     t = time.perf_counter()
-    sub = predict(model, tok, splits.test, ctx.cfg, progress=ctx.main, distributed=True)
+    sub = _predict_and_keep(ctx, model, tok, splits.test, 'nbest_test')
     ctx.write('submission', sub)
     ctx.infer_seconds += time.perf_counter() - t
     return sub

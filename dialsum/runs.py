@@ -25,7 +25,10 @@ __all__ = ['RUN_FILES', 'INDEX_FILE', 'CHECKPOINT_DIR', 'NAME_MAX', 'STAMP_ROOM'
 # %% ../nbs/04_runs.ipynb #b07acde4
 RUN_FILES = dict(config='config.yaml', metadata='metadata.json', metrics='metrics.json',
                  dev_predictions='predictions_dev.csv', submission='submission.csv', notebook='run.ipynb',
-                 log='run.log', checkpoints='checkpoints')
+                 log='run.log', checkpoints='checkpoints',
+                 nbest_dev='nbest_dev.csv', nbest_test='nbest_test.csv',  # generation.num_return_sequences > 1
+                 generation_search='generation_search.csv', generation_search_plot='generation_search.png',
+                 generation_best='generation_best.yaml')  # dialsum tune-generation
 INDEX_FILE = 'index.csv'  # the runs folder's index of its runs (`dialsum.submissions` reads and writes it)
 
 CHECKPOINT_DIR = re.compile(r'^checkpoint-(\d+)$')  # the trainer's checkpoint folders: checkpoints/checkpoint-<step>

@@ -248,6 +248,7 @@ def training_args(cfg:Config, # the resolved experiment config
         activation_checkpointing_kwargs={'use_reentrant': False} if t.gradient_checkpointing else None,
         # True multiplies the logged losses of an N-process run by N (transformers 5.23)
         average_tokens_across_devices=False,
+        label_smoothing_factor=t.label_smoothing_factor, max_grad_norm=t.max_grad_norm,
         dataloader_num_workers=t.dataloader_num_workers, disable_tqdm=False)
 
 # %% ../nbs/13_train.ipynb #5e2d2c46
