@@ -274,11 +274,11 @@ class ResourcesConfig(_Section):
     check_disk: bool = True  # refuse to start a run whose checkpoints cannot fit on the disk
 
 class TuneConfig(_Section):
-    "The Optuna trial a run is, set by `dialsum tune`: training reports each dev score to the trial's study and its pruner."
-    storage: str = Field(min_length=1)  # the study's storage: an SQLAlchemy URL (sqlite:///..., postgresql://...) or a journal file
+    "The Optuna trial a run is, set by `dialsum tune`: training reports each dev score to its study."
+    storage: str = Field(min_length=1)  # the study's storage: an SQLAlchemy URL or a journal file
     study: str = Field(min_length=1)  # the study's name
     trial: int = Field(ge=0)  # the trial's number in the study
-    pruner: Literal['median', 'none'] = 'median'  # median: stop a trial whose dev score is below the median of earlier trials
+    pruner: Literal['median', 'none'] = 'median'  # median: stop a trial scoring below the median of earlier trials
     startup_trials: int = Field(5, ge=0)  # the pruner prunes nothing until this many trials have finished
     warmup_steps: int = Field(0, ge=0)  # nor at an evaluation before this training step
 
@@ -472,7 +472,8 @@ def machine_problems(cfg:Config, # a config that passed the schema
     for t in cfg.training.report_to:
         if t in TRACKERS and have.get(t) is False:
             out.append(f"training.report_to: {t} needs the {t} package, which is not installed: {TRACKERS[t]}")
-    if cfg.tune and have.get('optuna') is False: out.append("tune: an Optuna trial needs the optuna package: pip install optuna")
+    if cfg.tune and have.get('optuna') is False:
+        out.append("tune: an Optuna trial needs the optuna package: pip install optuna")
     if p == 'fp16' and not gpu:
         out.append(f"training.precision: fp16 mixed precision needs a CUDA GPU {why}; use auto, fp32 or bf16")
     if p == 'bf16' and gpu and not m['bf16']:

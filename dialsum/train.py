@@ -127,7 +127,7 @@ class DialsumTrainer(Trainer):
 # %% ../nbs/13_train.ipynb #a23c0b3b
 def optuna_storage(spec:str, # an SQLAlchemy URL (sqlite:///runs/optuna.db, postgresql://...) or a journal file's path
                   ):
-    "The Optuna storage `spec` names: a database for a URL (SQLite waiting up to a minute for a lock), else a journal file."
+    "The Optuna storage `spec` names: a database for a URL (SQLite waits up to a minute for a lock), or a journal file."
     if '://' not in spec:
         Path(spec).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(spec))
@@ -190,7 +190,8 @@ def training_args(cfg:Config, # the resolved experiment config
         save_steps=t.eval_steps or 500, save_total_limit=t.save_total_limit, load_best_model_at_end=evaluate,
         metric_for_best_model=SCORE if evaluate else None, greater_is_better=True if evaluate else None,
         train_sampling_strategy='random' if t.train_sampling_strategy == 'length_buckets' else t.train_sampling_strategy,  # ours: DialsumTrainer
-        report_to=t.report_to or 'none', run_name=Path(out_dir).parent.name, label_names=['labels'],  # the tracker's run: the run id
+        report_to=t.report_to or 'none', label_names=['labels'],
+        run_name=Path(out_dir).parent.name,  # the trackers' run is named after the run folder, the dialsum run id
         fp16=prec == 'fp16', bf16=prec == 'bf16', use_cpu=on_cpu(t), auto_find_batch_size=t.auto_find_batch_size,
         activation_checkpointing=t.gradient_checkpointing,  # transformers 5's name for gradient checkpointing
         activation_checkpointing_kwargs={'use_reentrant': False} if t.gradient_checkpointing else None,
@@ -218,11 +219,13 @@ def make_trainer(cfg:Config, # the resolved experiment config
         order = length_order(dev_feats)  # less padding in the loss batches
         eval_ds, refs = [dev_feats[i] for i in order], [dev_refs[i] for i in order]
     if cfg.tune and evaluate: callbacks.append(TrialReporter(cfg.tune))  # an Optuna trial: each dev score to its pruner
-    tr = DialsumTrainer(model=model, args=args, data_collator=make_collator(tokenizer, model), train_dataset=train_feats,
-                        eval_dataset=eval_ds, processing_class=tokenizer, callbacks=callbacks,
+    tr = DialsumTrainer(model=model, args=args, data_collator=make_collator(tokenizer, model),
+                        train_dataset=train_feats, eval_dataset=eval_ds, processing_class=tokenizer,
+                        callbacks=callbacks,
                         gen_feats=generation_inputs(eval_ds) if evaluate else None, refs=refs, cfg=cfg)
     for c in tr.callback_handler.callbacks:  # TensorBoard's event files go into the run folder, beside its checkpoints
-        if isinstance(c, TensorBoardCallback) and c.logging_dir is None: c.logging_dir = str(Path(out_dir).parent/'tensorboard')
+        if isinstance(c, TensorBoardCallback) and c.logging_dir is None:
+            c.logging_dir = str(Path(out_dir).parent/'tensorboard')
     return tr
 
 # %% ../nbs/13_train.ipynb #4309ba43
@@ -238,4 +241,5 @@ def train(trainer:Trainer, # from `make_trainer`
     return dict(train_seconds=round(time.perf_counter() - t0, 2), global_step=st.global_step, train_loss=out.training_loss,
                 best_checkpoint=st.best_model_checkpoint, best_score=st.best_metric, evaluations=len(evals),
                 train_samples_per_second=out.metrics.get('train_samples_per_second'),
-                pruned=next((c.pruned for c in trainer.callback_handler.callbacks if isinstance(c, TrialReporter)), None))
+                pruned=next((c.pruned for c in trainer.callback_handler.callbacks if isinstance(c, TrialReporter)),
+                            None))  # where and why an Optuna trial's pruner stopped it (None: not stopped)
