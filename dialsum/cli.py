@@ -65,8 +65,9 @@ def _cmd_tune(a)->int:
     missing = [n for n, v in (('CONFIG', a.config), ('--space', a.space), ('--trials', a.trials)) if v is None]
     if missing: raise DialsumError(f"dialsum tune needs {', '.join(missing)} (or --report STUDY to report on a study)")
     old = signal.signal(signal.SIGTERM, _interrupt)
-    try: out = tune(a.config, a.space, a.trials, a.storage, a.study, a.set, pruner=a.pruner, startup_trials=a.startup_trials,
-                    warmup_steps=a.warmup_steps, workers=a.workers, gpus=a.gpus, seed=a.seed, say=lambda s: print(s, flush=True))
+    try: out = tune(a.config, a.space, a.trials, a.storage, a.study, a.set, pruner=a.pruner,
+                    startup_trials=a.startup_trials, warmup_steps=a.warmup_steps, workers=a.workers, gpus=a.gpus,
+                    seed=a.seed, say=lambda s: print(s, flush=True))
     finally: signal.signal(signal.SIGTERM, old)
     if not a.worker:
         print('\n' + sweep_text_table(study_rows(open_study(out['storage'], out['study']))), flush=True)
@@ -123,25 +124,26 @@ def parser()->argparse.ArgumentParser:
     s.add_argument('--accelerate-config', metavar='FILE', help='run each config under accelerate launch with this config '
                    '(e.g. configs/accelerate/ddp_cpu.yaml), through dialsum.pipeline instead of papermill')
     s.add_argument('--num-processes', type=int, metavar='N', help='processes for accelerate launch (default: the accelerate config\'s)')
-    s.add_argument('--jobs', type=int, default=1, metavar='N', help='run N configs at once, each in its own process (CPU)')
-    s.add_argument('--gpus', metavar='0,1', help='run one config per GPU at a time; each sees only its GPU (CUDA_VISIBLE_DEVICES)')
+    s.add_argument('--jobs', type=int, default=1, metavar='N', help='run N configs at once, each in a process (CPU)')
+    s.add_argument('--gpus', metavar='0,1', help='one config per GPU at a time, each seeing its GPU only')
     s.set_defaults(func=_cmd_sweep)
-    t = sub.add_parser('tune', help='an Optuna hyperparameter search whose trials are ordinary runs; --report STUDY reports on one')
+    t = sub.add_parser('tune', help='an Optuna search of ordinary runs; --report STUDY: a report')
     t.add_argument('config', nargs='?', help='experiment YAML, e.g. configs/experiments/demo.yaml')
     t.add_argument('--space', metavar='SPACE.yaml', help='the keys to search: key: {low, high, log} or key: [choices]')
-    t.add_argument('--trials', type=int, metavar='N', help='the total number of trials the study should have (a rerun continues)')
-    t.add_argument('--storage', help='an SQLAlchemy URL or a journal file (default: sqlite:///runs/optuna.db); share it across '
-                   'machines with a database server or a journal file on a shared disk')
+    t.add_argument('--trials', type=int, metavar='N', help='the trials the study should have in all')
+    t.add_argument('--storage', help='an SQLAlchemy URL or a journal file (default: sqlite:///runs/optuna.db); '
+                   'machines share a study through a database server or a journal file on a shared disk')
     t.add_argument('--study', help="the study's name (default: the config's experiment)")
-    t.add_argument('--pruner', choices=['median', 'none'], default='median', help='stop trials below the median (default median)')
-    t.add_argument('--startup-trials', type=int, default=5, metavar='N', help='the pruner prunes nothing before N finished trials')
-    t.add_argument('--warmup-steps', type=int, default=0, metavar='N', help='nor at an evaluation before training step N')
-    t.add_argument('--workers', type=int, metavar='K', help='K worker processes on this machine (default: one per --gpus GPU, or 1)')
+    t.add_argument('--pruner', choices=['median', 'none'], default='median', help='stop trials below the median')
+    t.add_argument('--startup-trials', type=int, default=5, metavar='N', help='no pruning before N finished trials')
+    t.add_argument('--warmup-steps', type=int, default=0, metavar='N', help='nor at evaluations before step N')
+    t.add_argument('--workers', type=int, metavar='K', help='K worker processes (default: one per GPU, or 1)')
     t.add_argument('--gpus', metavar='0,1', help='one worker per GPU; each sees only its GPU (CUDA_VISIBLE_DEVICES)')
     t.add_argument('--seed', type=int, help="the sampler's seed (worker k: seed + k)")
-    t.add_argument('--set', nargs='+', action='extend', default=[], metavar='KEY=VALUE', help='overrides for every trial (put them last)')
-    t.add_argument('--report', metavar='STUDY', help='print the best trials and parameter importances of STUDY, draw its plots')
-    t.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)  # a child worker of dialsum tune: no table at the end
+    t.add_argument('--set', nargs='+', action='extend', default=[], metavar='KEY=VALUE',
+                   help='overrides for every trial (put them last)')
+    t.add_argument('--report', metavar='STUDY', help="STUDY's best trials, parameter importances, plots")
+    t.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)  # a child worker of dialsum tune: no table
     runs_dir(t)
     t.set_defaults(func=_cmd_tune)
     q = sub.add_parser('predict', help="write summaries for a CSV with a run's best (or a given) checkpoint")

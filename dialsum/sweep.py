@@ -300,7 +300,7 @@ def run_sweep(configs:Sequence[Union[str, Path]], # config files and quoted glob
               accelerate_config:Union[str, Path, None]=None, # run each config under `accelerate launch` with this config instead of papermill
               num_processes:Optional[int]=None, # processes for `accelerate launch` (default: the accelerate config's)
               jobs:int=1, # configs run at once, each in a child process (CPU); with `gpus`: one per GPU
-              gpus:Optional[str]=None, # e.g. '0,1': each config's child sees only one of these GPUs, one config per GPU at a time
+              gpus:Optional[str]=None, # e.g. '0,1': one config per GPU at a time, its child seeing only that GPU
              )->list[SweepEntry]:
     "Run each config in turn, recording every outcome and going on after failures; return one entry per config."
     root = Path(root) if root else project_root()
@@ -372,7 +372,8 @@ def _sweep_child():
                   num_processes=a['accelerate'][1] if a['accelerate'] else None)[-1]
     print(_MARK + json.dumps(asdict(e)), flush=True)
 
-def _run_parallel(entries:list, overrides:list, root:Path, resume:bool, accelerate:Optional[tuple], slots:list, say:Callable):
+def _run_parallel(entries:list, overrides:list, root:Path, resume:bool, accelerate:Optional[tuple], slots:list,
+                  say:Callable):
     "Run each entry's config in a child process, as many at once as `slots` (a GPU each, or None on CPU)."
     free, procs, n = queue.Queue(), {}, len(entries)
     for s in slots: free.put(s)
@@ -381,10 +382,12 @@ def _run_parallel(entries:list, overrides:list, root:Path, resume:bool, accelera
         slot = free.get()
         try:
             say(f"[{i}/{n}] {e.config}" + (f" on GPU {slot}" if slot is not None else ''))
-            arg = json.dumps(dict(config=e.config, overrides=overrides, root=str(root), resume=resume, accelerate=accelerate))
+            arg = json.dumps(dict(config=e.config, overrides=overrides, root=str(root), resume=resume,
+                                  accelerate=accelerate))
             t0 = time.monotonic()
-            p = procs[i] = subprocess.Popen([sys.executable, '-c', 'from dialsum.sweep import _sweep_child; _sweep_child()', arg],
-                                            cwd=root, env=gpu_env(slot), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            cmd = [sys.executable, '-c', 'from dialsum.sweep import _sweep_child; _sweep_child()', arg]
+            p = procs[i] = subprocess.Popen(cmd, cwd=root, env=gpu_env(slot), stdout=subprocess.PIPE,
+                                            stderr=subprocess.STDOUT, text=True)
             out, _ = p.communicate()
             lines = out.splitlines()
             got = [json.loads(x[len(_MARK):]) for x in lines if x.startswith(_MARK)]
@@ -392,8 +395,10 @@ def _run_parallel(entries:list, overrides:list, root:Path, resume:bool, accelera
             else:
                 tail = error_tail(lines[-40:])
                 e.status, e.seconds = 'failed', time.monotonic() - t0
-                e.note = one_line(f"the sweep's child process exited with code {p.returncode}: {tail[-1] if tail else '(no output)'}")
-            say('\n'.join(f"  [{i}] {x}" for x in lines if not x.startswith(_MARK) and not x.startswith('GPU 0:') and x != NO_GPU))
+                e.note = one_line(f"the sweep's child process exited with code {p.returncode}: "
+                                  f"{tail[-1] if tail else '(no output)'}")
+            said = [x for x in lines if not x.startswith((_MARK, 'GPU 0:')) and x != NO_GPU]  # the child's own lines
+            say('\n'.join(f"  [{i}] {x}" for x in said))
         finally: free.put(slot)
     pool = ThreadPoolExecutor(max_workers=len(slots))
     futs = [pool.submit(one, i, e) for i, e in enumerate(entries, 1)]
