@@ -130,7 +130,7 @@ def test_gpus_give_each_worker_its_gpu(tmp_path, monkeypatch):
     (tmp_path/'space.yaml').write_text(SPACE)
     tune.tune(SMOKE, tmp_path/'space.yaml', 2, f"sqlite:///{tmp_path/'g.db'}", 'g', [f"output.runs_dir={tmp_path/'runs'}"],
               gpus='0,1', say=lambda s: None)
-    assert [(e['CUDA_VISIBLE_DEVICES'], c[c.index('--workers') + 1], c[2]) for c, e in envs] == [('0', '1', 'tune'), ('1', '1', 'tune')]
+    assert [(e['CUDA_VISIBLE_DEVICES'], c[c.index('--workers') + 1], c[3]) for c, e in envs] == [('0', '1', 'tune'), ('1', '1', 'tune')]
     envs.clear()
     monkeypatch.setattr(sweep.subprocess, 'Popen', FakeProc)
     entries = sweep.run_sweep([SMOKE], [f"output.runs_dir={tmp_path/'runs'}"], gpus='3', say=lambda s: None)
