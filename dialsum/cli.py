@@ -16,6 +16,7 @@ from .redaction import redact
 from .runs import run_path
 from .runner import run_experiment
 from .sweep import run_sweep, sweep_exit_code, sweep_table
+from .sweep import text_table as sweep_text_table
 from .queries import best_run, compare_runs, compare_text, default_runs_dir, runs_frame, runs_table
 
 # %% auto #0
@@ -66,10 +67,27 @@ def _interrupt(signum, frame): raise KeyboardInterrupt
 def _cmd_sweep(a)->int:
     old = signal.signal(signal.SIGTERM, _interrupt)
     try: entries = run_sweep(a.configs, a.set, resume=a.resume, say=lambda s: print(s, flush=True), progress=a.progress,
-                             accelerate_config=a.accelerate_config, num_processes=a.num_processes)
+                             accelerate_config=a.accelerate_config, num_processes=a.num_processes,
+                             jobs=a.jobs, gpus=a.gpus)
     finally: signal.signal(signal.SIGTERM, old)
     print('\n' + sweep_table(entries), flush=True)
     return sweep_exit_code(entries)
+
+def _cmd_tune(a)->int:
+    from dialsum.tune import open_study, report, study_rows, tune  # optuna, torch: only for this command
+    if a.report:
+        print(report(a.report, a.storage, runs_dir=a.runs_dir)['text']); return 0
+    missing = [n for n, v in (('CONFIG', a.config), ('--space', a.space), ('--trials', a.trials)) if v is None]
+    if missing: raise DialsumError(f"dialsum tune needs {', '.join(missing)} (or --report STUDY to report on a study)")
+    old = signal.signal(signal.SIGTERM, _interrupt)
+    try: out = tune(a.config, a.space, a.trials, a.storage, a.study, a.set, pruner=a.pruner,
+                    startup_trials=a.startup_trials, warmup_steps=a.warmup_steps, workers=a.workers, gpus=a.gpus,
+                    seed=a.seed, say=lambda s: print(s, flush=True))
+    finally: signal.signal(signal.SIGTERM, old)
+    if not a.worker:
+        print('\n' + sweep_text_table(study_rows(open_study(out['storage'], out['study']))), flush=True)
+        print(f"report: dialsum tune --report {out['study']}" + (f" --storage {a.storage}" if a.storage else ''))
+    return out['exit_code']
 
 def _cmd_predict(a)->int:
     if a.generation: return _predict_generation(a)
@@ -328,7 +346,28 @@ def parser()->argparse.ArgumentParser:
         metavar='N',
         help='processes for accelerate launch (default: the accelerate config\'s)',
     )
+    s.add_argument('--jobs', type=int, default=1, metavar='N', help='run N configs at once, each in a process (CPU)')
+    s.add_argument('--gpus', metavar='0,1', help='one config per GPU at a time, each seeing its GPU only')
     s.set_defaults(func=_cmd_sweep)
+    t = sub.add_parser('tune', help='an Optuna search of ordinary runs; --report STUDY: a report')
+    t.add_argument('config', nargs='?', help='experiment YAML, e.g. configs/experiments/demo.yaml')
+    t.add_argument('--space', metavar='SPACE.yaml', help='the keys to search: key: {low, high, log} or key: [choices]')
+    t.add_argument('--trials', type=int, metavar='N', help='the trials the study should have in all')
+    t.add_argument('--storage', help='an SQLAlchemy URL or a journal file (default: sqlite:///runs/optuna.db); '
+                   'machines share a study through a database server or a journal file on a shared disk')
+    t.add_argument('--study', help="the study's name (default: the config's experiment)")
+    t.add_argument('--pruner', choices=['median', 'none'], default='median', help='stop trials below the median')
+    t.add_argument('--startup-trials', type=int, default=5, metavar='N', help='no pruning before N finished trials')
+    t.add_argument('--warmup-steps', type=int, default=0, metavar='N', help='nor at evaluations before step N')
+    t.add_argument('--workers', type=int, metavar='K', help='K worker processes (default: one per GPU, or 1)')
+    t.add_argument('--gpus', metavar='0,1', help='one worker per GPU; each sees only its GPU (CUDA_VISIBLE_DEVICES)')
+    t.add_argument('--seed', type=int, help="the sampler's seed (worker k: seed + k)")
+    t.add_argument('--set', nargs='+', action='extend', default=[], metavar='KEY=VALUE',
+                   help='overrides for every trial (put them last)')
+    t.add_argument('--report', metavar='STUDY', help="STUDY's best trials, parameter importances, plots")
+    t.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)  # a child worker of dialsum tune: no table
+    runs_dir(t)
+    t.set_defaults(func=_cmd_tune)
     q = sub.add_parser('predict', help="write summaries for a CSV with a run's best (or a given) checkpoint")
     q.add_argument('--run', help='run folder, or experiment name (its newest run)')
     q.add_argument('--checkpoint', help="checkpoint folder (default: the run's best complete checkpoint)")

@@ -12,12 +12,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # %% auto #0
-__all__ = ['DEMO_REPLACES', 'DEFAULT_PROMPT', 'HUB_GENERATE', 'YAML_MAX_VALUES', 'RENAMED', 'HASH_EXCLUDED', 'DialsumError',
-           'ConfigError', 'Columns', 'DemoData', 'TrainSource', 'DataConfig', 'ScratchModel', 'ModelConfig',
-           'LoraConfig', 'TrainingConfig', 'GenerationConfig', 'OutputConfig', 'ResourcesConfig', 'Config',
-           'YamlProblem', 'ConfigLoader', 'load_yaml', 'read_yaml', 'deep_merge', 'read_layers', 'apply_overrides',
-           'machine', 'machine_problems', 'suggest_key', 'validate', 'project_root', 'resolve_path', 'load_config',
-           'config_dict', 'config_hash']
+__all__ = ['DEMO_REPLACES', 'DEFAULT_PROMPT', 'HUB_GENERATE', 'YAML_MAX_VALUES', 'TRACKERS', 'RENAMED', 'HASH_EXCLUDED',
+           'DialsumError', 'ConfigError', 'Columns', 'DemoData', 'TrainSource', 'DataConfig', 'ScratchModel',
+           'ModelConfig', 'LoraConfig', 'TrainingConfig', 'GenerationConfig', 'OutputConfig', 'ResourcesConfig',
+           'TuneConfig', 'Config', 'YamlProblem', 'ConfigLoader', 'load_yaml', 'read_yaml', 'deep_merge', 'read_layers',
+           'apply_overrides', 'machine', 'machine_problems', 'suggest_key', 'validate', 'project_root', 'resolve_path',
+           'load_config', 'config_dict', 'config_hash']
 
 # %% ../nbs/00_config.ipynb #4f9a8811
 class DialsumError(Exception):
@@ -420,6 +420,15 @@ class ResourcesConfig(_Section):
     gpu_wait_seconds: int = Field(600, ge=0)  # how long to wait for that memory before giving up
     check_disk: bool = True  # refuse to start a run whose checkpoints cannot fit on the disk
 
+class TuneConfig(_Section):
+    "The Optuna trial a run is, set by `dialsum tune`: training reports each dev score to its study."
+    storage: str = Field(min_length=1)  # the study's storage: an SQLAlchemy URL or a journal file
+    study: str = Field(min_length=1)  # the study's name
+    trial: int = Field(ge=0)  # the trial's number in the study
+    pruner: Literal['median', 'none'] = 'median'  # median: stop a trial scoring below the median of earlier trials
+    startup_trials: int = Field(5, ge=0)  # the pruner prunes nothing until this many trials have finished
+    warmup_steps: int = Field(0, ge=0)  # nor at an evaluation before this training step
+
 class Config(_Section):
     "A whole experiment."
     experiment: str = Field(pattern=r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$')  # becomes part of a folder name
@@ -430,6 +439,7 @@ class Config(_Section):
     lora: Optional[LoraConfig] = None  # null: train every weight
     output: OutputConfig = OutputConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    tune: Optional[TuneConfig] = None  # set by `dialsum tune` for each trial; null: an ordinary run
 
     @model_validator(mode='after')
     def _qlora_needs_lora(self):
@@ -607,6 +617,12 @@ def _split_override(o:str):
     except yaml.YAMLError: return k, v
 
 # %% ../nbs/00_config.ipynb #18b99846
+TRACKERS = {  # training.report_to: the package each tracker needs, and how to install it
+    'tensorboard': 'pip install tensorboard (a requirement of dialsum: reinstall it with pip install -e .)',
+    'mlflow': 'pip install -e ".[track]" (or pip install mlflow)',
+    'wandb': 'pip install -e ".[track]" (or pip install wandb)',
+}
+
 def machine()->dict:
     "What this machine offers a run: CUDA, bf16 on the GPU, bitsandbytes, an offline hub."
     import importlib.util, torch
@@ -619,7 +635,8 @@ def machine()->dict:
         cuda and torch.cuda.is_bf16_supported(including_emulation=False)
     )  # the default (True) says yes on pre-Ampere cards too
     return dict(cuda=cuda, bf16=bf16, hub_offline=off,
-                bitsandbytes=importlib.util.find_spec('bitsandbytes') is not None)
+                bitsandbytes=importlib.util.find_spec('bitsandbytes') is not None,
+                installed={p: importlib.util.find_spec(p) is not None for p in (*TRACKERS, 'optuna')})
 
 def _generate_code_problem(gen:GenerationConfig, m:dict)->Optional[str]:
     "Why the custom generate code of a contrastive or diverse beam search cannot be had, or None."
@@ -658,9 +675,16 @@ def machine_problems(cfg:Config, # a config that passed the schema
                 "machine, or set model.quantization: null to train the LoRA adapters on full-precision weights"
             )
         elif not m['bitsandbytes']:
-            out.append("model.quantization: 4bit needs the bitsandbytes package (pip install bitsandbytes)")
+            out.append('model.quantization: 4bit needs the bitsandbytes package '
+                       '(pip install -e ".[gpu]", or pip install bitsandbytes)')
         elif not m['bf16']:
             out.append("model.quantization: 4bit computes in bf16, which this GPU lacks (Ampere or newer has it)")
+    have = m.get('installed') or {}  # a machine described without it: the packages are not checked
+    for t in cfg.training.report_to:
+        if t in TRACKERS and have.get(t) is False:
+            out.append(f"training.report_to: {t} needs the {t} package, which is not installed: {TRACKERS[t]}")
+    if cfg.tune and have.get('optuna') is False:
+        out.append("tune: an Optuna trial needs the optuna package: pip install optuna")
     if p == 'fp16' and not gpu:
         out.append(f"training.precision: fp16 mixed precision needs a CUDA GPU {why}; use auto, fp32 or bf16")
     if p == 'bf16' and gpu and not m['bf16']:
@@ -835,6 +859,7 @@ HASH_EXCLUDED = {  # keys that do not change a run's result, and why; `config_ha
     'model.allow_pickle': 'permission to load pickle weights: the weights are the same',
     'data.allow_overlap': 'permission to train on rows that are dev or test dialogues: refused runs have no result',
     'data.cache_features': 'whether tokenized features are kept for the next run: the features are the same',
+    'tune': 'which Optuna trial the run is (`dialsum tune`): the values it sampled are in the keys they set',
 }
 
 def config_hash(cfg:Config)->str:

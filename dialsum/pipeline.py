@@ -30,12 +30,13 @@ from .runs import Run, start_run, utcnow
 from .checkpoints import check_disk, remove_torn, resume_point, unsafe_pickle
 from .submissions import (_sample_problems, error_tail, exception_tail, finalize_run, read_index, record_failure,
                                  test_file_fnames)
-from .train import RUN_PREFIX, device_report, make_trainer, on_cpu, parent_run, peak_gpu_memory_gb, start_folder, train
+from .train import (RUN_PREFIX, device_report, make_trainer, on_cpu, parent_run, peak_gpu_memory_gb,
+                           start_folder, track, train)
 
 # %% auto #0
 __all__ = ['PREFLIGHT_FREE_BYTES', 'PreflightError', 'Problem', 'preflight', 'Context', 'cell_failed', 'watch_cells', 'open_run',
            'read_data', 'build_model', 'fit', 'score_dev', 'diagnose', 'write_submission', 'pictures', 'finish',
-           'run_steps', 'run_pipeline', 'main', 'accelerate_command']
+           'RunPruned', 'run_steps', 'run_pipeline', 'main', 'accelerate_command']
 
 # %% ../nbs/15_pipeline.ipynb #b463d086
 class PreflightError(DialsumError):
@@ -277,6 +278,12 @@ def fit(ctx:Context, tok, model, splits:Splits)->tuple:
                             else '; free disk space (or set output.runs_dir to a bigger disk) and run it again')) from e
     result['best_checkpoint'] = ctx.run.rel(result['best_checkpoint'])
     ctx.record(best_checkpoint=result['best_checkpoint'], train=result)
+    if p := result.get('pruned'):  # an Optuna trial its pruner stopped: no dev scores, no submission; status pruned
+        why = f"trial {cfg.tune.trial} pruned at step {p['step']} (dev score {p['score']}): {p['reason']}"
+        if ctx.main:
+            record_failure(ctx.run.path, f"RunPruned: {why}", status='pruned',
+                           seconds=round(time.perf_counter() - ctx.t0, 2))
+        raise RunPruned(why)
     return merge_for_inference(ctx.trainer.model, cfg), result
 
 # %% ../nbs/15_pipeline.ipynb #77dead29
@@ -370,11 +377,22 @@ def finish(ctx:Context, scores:dict, result:dict, splits:Splits)->dict:
         finalize_run(run.path, run.path.parent, test_file_fnames(splits.paths['test'], cols),
                      splits.paths.get('sample_submission'), ctx.cfg.data.max_test_samples, complete=True)
         md = run.metadata
+        if ctx.trainer is not None and ctx.cfg.training.report_to:  # the run's results beside the loss in its trackers
+            logs = {f'eval_dev_{k}': v for k, v in scores.items() if isinstance(v, (int, float))}
+            logs |= {f'eval_diagnostics_{k}': v for k, v in (ctx.diagnostics or {}).items()
+                     if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            logs |= dict(eval_run_id=run.path.name, eval_best_checkpoint=str(result.get('best_checkpoint')),
+                         eval_submission=str(run.file('submission')), eval_warnings=md.get('warn') or '-')
+            track(ctx.trainer, logs)
         print('submission', 'promoted' if md.get('promoted') else f"NOT promoted: {md.get('submission_problems')}")
         if scores: print(f"{score_line(scores)} -> {run.path}")
         if md.get('warn'): print(f"warnings: {md['warn']} (metrics.json: diagnostics)")
     ctx.state.wait_for_everyone()
     return metrics
+
+# %% ../nbs/15_pipeline.ipynb #46a99662
+class RunPruned(DialsumError):
+    "The run is an Optuna trial that its study's pruner stopped (`dialsum tune`): recorded as `pruned`, not failed."
 
 # %% ../nbs/15_pipeline.ipynb #f218c90e
 def run_steps(ctx:Context)->Run:
@@ -389,7 +407,7 @@ def run_steps(ctx:Context)->Run:
         pictures(ctx, splits)
         finish(ctx, scores, result, splits)
     except BaseException as e:
-        if ctx.main:
+        if ctx.main and not isinstance(e, RunPruned):  # a pruned run recorded itself as pruned
             record_failure(ctx.run.path, f"{type(e).__name__}: {e}", exception_tail(e),
                            'interrupted' if isinstance(e, KeyboardInterrupt) else 'failed', peak_gpu_memory_gb(),
                            seconds=round(time.perf_counter() - ctx.t0, 2))
@@ -421,6 +439,9 @@ def main(argv:Optional[Sequence[str]]=None)->int:
                 print(f"FAILED before training\n  {e}", file=sys.stderr); return 1
             print(f"error: {e}", file=sys.stderr); return 2
         try: run = run_steps(ctx)
+        except RunPruned as e:
+            if ctx.main: print(f"pruned {ctx.run.path}\n  {e}")
+            return 0
         except Exception as e:
             if ctx.main: print(f"FAILED {ctx.run.path}\n  {type(e).__name__}: {e}", file=sys.stderr)
             return 1

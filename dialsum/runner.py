@@ -142,6 +142,7 @@ def recoverable(run_dir:Union[str, Path], # a run folder
                )->bool:
     "Whether the run trained but has no completed record with a submission."
     run_dir = Path(run_dir); md = Run(run_dir, None).metadata
+    if md.get('status') == 'pruned': return False  # an Optuna trial stopped on purpose: nothing to recover
     return bool(md.get('train')) and (md.get('status') != 'completed'
                                       or not (run_dir/RUN_FILES['submission']).is_file())
 

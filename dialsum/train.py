@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import optuna
 import torch
 from torch.utils.data import Sampler
-from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.integrations import TensorBoardCallback
 from transformers.trainer_pt_utils import BatchRebalanceSampler
 
-from .config import Config, TrainingConfig, load_config, resolve_path
+from .config import Config, TrainingConfig, TuneConfig, load_config, resolve_path
 from .features import make_collator
 from .inference import generation_inputs, generate_from_features, length_order
 from .metrics import SCORE, competition_score
@@ -26,8 +28,9 @@ from .submissions import read_index
 
 # %% auto #0
 __all__ = ['RUN_PREFIX', 'START_DIR', 'on_cpu', 'resolve_precision', 'peak_gpu_memory_gb', 'device_report', 'LengthBucketSampler',
-           'padding_share', 'token_batches', 'TokenBudgetSampler', 'DialsumTrainer', 'training_args', 'make_trainer',
-           'train', 'parent_run', 'start_folder']
+           'padding_share', 'token_batches', 'TokenBudgetSampler', 'DialsumTrainer', 'optuna_storage', 'make_pruner',
+           'open_trial', 'TrialReporter', 'track', 'training_args', 'make_trainer', 'train', 'parent_run',
+           'start_folder']
 
 # %% ../nbs/13_train.ipynb #05a8ed57
 def on_cpu(t:TrainingConfig)->bool:
@@ -222,6 +225,56 @@ class DialsumTrainer(Trainer):
             out.metrics.update({f'{metric_key_prefix}_{k}': v for k, v in competition_score(preds, self.refs).items()})
         return out
 
+# %% ../nbs/13_train.ipynb #a23c0b3b
+def optuna_storage(spec:str, # an SQLAlchemy URL (sqlite:///runs/optuna.db, postgresql://...) or a journal file's path
+                  ):
+    "The Optuna storage `spec` names: a database for a URL (SQLite waits up to a minute for a lock), or a journal file."
+    if '://' not in spec:
+        Path(spec).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(spec))
+    if spec.startswith('sqlite:///'): Path(spec.removeprefix('sqlite:///')).parent.mkdir(parents=True, exist_ok=True)
+    kw = {'connect_args': {'timeout': 60}} if spec.startswith('sqlite') else None
+    return optuna.storages.RDBStorage(spec, engine_kwargs=kw)
+
+def make_pruner(tune:TuneConfig)->optuna.pruners.BasePruner:
+    "The pruner `tune` names: the median pruner with its start-up trials and warm-up steps, or none."
+    if tune.pruner == 'none': return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=tune.startup_trials, n_warmup_steps=tune.warmup_steps)
+
+def open_trial(tune:TuneConfig)->optuna.Trial:
+    "The trial `tune` names, opened from its study's storage (with the study's pruner) to report to."
+    study = optuna.load_study(study_name=tune.study, storage=optuna_storage(tune.storage), pruner=make_pruner(tune))
+    return optuna.Trial(study, study._storage.get_trial_id_from_study_id_trial_number(study._study_id, tune.trial))
+
+class TrialReporter(TrainerCallback):
+    "Reports each dev score to the run's Optuna trial; stops training when the study's pruner prunes the trial."
+    def __init__(self, tune:TuneConfig): self.tune, self.trial, self.pruned = tune, None, None
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        score = (metrics or {}).get(f'eval_{SCORE}')
+        if score is None or not state.is_world_process_zero: return
+        self.trial = self.trial or open_trial(self.tune)
+        self.trial.report(float(score), state.global_step)
+        if self.trial.should_prune():
+            self.pruned = dict(step=state.global_step, score=round(float(score), 4),
+                               reason=f"{self.tune.pruner} pruner of study {self.tune.study!r}: the dev score at step "
+                                      f"{state.global_step} is below the median of earlier trials at that step")
+            control.should_training_stop = True
+
+# %% ../nbs/13_train.ipynb #f71d6498
+_TRACKER_CALLBACKS = {'TensorBoardCallback', 'MLflowCallback', 'WandbCallback'}
+
+def track(trainer:Trainer, # the run's trainer (its `report_to` chose the trackers)
+          logs:dict, # name: number or text
+         )->list[str]:
+    "Log `logs` to the trainer's trackers at its last step; return the names of the trackers that took them."
+    out = []
+    for c in trainer.callback_handler.callbacks:
+        if type(c).__name__ not in _TRACKER_CALLBACKS: continue
+        c.on_log(trainer.args, trainer.state, trainer.control, logs=dict(logs))
+        if isinstance(c, TensorBoardCallback) and c.tb_writer: c.tb_writer.close(); c.tb_writer = None
+        out.append(type(c).__name__.removesuffix('Callback'))
+    return out
+
 # %% ../nbs/13_train.ipynb #e53238b8
 def training_args(cfg:Config, # the resolved experiment config
                   out_dir:Path, # where checkpoints go (`run_dir/checkpoints`)
@@ -243,6 +296,7 @@ def training_args(cfg:Config, # the resolved experiment config
         train_sampling_strategy=('random' if t.train_sampling_strategy == 'length_buckets'
                                  else t.train_sampling_strategy),
         report_to=t.report_to or 'none', label_names=['labels'],
+        run_name=Path(out_dir).parent.name,  # the trackers' run is named after the run folder, the dialsum run id
         fp16=prec == 'fp16', bf16=prec == 'bf16', use_cpu=on_cpu(t), auto_find_batch_size=t.auto_find_batch_size,
         activation_checkpointing=t.gradient_checkpointing,  # transformers 5's name for gradient checkpointing
         activation_checkpointing_kwargs={'use_reentrant': False} if t.gradient_checkpointing else None,
@@ -273,9 +327,14 @@ def make_trainer(cfg:Config, # the resolved experiment config
         order = length_order(dev_feats)  # less padding in the loss batches
         eval_ds, refs = [dev_feats[i] for i in order], [dev_refs[i] for i in order]
     collate = make_collator(tokenizer, model, cfg.training.packing)
-    return DialsumTrainer(model=model, args=args, data_collator=collate, train_dataset=train_feats,
-                          eval_dataset=eval_ds, processing_class=tokenizer, callbacks=callbacks,
-                          gen_feats=generation_inputs(eval_ds) if evaluate else None, refs=refs, cfg=cfg)
+    if cfg.tune and evaluate: callbacks.append(TrialReporter(cfg.tune))  # an Optuna trial: each dev score to its pruner
+    tr = DialsumTrainer(model=model, args=args, data_collator=collate, train_dataset=train_feats,
+                        eval_dataset=eval_ds, processing_class=tokenizer, callbacks=callbacks,
+                        gen_feats=generation_inputs(eval_ds) if evaluate else None, refs=refs, cfg=cfg)
+    for c in tr.callback_handler.callbacks:  # TensorBoard's event files go into the run folder, beside its checkpoints
+        if isinstance(c, TensorBoardCallback) and c.logging_dir is None:
+            c.logging_dir = str(Path(out_dir).parent/'tensorboard')
+    return tr
 
 # %% ../nbs/13_train.ipynb #4309ba43
 def train(trainer:Trainer, # from `make_trainer`
@@ -290,7 +349,9 @@ def train(trainer:Trainer, # from `make_trainer`
     return dict(train_seconds=round(time.perf_counter() - t0, 2), global_step=st.global_step,
                 train_loss=out.training_loss,
                 best_checkpoint=st.best_model_checkpoint, best_score=st.best_metric, evaluations=len(evals),
-                train_samples_per_second=_rows_per_second(trainer, out.metrics))
+                train_samples_per_second=_rows_per_second(trainer, out.metrics),
+                pruned=next((c.pruned for c in trainer.callback_handler.callbacks if isinstance(c, TrialReporter)),
+                            None))  # where and why an Optuna trial's pruner stopped it (None: not stopped)
 
 def _rows_per_second(trainer:Trainer, metrics:dict)->Optional[float]:
     "Training rows per second; with a token budget, from the rows its steps held (the trainer counts rows x steps)."
