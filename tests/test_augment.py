@@ -119,6 +119,15 @@ def test_back_translate_tiny_local_models(cli, demo, tmp_path):
         parents = read(demo).set_index('fname')
         for r in out.to_dict('records'):
             assert set(speakers(r['summary'])) == set(speakers(parents.loc[r['parent_fname'], 'summary']))
+    # a decoder-only folder is an instruct model: the step's instruction is its prompt
+    from dialsum.augment import LocalModel, method_steps
+    from dialsum.config import GenerationConfig
+    causal = spec.model_copy(update=dict(arch='llama', max_position_embeddings=512))
+    llama = build_scratch_model(texts, causal, tmp_path/'llm')
+    lm = LocalModel(llama, GenerationConfig(num_beams=1, max_new_tokens=8, batch_size=4), max_length=400)
+    rep = augment('paraphrase', demo, tmp_path/'pp.csv', method_steps('paraphrase', lm), max_rows=4)
+    assert lm.family == 'causal' and rep['new_rows'] + sum(rep['dropped'].values()) == 4
+    assert set(rep['dropped']) <= set(REASONS)
 
 
 class Chat(BaseHTTPRequestHandler):
@@ -237,3 +246,16 @@ def test_bad_inputs(cli, case, demo, tmp_path, monkeypatch):
     assert p.returncode == 2 and want in p.stderr, p.stderr
     assert (out.read_text() == 'mine\n') if case == 'output_exists' else not out.exists()
     assert 'Traceback' not in p.stderr
+
+
+def test_speaker_swap_real_dev(cli, real_ko, tmp_path):
+    "The competition's dev file: each row of 2 or 3 speakers gets its permutations, all consistent; the rest counted."
+    p = cli('augment', 'speaker-swap', '--input', real_ko/'dev.csv', '--output', tmp_path/'swap.csv')
+    assert p.returncode == 0, p.stderr
+    out, rep = read(tmp_path/'swap.csv'), json.loads(report_path(tmp_path/'swap.csv').read_text())
+    parents = read_split(real_ko/'dev.csv', 'train').set_index('fname')
+    assert len(out) == rep['new_rows'] and out.fname.is_unique and sum(rep['dropped'].values()) < len(parents) / 10
+    assert len(set(out.parent_fname)) + sum(rep['dropped'].values()) == len(parents)
+    from dialsum.data import clean_split
+    clean = clean_split(parents.reset_index())[0].set_index('fname')
+    assert all(consistent(clean.loc[r['parent_fname']], r) for r in out.to_dict('records'))
