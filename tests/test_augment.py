@@ -7,6 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pandas as pd
 import pytest
 
+from casebook import record
 from conftest import dialsum
 from dialsum.augment import (REASONS, Step, augment, partial_path, report_path, speakers, swap_tags, tag_permutations)
 from dialsum.data import make_demo_data, read_split
@@ -225,6 +226,14 @@ def test_endpoint_resume(cli, server, tmp_path, monkeypatch):
     assert p.returncode == 0, p.stderr
 
 
+GIVEN = {'missing_input': 'dialsum augment back-translate --input pointing at no file',
+         'missing_columns': 'dialsum augment speaker-swap on a CSV without a summary column',
+         'lo_above_hi': 'dialsum augment back-translate --keep-score 0.9 0.5 (LO above HI)',
+         'unknown_method': 'dialsum augment shuffle (no such method)',
+         'no_key': 'dialsum augment back-translate --base-url URL with the key variable unset',
+         'output_exists': 'dialsum augment with --output an existing file, without --force'}
+
+
 @pytest.mark.parametrize('case', ['missing_input', 'missing_columns', 'lo_above_hi', 'unknown_method', 'no_key',
                                   'output_exists'])
 def test_bad_inputs(cli, case, demo, tmp_path, monkeypatch):
@@ -246,6 +255,8 @@ def test_bad_inputs(cli, case, demo, tmp_path, monkeypatch):
     assert p.returncode == 2 and want in p.stderr, p.stderr
     assert (out.read_text() == 'mine\n') if case == 'output_exists' else not out.exists()
     assert 'Traceback' not in p.stderr
+    record(f'augment-{case.replace("_", "-")}', 'Augment', GIVEN[case], 'refused', 'exit 2, nothing written',
+           p.stderr.strip().splitlines()[-1].removeprefix('error: ').removeprefix('dialsum augment: error: '), tmp_path)
 
 
 def test_speaker_swap_real_dev(cli, real_ko, tmp_path):
