@@ -1,7 +1,7 @@
 """`dialsum augment`: speaker swaps that keep the tags consistent, back-translation through tiny local models and
 through a local chat-completions server driven by the real openai client (retries, resume, the key never written),
 bad inputs."""
-import json, os, threading
+import json, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pandas as pd
@@ -69,7 +69,8 @@ def test_speaker_swap_three_speakers_and_left_out(cli, tmp_path):
     rows = pd.DataFrame(dict(fname=['a', 'b', 'c'],
                              dialogue=['#Person1#: 안녕\n#Person2#: 네\n#Person3#: 반가워요, #Person1#씨',
                                        '#Person1#: 어디 가?\n#Person2#: 집에 가.', '#Person1#: 혼자 말한다.'],
-                             summary=['#Person3#이 #Person1#에게 인사한다.', '#Person3#이 #Person1#을 부른다.', '#Person1#이 말한다.']))
+                             summary=['#Person3#이 #Person1#에게 인사한다.', '#Person3#이 #Person1#을 부른다.',
+                                      '#Person1#이 말한다.']))
     rows.to_csv(tmp_path/'in.csv', index=False)
     p = cli('augment', 'speaker-swap', '--input', tmp_path/'in.csv', '--output', tmp_path/'all.csv')
     assert p.returncode == 0, p.stderr
@@ -171,10 +172,12 @@ def server():
 LINE = '오늘 오후에 회의실에서 새 프로젝트 일정과 예산을 함께 자세히 검토하기로 했어요'
 ROWS = pd.DataFrame(dict(
     fname=[f'r{i}' for i in range(6)],
-    dialogue=[f'#Person1#: {LINE} {i}번\n#Person2#: 좋아요 그러면 저도 자료를 미리 준비해서 회의실로 갈게요\n#Person1#: 고마워요 끝나고 점심도 같이 먹어요'
-              for i in range(4)] + ['#Person1#: 그대로 두세요 오늘 일정은 바꾸지 않아요\n#Person2#: 네 그대로 둘게요',
+    dialogue=[f'#Person1#: {LINE} {i}번\n'
+              '#Person2#: 좋아요 그러면 저도 자료를 미리 준비해서 회의실로 갈게요\n'
+              '#Person1#: 고마워요 끝나고 점심도 같이 먹어요' for i in range(4)] + ['#Person1#: 그대로 두세요 오늘 일정은 바꾸지 않아요\n#Person2#: 네 그대로 둘게요',
                                     '#Person1#: 태그 번호는 #PhoneNumber#예요\n#Person2#: 네 알겠어요 #Person1#씨'],
-    summary=[f'#Person1#과 #Person2#는 오후 회의에서 새 프로젝트 일정과 예산을 검토하고 점심을 함께 먹기로 한다 {i}' for i in range(4)]
+    summary=[f'#Person1#과 #Person2#는 오후 회의에서 새 프로젝트 일정과 예산을 검토하고 점심을 함께 먹기로 한다 {i}'
+             for i in range(4)]
             + ['#Person1#은 #Person2#에게 그대로 두라고 한다', '#Person1#은 #Person2#에게 태그 번호를 알려준다']))
 
 
