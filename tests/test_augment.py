@@ -174,8 +174,9 @@ ROWS = pd.DataFrame(dict(
     fname=[f'r{i}' for i in range(6)],
     dialogue=[f'#Person1#: {LINE} {i}번\n'
               '#Person2#: 좋아요 그러면 저도 자료를 미리 준비해서 회의실로 갈게요\n'
-              '#Person1#: 고마워요 끝나고 점심도 같이 먹어요' for i in range(4)] + ['#Person1#: 그대로 두세요 오늘 일정은 바꾸지 않아요\n#Person2#: 네 그대로 둘게요',
-                                    '#Person1#: 태그 번호는 #PhoneNumber#예요\n#Person2#: 네 알겠어요 #Person1#씨'],
+              '#Person1#: 고마워요 끝나고 점심도 같이 먹어요' for i in range(4)]
+             + ['#Person1#: 그대로 두세요 오늘 일정은 바꾸지 않아요\n#Person2#: 네 그대로 둘게요',
+                '#Person1#: 태그 번호는 #PhoneNumber#예요\n#Person2#: 네 알겠어요 #Person1#씨'],
     summary=[f'#Person1#과 #Person2#는 오후 회의에서 새 프로젝트 일정과 예산을 검토하고 점심을 함께 먹기로 한다 {i}'
              for i in range(4)]
             + ['#Person1#은 #Person2#에게 그대로 두라고 한다', '#Person1#은 #Person2#에게 태그 번호를 알려준다']))
