@@ -283,7 +283,9 @@ def rewrite_rows(rows:list[dict], # training rows (fname, dialogue, summary[, to
             recs.append(dict(parent=r['fname'], reason='placeholder_in_text'))
         else: todo.append((r, *protect([r['dialogue'], r['summary']], placeholder))); recs.append(None)
     texts = [t for _, prot, _ in todo for t in prot]
-    for model, step in steps: texts = model(texts, step)
+    for model, step in steps:
+        n, texts = len(texts), list(model(texts, step))
+        if len(texts) != n: raise AugmentError(f"{step}: the model gave {len(texts)} texts for {n}; one each, please")
     judged = [(r, *_verdict(r, texts[2 * k], texts[2 * k + 1], back, placeholder)) for k, (r, _, back) in
               enumerate(todo)]
     ok = [(r, d, s) for r, d, s, why in judged if why is None]
@@ -415,7 +417,8 @@ def augment(method:str, # one of `METHODS`
     if clash := {n['fname'] for n in new} & set(df.fname):
         raise AugmentError(f"{input}: already has fnames the new rows would get ({', '.join(sorted(clash)[:5])}); "
                            "augment the original file, not one that holds augmented rows")
-    orig = [dict(r, source=r.get('source') or 'original', parent_fname='') for r in rows] if with_input else []
+    orig = [dict(r, source=r.get('source') or 'original', parent_fname=r.get('parent_fname') or '') for r in rows]
+    orig = orig if with_input else []
     cols = ['fname', 'dialogue', 'summary'] + (['topic'] if 'topic' in df else []) + ['source', 'parent_fname']
     out = pd.DataFrame(orig + new, columns=cols).fillna('')
     if new or with_input: write_csv(output, out)  # no new row: nothing to train on, no file (the report says why)

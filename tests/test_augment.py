@@ -1,12 +1,13 @@
 """`dialsum augment`: speaker swaps that keep the tags consistent, back-translation through tiny local models and
 through a local chat-completions server driven by the real openai client (retries, resume, the key never written),
 bad inputs."""
-import json, os, threading
+import json, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pandas as pd
 import pytest
 
+from casebook import record
 from conftest import dialsum
 from dialsum.augment import (REASONS, Step, augment, partial_path, report_path, speakers, swap_tags, tag_permutations)
 from dialsum.data import make_demo_data, read_split
@@ -68,7 +69,8 @@ def test_speaker_swap_three_speakers_and_left_out(cli, tmp_path):
     rows = pd.DataFrame(dict(fname=['a', 'b', 'c'],
                              dialogue=['#Person1#: 안녕\n#Person2#: 네\n#Person3#: 반가워요, #Person1#씨',
                                        '#Person1#: 어디 가?\n#Person2#: 집에 가.', '#Person1#: 혼자 말한다.'],
-                             summary=['#Person3#이 #Person1#에게 인사한다.', '#Person3#이 #Person1#을 부른다.', '#Person1#이 말한다.']))
+                             summary=['#Person3#이 #Person1#에게 인사한다.', '#Person3#이 #Person1#을 부른다.',
+                                      '#Person1#이 말한다.']))
     rows.to_csv(tmp_path/'in.csv', index=False)
     p = cli('augment', 'speaker-swap', '--input', tmp_path/'in.csv', '--output', tmp_path/'all.csv')
     assert p.returncode == 0, p.stderr
@@ -119,6 +121,15 @@ def test_back_translate_tiny_local_models(cli, demo, tmp_path):
         parents = read(demo).set_index('fname')
         for r in out.to_dict('records'):
             assert set(speakers(r['summary'])) == set(speakers(parents.loc[r['parent_fname'], 'summary']))
+    # a decoder-only folder is an instruct model: the step's instruction is its prompt
+    from dialsum.augment import LocalModel, method_steps
+    from dialsum.config import GenerationConfig
+    causal = spec.model_copy(update=dict(arch='llama', max_position_embeddings=512))
+    llama = build_scratch_model(texts, causal, tmp_path/'llm')
+    lm = LocalModel(llama, GenerationConfig(num_beams=1, max_new_tokens=8, batch_size=4), max_length=400)
+    rep = augment('paraphrase', demo, tmp_path/'pp.csv', method_steps('paraphrase', lm), max_rows=4)
+    assert lm.family == 'causal' and rep['new_rows'] + sum(rep['dropped'].values()) == 4
+    assert set(rep['dropped']) <= set(REASONS)
 
 
 class Chat(BaseHTTPRequestHandler):
@@ -161,10 +172,13 @@ def server():
 LINE = '오늘 오후에 회의실에서 새 프로젝트 일정과 예산을 함께 자세히 검토하기로 했어요'
 ROWS = pd.DataFrame(dict(
     fname=[f'r{i}' for i in range(6)],
-    dialogue=[f'#Person1#: {LINE} {i}번\n#Person2#: 좋아요 그러면 저도 자료를 미리 준비해서 회의실로 갈게요\n#Person1#: 고마워요 끝나고 점심도 같이 먹어요'
-              for i in range(4)] + ['#Person1#: 그대로 두세요 오늘 일정은 바꾸지 않아요\n#Person2#: 네 그대로 둘게요',
-                                    '#Person1#: 태그 번호는 #PhoneNumber#예요\n#Person2#: 네 알겠어요 #Person1#씨'],
-    summary=[f'#Person1#과 #Person2#는 오후 회의에서 새 프로젝트 일정과 예산을 검토하고 점심을 함께 먹기로 한다 {i}' for i in range(4)]
+    dialogue=[f'#Person1#: {LINE} {i}번\n'
+              '#Person2#: 좋아요 그러면 저도 자료를 미리 준비해서 회의실로 갈게요\n'
+              '#Person1#: 고마워요 끝나고 점심도 같이 먹어요' for i in range(4)]
+             + ['#Person1#: 그대로 두세요 오늘 일정은 바꾸지 않아요\n#Person2#: 네 그대로 둘게요',
+                '#Person1#: 태그 번호는 #PhoneNumber#예요\n#Person2#: 네 알겠어요 #Person1#씨'],
+    summary=[f'#Person1#과 #Person2#는 오후 회의에서 새 프로젝트 일정과 예산을 검토하고 점심을 함께 먹기로 한다 {i}'
+             for i in range(4)]
             + ['#Person1#은 #Person2#에게 그대로 두라고 한다', '#Person1#은 #Person2#에게 태그 번호를 알려준다']))
 
 
@@ -216,6 +230,14 @@ def test_endpoint_resume(cli, server, tmp_path, monkeypatch):
     assert p.returncode == 0, p.stderr
 
 
+GIVEN = {'missing_input': 'dialsum augment back-translate --input pointing at no file',
+         'missing_columns': 'dialsum augment speaker-swap on a CSV without a summary column',
+         'lo_above_hi': 'dialsum augment back-translate --keep-score 0.9 0.5 (LO above HI)',
+         'unknown_method': 'dialsum augment shuffle (no such method)',
+         'no_key': 'dialsum augment back-translate --base-url URL with the key variable unset',
+         'output_exists': 'dialsum augment with --output an existing file, without --force'}
+
+
 @pytest.mark.parametrize('case', ['missing_input', 'missing_columns', 'lo_above_hi', 'unknown_method', 'no_key',
                                   'output_exists'])
 def test_bad_inputs(cli, case, demo, tmp_path, monkeypatch):
@@ -237,3 +259,18 @@ def test_bad_inputs(cli, case, demo, tmp_path, monkeypatch):
     assert p.returncode == 2 and want in p.stderr, p.stderr
     assert (out.read_text() == 'mine\n') if case == 'output_exists' else not out.exists()
     assert 'Traceback' not in p.stderr
+    record(f'augment-{case.replace("_", "-")}', 'Augment', GIVEN[case], 'refused', 'exit 2, nothing written',
+           p.stderr.strip().splitlines()[-1].removeprefix('error: ').removeprefix('dialsum augment: error: '), tmp_path)
+
+
+def test_speaker_swap_real_dev(cli, real_ko, tmp_path):
+    "The competition's dev file: each row of 2 or 3 speakers gets its permutations, all consistent; the rest counted."
+    p = cli('augment', 'speaker-swap', '--input', real_ko/'dev.csv', '--output', tmp_path/'swap.csv')
+    assert p.returncode == 0, p.stderr
+    out, rep = read(tmp_path/'swap.csv'), json.loads(report_path(tmp_path/'swap.csv').read_text())
+    parents = read_split(real_ko/'dev.csv', 'train').set_index('fname')
+    assert len(out) == rep['new_rows'] and out.fname.is_unique and sum(rep['dropped'].values()) < len(parents) / 10
+    assert len(set(out.parent_fname)) + sum(rep['dropped'].values()) == len(parents)
+    from dialsum.data import clean_split
+    clean = clean_split(parents.reset_index())[0].set_index('fname')
+    assert all(consistent(clean.loc[r['parent_fname']], r) for r in out.to_dict('records'))
