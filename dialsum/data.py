@@ -17,7 +17,7 @@ from .files import atomic_write
 
 # %% auto #0
 __all__ = ['SPEAKER_TAGS', 'MASK_TAGS', 'TAGS', 'NORMALIZE_STEPS', 'SPLITS', 'SOURCE_FORMATS', 'DataError', 'normalize_text',
-           'is_missing', 'read_split', 'check_frame', 'clean_text', 'clean_split', 'model_inputs', 'references',
+           'is_missing', 'check_frame', 'read_split', 'clean_text', 'clean_split', 'model_inputs', 'references',
            'demo_rows', 'make_demo_data', 'demo_slots_kept', 'Splits', 'split_paths', 'split_columns', 'load_split',
            'source_name', 'read_source', 'source_error', 'weighted_rows', 'load_sources', 'LeakageError', 'overlaps',
            'load_splits']
@@ -135,6 +135,30 @@ def _header_again(df:pd.DataFrame, found:list[str])->list[bool]:
     for j, name in enumerate(found): same &= df.iloc[:, j].fillna('').str.strip() == name
     return same.tolist()
 
+# %% ../nbs/03_data.ipynb #693f2668
+def check_frame(df:pd.DataFrame, # a split as read, all values strings, the file's column names
+                path:Path, # the file it came from, for messages
+                split:str, # 'train', 'dev' or 'test': test needs no summary
+                columns:Optional[Columns]=None, # the file's column names (default: the competition's)
+               )->pd.DataFrame:
+    "`df` with dialsum's column names, after every split's checks: columns, header lines, empty or duplicated rows."
+    columns = columns or Columns()
+    found = [str(c).strip() for c in df.columns]
+    df = _rename(df.set_axis(found, axis=1), path, columns)
+    need = ['fname', 'dialogue'] + ([] if split == 'test' else ['summary'])
+    if miss := [repr(getattr(columns, n)) for n in need if n not in df.columns]:
+        raise DataError(f"{path}: missing column(s) {', '.join(miss)}; columns found: {', '.join(map(repr, found))} "
+                        f"(set data.columns.<name> if the file names them differently)")
+    if not len(df): raise DataError(f"{path}: no data rows, only a header; the {split} split needs at least one row")
+    if any(again := _header_again(df, found)):
+        raise DataError(f"{path}: {_rows(df, again)} {'repeats' if sum(again) == 1 else 'repeat'} the header line "
+                        f"({','.join(found)}), as when files are joined with their headers; remove that line")
+    if problems := _row_problems(df, split): raise DataError(f"{path}:\n" + '\n'.join(f"  {p}" for p in problems))
+    df = df.fillna('')  # short rows: pandas fills the missing trailing fields with NaN
+    df.attrs['notes'] = ([f"{path.name} has a summary column: it is kept, but the test split is never scored"]
+                         if split == 'test' and 'summary' in df else [])
+    return df
+
 # %% ../nbs/03_data.ipynb #ba0f192a
 def read_split(path:Union[str, Path], # a CSV file shaped like the competition's
                split:str, # 'train', 'dev' or 'test': test needs no summary
@@ -163,30 +187,6 @@ def read_split(path:Union[str, Path], # a CSV file shaped like the competition's
         raise DataError(f"{path}: not a valid CSV file ({e}); "
                         "fields with commas, quotes or newlines must be in double quotes") from None
     return check_frame(df, path, split, columns)
-
-# %% ../nbs/03_data.ipynb #693f2668
-def check_frame(df:pd.DataFrame, # a split as read, all values strings, the file's column names
-                path:Path, # the file it came from, for messages
-                split:str, # 'train', 'dev' or 'test': test needs no summary
-                columns:Optional[Columns]=None, # the file's column names (default: the competition's)
-               )->pd.DataFrame:
-    "`df` with dialsum's column names, after every split's checks: columns, header lines, empty or duplicated rows."
-    columns = columns or Columns()
-    found = [str(c).strip() for c in df.columns]
-    df = _rename(df.set_axis(found, axis=1), path, columns)
-    need = ['fname', 'dialogue'] + ([] if split == 'test' else ['summary'])
-    if miss := [repr(getattr(columns, n)) for n in need if n not in df.columns]:
-        raise DataError(f"{path}: missing column(s) {', '.join(miss)}; columns found: {', '.join(map(repr, found))} "
-                        f"(set data.columns.<name> if the file names them differently)")
-    if not len(df): raise DataError(f"{path}: no data rows, only a header; the {split} split needs at least one row")
-    if any(again := _header_again(df, found)):
-        raise DataError(f"{path}: {_rows(df, again)} {'repeats' if sum(again) == 1 else 'repeat'} the header line "
-                        f"({','.join(found)}), as when files are joined with their headers; remove that line")
-    if problems := _row_problems(df, split): raise DataError(f"{path}:\n" + '\n'.join(f"  {p}" for p in problems))
-    df = df.fillna('')  # short rows: pandas fills the missing trailing fields with NaN
-    df.attrs['notes'] = ([f"{path.name} has a summary column: it is kept, but the test split is never scored"]
-                         if split == 'test' and 'summary' in df else [])
-    return df
 
 # %% ../nbs/03_data.ipynb #4c18c35b
 _BR, _SPACES = re.compile(r'<br\s*/?>', re.I), re.compile(r'[^\S\n]+')
