@@ -22,6 +22,7 @@ class WriteError(DialsumError, OSError):
     "A file or folder that cannot be written: not writable, read-only, or a full disk."
     def __str__(self): return str(self.args[0]) if self.args else ''
 
+# %% ../nbs/01_files.ipynb #c2740e27
 _NO_ROOM = 'free disk space (old runs and their checkpoints) or set output.runs_dir to a disk with room'
 _NO_WRITE = 'make it writable for this user or set output.runs_dir to a folder you can write'
 _TODO = {errno.ENOSPC: _NO_ROOM, errno.EDQUOT: _NO_ROOM, errno.EACCES: _NO_WRITE, errno.EPERM: _NO_WRITE,

@@ -118,6 +118,7 @@ def _first_only(node)->bool:
         node['prepend_scheme'] = 'first'; changed = True
     return changed
 
+# %% ../nbs/06_models.ipynb #9ed3500e
 def keep_text_at_tags(tokenizer, # a transformers tokenizer; changed in place
                      )->bool:
     "Make a Metaspace (sentencepiece) tokenizer mark a word start only at the text's start: `#Person1#은` stays glued."
@@ -144,6 +145,7 @@ def _make_plain(tokenizer, tags:list):
     if still: raise ModelError(f"{tokenizer.name_or_path}: tags {still} are named special tokens of this tokenizer "
                                "(bos, eos, pad, unk, ...); choose other special tokens")
 
+# %% ../nbs/06_models.ipynb #b05f4506
 def add_tag_tokens(tokenizer, # a transformers tokenizer; changed in place
                    model=None, # a transformers model whose embeddings grow with the vocabulary
                    tags:list=TAGS, # strings that must each be one plain token
@@ -253,6 +255,7 @@ def _added_by_tokenizer(tokenizer)->tuple[list[int], list[int]]:
     i = next((i for i in range(len(full) - len(bare) + 1) if full[i:i+len(bare)] == bare), 0)
     return full[:i], full[i+len(bare):]
 
+# %% ../nbs/06_models.ipynb #de700f10
 def encoder_specials(tokenizer, # the seq2seq model's tokenizer
                      config, # the model's config (`model.config`)
                     )->tuple[list[int], list[int]]:
@@ -280,6 +283,7 @@ def chat_end_token(tokenizer, # a decoder-only model's tokenizer
     specials = set(tokenizer.all_special_ids) | {i for t,i in tokenizer.get_added_vocab().items() if t not in TAGS}
     return ids[0] if ids and ids[0] in specials else None
 
+# %% ../nbs/06_models.ipynb #0319fedc
 def end_token_ids(tokenizer, model, # a loaded tokenizer and model
                  )->list[int]:
     "Every token that ends a summary: the model's end tokens, the tokenizer's, and a chat model's end-of-turn token."

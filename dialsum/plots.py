@@ -44,6 +44,7 @@ def korean_font()->Optional[str]:
     for ttf in sorted((Path(spec.origin).parent/'fonts').glob('*.ttf')): font_manager.fontManager.addfont(str(ttf))
     return 'NanumGothic' if 'NanumGothic' in {f.name for f in font_manager.fontManager.ttflist} else None
 
+# %% ../nbs/14_plots.ipynb #2a9a61d2
 def plot_style()->dict:
     "matplotlib settings for dialsum's pictures: a Hangul font first, a light grid, a plain minus sign."
     kf = korean_font()
@@ -139,6 +140,7 @@ def topic_scores(table:pd.DataFrame, # per-row scores with a `topic` column
     t = table[table['topic'].astype(str).str.strip() != ''].groupby('topic')[SCORE].agg(['mean', 'count'])
     return t.sort_values(['count', 'mean'], ascending=[False, True]).head(top).sort_values('mean')
 
+# %% ../nbs/14_plots.ipynb #4b340175
 def length_scores(table:pd.DataFrame, # per-row scores with a `chars` column (dialogue length)
                   bins:int=6, # how many length bins of about equal size
                  )->pd.DataFrame:

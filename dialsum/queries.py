@@ -46,10 +46,11 @@ def runs_frame(runs_dir:Union[str, Path], # the runs folder with index.csv
     return ix.sort_values(['dev_score', 'started'], ascending=[False, False], na_position='last',
                           kind='stable').reset_index(drop=True)
 
-# %% ../nbs/18_queries.ipynb #c8ac3cdc
+# %% ../nbs/18_queries.ipynb #fd98d8ba
 def _f(v, fmt='{:.2f}')->str:
     return '-' if v is None or (isinstance(v, float) and math.isnan(v)) or v == '' else fmt.format(v)
 
+# %% ../nbs/18_queries.ipynb #c8ac3cdc
 def runs_table(df:pd.DataFrame, # from `runs_frame`
                error_chars:int=60, # the error column is cut to this width
               )->str:

@@ -15,6 +15,10 @@ from .files import atomic_write
 __all__ = ['REDACTED', 'SECRET_ENV', 'SHORT_SECRET', 'LONG_SECRET', 'is_secret_name', 'secret_values', 'redact', 'refuse_secrets',
            'scrub_file']
 
+# %% ../nbs/02_redaction.ipynb #e2eb2b5b
+def _words(name)->list[str]:
+    return [w for w in re.split(r'[^a-z0-9]+', re.sub(r'([a-z0-9])([A-Z])', r'\1_\2', str(name)).lower()) if w]
+
 # %% ../nbs/02_redaction.ipynb #c8680731
 REDACTED = '[redacted]'
 SECRET_ENV = ('HF_TOKEN', 'HUGGING_FACE_HUB_TOKEN', 'WANDB_API_KEY')  # always secret, whatever the name rules say
@@ -28,9 +32,6 @@ _TOKENIZER = {'pad', 'bos', 'eos', 'unk', 'mask', 'sep', 'cls', 'special', 'adde
 # a 'key' is a secret after one of these, not in 'section.key'
 _KEY_KINDS = {'api', 'secret', 'access', 'private', 'auth', 'wandb', 'openai', 'hub', 'hf', 'ssh', 'client', 'service',
               'account', 'license', 'signing', 'encryption', 'master', 'session'}
-
-def _words(name)->list[str]:
-    return [w for w in re.split(r'[^a-z0-9]+', re.sub(r'([a-z0-9])([A-Z])', r'\1_\2', str(name)).lower()) if w]
 
 def is_secret_name(name:str, # a key, variable or override name
                   )->bool:
@@ -97,6 +98,7 @@ def _secret_keys(d, path:tuple, vals:list)->list[str]:
         return [k for i, v in enumerate(d) for k in _secret_keys(v, path + (str(i),), vals)]
     return ['.'.join(path)] if isinstance(d, str) and _text(d, vals) != d else []
 
+# %% ../nbs/02_redaction.ipynb #f2682bf8
 def refuse_secrets(d:dict, # a config as plain data (`config_dict`)
                    source:str='config', # the file it came from, for the message
                    env:Optional[Mapping]=None, # whose secret values count (default: `os.environ`)

@@ -37,6 +37,7 @@ def on_cpu(t:TrainingConfig)->bool:
     "Whether training runs on CPU: asked for, or no CUDA device."
     return t.use_cpu or not torch.cuda.is_available()
 
+# %% ../nbs/13_train.ipynb #d8180f82
 def resolve_precision(t:TrainingConfig, # the config's training section
                      )->str:
     "`fp32`, `fp16` or `bf16`: the config's choice, or for `auto` the best of this device."
