@@ -151,3 +151,13 @@ def test_sweep_jobs_2(sweep_configs, tmp_path):
     assert all(metadata(f)['promoted'] for f in folders) and len(list((runs/'history').iterdir())) == 2
     starts = sorted(pd.to_datetime(ix.started)); ends = sorted(pd.to_datetime(ix.finished))
     assert starts[1] < ends[0]  # they ran at once
+
+
+def test_missing_tracker_fails_at_validation(tmp_path):
+    "A config that reports to a tracker that is not installed is refused before any run folder, naming the extra to install."
+    import importlib.util
+    if importlib.util.find_spec('mlflow') is not None: pytest.skip('mlflow is installed here: nothing is missing')
+    p = dialsum('run', SMOKE, 'training.report_to=[mlflow]', f"output.runs_dir={tmp_path/'runs'}")
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert 'training.report_to: mlflow needs the mlflow package' in p.stderr and 'pip install -e ".[track]"' in p.stderr
+    assert not (tmp_path/'runs').exists() or not run_folders(tmp_path/'runs')
