@@ -10,6 +10,7 @@ from optuna.trial import TrialState
 
 from conftest import SMOKE, dialsum, run_folders
 from dialsum.submissions import INDEX_COLUMNS, read_index
+from dialsum.train import optuna_storage
 
 
 def metadata(run): return json.loads((Path(run)/'metadata.json').read_text(encoding='utf-8'))
@@ -96,16 +97,16 @@ def test_report(study):
 
 @pytest.mark.slow  # one smoke trial, stopped at its first evaluation
 def test_pruned_trial(tmp_path):
-    "A trial scoring below the median of earlier trials at its first evaluation is pruned: training stops, the run is `pruned` in the index (not failed), the trial PRUNED."
+    "A trial scoring below the median of earlier trials at its first evaluation is pruned: training stops, the run is `pruned` in the index (not failed), the trial PRUNED (journal storage)."
     (tmp_path/'space.yaml').write_text('training.learning_rate: [1.0e-3]\n')
-    db, runs = f"sqlite:///{tmp_path/'p.db'}", tmp_path/'runs'
-    st = optuna.create_study(study_name='p', storage=db, direction='maximize')  # an earlier trial that scored 100 at every step
+    db, runs = str(tmp_path/'p.journal'), tmp_path/'runs'  # a journal file: the storage workers on a shared disk use
+    st = optuna.create_study(study_name='p', storage=optuna_storage(db), direction='maximize')  # an earlier trial: 100 at every step
     st.add_trial(optuna.trial.create_trial(value=100.0, intermediate_values={4: 100.0, 8: 100.0}, params={'training.learning_rate': 1e-3},
                                            distributions={'training.learning_rate': optuna.distributions.CategoricalDistribution([1e-3])}))
     p = dialsum('tune', SMOKE, '--space', tmp_path/'space.yaml', '--trials', 2, '--storage', db, '--study', 'p',
                 '--startup-trials', 1, '--set', f"output.runs_dir={runs}")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    t = load(db, 'p').trials[1]
+    t = optuna.load_study(study_name='p', storage=optuna_storage(db)).trials[1]
     assert t.state == TrialState.PRUNED and list(t.intermediate_values) == [4]
     (run,) = run_folders(runs)
     md = metadata(run)
@@ -151,3 +152,13 @@ def test_sweep_jobs_2(sweep_configs, tmp_path):
     assert all(metadata(f)['promoted'] for f in folders) and len(list((runs/'history').iterdir())) == 2
     starts = sorted(pd.to_datetime(ix.started)); ends = sorted(pd.to_datetime(ix.finished))
     assert starts[1] < ends[0]  # they ran at once
+
+
+def test_missing_tracker_fails_at_validation(tmp_path):
+    "A config that reports to a tracker that is not installed is refused before any run folder, naming the extra to install."
+    import importlib.util
+    if importlib.util.find_spec('mlflow') is not None: pytest.skip('mlflow is installed here: nothing is missing')
+    p = dialsum('run', SMOKE, 'training.report_to=[mlflow]', f"output.runs_dir={tmp_path/'runs'}")
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert 'training.report_to: mlflow needs the mlflow package' in p.stderr and 'pip install -e ".[track]"' in p.stderr
+    assert not (tmp_path/'runs').exists() or not run_folders(tmp_path/'runs')
