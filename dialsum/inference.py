@@ -96,6 +96,7 @@ def _sharded(items:list, distributed:bool)->tuple[list, Optional[object]]:
     if st.num_processes == 1: return items, None
     with st.split_between_processes(items, apply_padding=True) as mine: return list(mine), st
 
+# %% ../nbs/12_inference.ipynb #4716a62f
 def generate_from_features(model, tokenizer, # a seq2seq or decoder-only model and its tokenizer
                            feats:list[dict], # `make_features` without labels (or `generation_inputs`)
                            gen:GenerationConfig, # the config's generation section
