@@ -63,6 +63,29 @@ def prompt_for(tokenizer, # the model's tokenizer
     return prompt_parts(tokenizer, cfg.model) if family_of(cfg).prompted else None
 
 # %% ../nbs/09_features.ipynb #bbfbd09c
+def _one_end(ids:list, eos:int, n:int)->list:
+    "`ids` ending with exactly one `eos`, `n` tokens at most (a truncated summary loses its last token, never its end)."
+    while ids and ids[-1] == eos: ids = ids[:-1]
+    return ids[:n - 1] + [eos]
+
+# %% ../nbs/09_features.ipynb #c4a9a963
+def _causal_features(tokenizer, sources, summaries, max_source_length, max_target_length, prompt):
+    before, after, end = prompt
+    room = max_source_length - len(before) - len(after)
+    if room < 8: raise ConfigError(f"model.prompt_template takes {len(before) + len(after)} tokens, leaving {room} of "
+                                   f"model.max_source_length ({max_source_length}) for the dialogue; "
+                                   "raise it or shorten the template")
+    dialogues = tokenizer(list(sources), add_special_tokens=False)['input_ids']
+    feats = [{'input_ids': before + d[:room] + after} for d in dialogues]
+    if summaries is not None:
+        for f,s in zip(feats, tokenizer(list(summaries), add_special_tokens=False)['input_ids'], strict=True):
+            s = _one_end(s, end, max_target_length)
+            f['labels'] = [-100] * len(f['input_ids']) + s
+            f['input_ids'] = f['input_ids'] + s
+    for f in feats: f['attention_mask'] = [1] * len(f['input_ids'])
+    return feats
+
+# %% ../nbs/09_features.ipynb #eed176ac
 def make_features(tokenizer, # the model's tokenizer
                   sources:list[str], # model inputs (`dialsum.data.model_inputs`)
                   summaries:Optional[list[str]]=None, # target summaries; None for generation
@@ -85,27 +108,7 @@ def make_features(tokenizer, # the model's tokenizer
         for f,l in zip(feats, labels, strict=True): f['labels'] = _one_end(l, eos, max_target_length)
     return feats
 
-def _one_end(ids:list, eos:int, n:int)->list:
-    "`ids` ending with exactly one `eos`, `n` tokens at most (a truncated summary loses its last token, never its end)."
-    while ids and ids[-1] == eos: ids = ids[:-1]
-    return ids[:n - 1] + [eos]
-
-def _causal_features(tokenizer, sources, summaries, max_source_length, max_target_length, prompt):
-    before, after, end = prompt
-    room = max_source_length - len(before) - len(after)
-    if room < 8: raise ConfigError(f"model.prompt_template takes {len(before) + len(after)} tokens, leaving {room} of "
-                                   f"model.max_source_length ({max_source_length}) for the dialogue; "
-                                   "raise it or shorten the template")
-    dialogues = tokenizer(list(sources), add_special_tokens=False)['input_ids']
-    feats = [{'input_ids': before + d[:room] + after} for d in dialogues]
-    if summaries is not None:
-        for f,s in zip(feats, tokenizer(list(summaries), add_special_tokens=False)['input_ids'], strict=True):
-            s = _one_end(s, end, max_target_length)
-            f['labels'] = [-100] * len(f['input_ids']) + s
-            f['input_ids'] = f['input_ids'] + s
-    for f in feats: f['attention_mask'] = [1] * len(f['input_ids'])
-    return feats
-
+# %% ../nbs/09_features.ipynb #bf4dce8d
 def features(tokenizer, # the model's tokenizer
              df:pd.DataFrame, # a cleaned split
              cfg:Config, # the experiment config (prefixes, lengths, family, prompt)

@@ -100,6 +100,7 @@ def _sharded(items:list, distributed:bool)->tuple[list, Optional[object]]:
     if st.num_processes == 1: return items, None
     with st.split_between_processes(items, apply_padding=True) as mine: return list(mine), st
 
+# %% ../nbs/12_inference.ipynb #453e0132
 def generate_candidates(model, tokenizer, # a seq2seq or decoder-only model and its tokenizer
                         feats:list[dict], # `make_features` without labels (or `generation_inputs`)
                         gens:list[GenerationConfig], # one or more generation settings (the batch size of the first)
@@ -145,6 +146,7 @@ def generate_candidates(model, tokenizer, # a seq2seq or decoder-only model and 
         for i, c in zip(idx, cands, strict=True): out[g][i] = c
     return out
 
+# %% ../nbs/12_inference.ipynb #4716a62f
 def generate_from_features(model, tokenizer, # a seq2seq or decoder-only model and its tokenizer
                            feats:list[dict], # `make_features` without labels (or `generation_inputs`)
                            gen:GenerationConfig, # the config's generation section

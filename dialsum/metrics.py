@@ -31,6 +31,7 @@ def _analyzer()->MeCab:
     "The one Mecab-ko analyzer, loaded on first use."
     return MeCab()
 
+# %% ../nbs/08_metrics.ipynb #5a2ccf3b
 def morphs(text:str, # any text; whitespace only separates morphemes
           )->list[str]:
     "Mecab-ko morphemes of `text` made NFC without control or zero-width characters, as `MeCab().morphs` gives them."

@@ -109,6 +109,7 @@ def run_processes(md:dict, # a run's metadata.json
     "The processes a run recorded: the one that runs its steps (`process`) and the runner's (`runner`), where present."
     return [r for r in (md.get('process'), md.get('runner')) if isinstance(r, dict) and r.get('pid') is not None]
 
+# %% ../nbs/16_runner.ipynb #30b8b388
 def live_status(md:dict, # a run's metadata.json
                )->str:
     "The run's status; a `running` run whose recorded processes on this machine are all gone reads `interrupted`."
@@ -116,6 +117,7 @@ def live_status(md:dict, # a run's metadata.json
     gone = bool(procs) and all(r.get('host') == here and not process_alive(r['pid'], r.get('started')) for r in procs)
     return 'interrupted' if s == 'running' and gone else s
 
+# %% ../nbs/16_runner.ipynb #593eb4d1
 def mark_interrupted(runs_dir:Union[str, Path], # the runs folder with index.csv
                     )->list[str]:
     "Record `interrupted` for the indexed `running` runs in `runs_dir` whose process is gone; return their ids."

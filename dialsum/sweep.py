@@ -143,6 +143,7 @@ def _promoted_or_unchecked(md:dict)->bool:
     "Whether a completed run's submission counts: not found invalid and not left unpromoted."
     return md.get('submission_valid') is not False and md.get('promoted') is not False
 
+# %% ../nbs/17_sweep.ipynb #779d1a0d
 def newest_complete_checkpoint(run_dir:Path)->Optional[Path]:
     "The run's newest checkpoint that a resume can continue from, or None."
     ck = Path(run_dir)/RUN_FILES['checkpoints']
@@ -150,6 +151,7 @@ def newest_complete_checkpoint(run_dir:Path)->Optional[Path]:
             if p.is_dir() and (m := CHECKPOINT_DIR.match(p.name)) and not resume_problems(p)}
     return done[max(done)] if done else None
 
+# %% ../nbs/17_sweep.ipynb #c0dec98e
 def resume_action(runs_dir:Union[str, Path], # the runs folder with index.csv
                   chash:str, # the config hash of the config to run
                   root:Union[str, Path, None]=None, # the project folder (for a recovery's inputs)
