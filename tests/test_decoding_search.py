@@ -18,9 +18,9 @@ GRID = ['num_beams=1,2', 'no_repeat_ngram_size=0,3']  # 4 settings, none of them
 
 @pytest.fixture(scope='session')
 def demo_run(tmp_path_factory):
-    "A demo run trained for 150 steps (it learns enough for decoding settings to matter): (run folder, runs folder)."
-    runs = tmp_path_factory.mktemp('tune')/'runs'
-    p = dialsum('run', DEMO, 'training.max_steps=150', f'output.runs_dir={runs}')
+    "A demo run trained for one epoch (75 steps: enough for decoding settings to matter): (run folder, runs folder)."
+    runs = tmp_path_factory.mktemp('decoding')/'runs'
+    p = dialsum('run', DEMO, 'training.max_steps=75', f'output.runs_dir={runs}', timeout=1800)
     assert p.returncode == 0, p.stdout + p.stderr
     return run_folders(runs)[0], runs
 
@@ -31,7 +31,7 @@ def searched(demo_run):
     run, runs = demo_run
     before = {k: (run/RUN_FILES[k]).read_bytes() for k in ('submission', 'dev_predictions')}
     before['index'] = (runs/'index.csv').read_bytes()
-    p = dialsum('tune-generation', run, '--grid', *GRID, '--apply')
+    p = dialsum('tune-generation', run, '--grid', *GRID, '--apply', timeout=1800)
     return p, run, runs, before
 
 
@@ -64,7 +64,7 @@ def test_search_ranks_settings_and_applies_the_best(searched):
 def test_predict_with_the_best_setting_is_a_new_promoted_run(searched):
     _, run, runs, before = searched
     t = pd.read_csv(run/RUN_FILES['generation_search'])
-    p = dialsum('predict', '--run', run, '--generation', 'best')
+    p = dialsum('predict', '--run', run, '--generation', 'best', timeout=1800)
     assert p.returncode == 0, p.stdout + p.stderr
     new = next(r for r in run_folders(runs) if r.name.startswith('demo-gen_'))
     md = read_metadata(new)[0]
