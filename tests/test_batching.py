@@ -1,6 +1,6 @@
 """Batches by a token budget (`training.batch_tokens`): every row once per epoch, the budget kept, the padding on real
 data, and the same number of steps on every process under accelerate."""
-import json, os, subprocess, sys, textwrap
+import json, os, subprocess, textwrap
 from pathlib import Path
 
 import numpy as np
