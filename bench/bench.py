@@ -207,7 +207,7 @@ def padding_analysis(model_dir, data, batch, seed=42):
     sys.path.insert(0, str(BENCH))
     from worker import make_features, split_inputs
     from dialsum.models import load_pretrained
-    from dialsum.train import LengthBucketSampler
+    from dialsum.train import LengthBucketSampler, padding_share, token_batches
     tok, _ = load_pretrained(rel(model_dir))
     srcs, sums = split_inputs(data / "dev.csv", "dev")
     feats = make_features(tok, srcs, sums, 512, 100)
@@ -226,7 +226,17 @@ def padding_analysis(model_dir, data, batch, seed=42):
                 random=share(perm), group_by_length=share(get_length_grouped_indices(L, batch, generator=g)),
                 group_by_length_megabatch_rows=min(len(L) // (batch * 4), 50) * batch,
                 length_buckets=share(list(LengthBucketSampler(L, T, batch, seed=seed))),
-                best_fixed_batches_found=best_fixed_batches(L, T, batch))
+                best_fixed_batches_found=best_fixed_batches(L, T, batch),
+                token_budget={str(n): _token_budget(L, T, n, token_batches, padding_share) for n in (2048, 4096)})
+
+
+def _token_budget(L, T, n, token_batches, padding_share):
+    "training.batch_tokens n (batch_padding 0.03) on these lengths: padding, batches, rows per batch, budget used."
+    import numpy as np
+    L, T = np.asarray(L), np.asarray(T)
+    bs = token_batches(L, T, n, 0.03, seed=42)
+    return dict(padding=round(padding_share(bs, L, T), 4), batches=len(bs), rows_per_batch=round(len(L) / len(bs), 1),
+                budget_used=round(float((L + T).sum()) / (len(bs) * n), 3))
 
 
 # ---------------------------------------------------------------- inference
