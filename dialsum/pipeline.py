@@ -16,8 +16,19 @@ from transformers import set_seed
 
 from .runs import CheckpointError
 from .config import Config, DialsumError, load_config, project_root, resolve_path
-from .data import (SPLITS, Splits, demo_rows, demo_slots_kept, load_splits, model_inputs, read_source, read_split,
-                          references, source_error, split_columns)
+from dialsum.data import (
+    SPLITS,
+    Splits,
+    demo_rows,
+    demo_slots_kept,
+    load_splits,
+    model_inputs,
+    read_source,
+    read_split,
+    references,
+    source_error,
+    split_columns,
+)
 from .features import FEATURES_DIR, cached_features, features
 from .inference import predict, predict_nbest, score_predictions
 from .lora import apply_lora, merge_for_inference
