@@ -22,7 +22,7 @@ from .queries import best_run, compare_runs, compare_text, default_runs_dir, run
 # %% auto #0
 __all__ = ['parser', 'main']
 
-# %% ../nbs/19_cli.ipynb #3da9e62e
+# %% ../nbs/19_cli.ipynb #93c79ac8
 def _resume(a)->tuple:
     "The run folder named by `run --resume` (inside the config's runs folder) and the overrides that resume it."
     overrides, root = list(a.overrides), project_root()
@@ -32,6 +32,7 @@ def _resume(a)->tuple:
         overrides.append('training.resume_from_checkpoint=true')
     return run_dir, overrides
 
+# %% ../nbs/19_cli.ipynb #71a67fe4
 def _cmd_run(a)->int:
     run_dir, overrides = _resume(a) if a.resume else (None, a.overrides)
     run = run_experiment(a.config, overrides, run_dir=run_dir, progress=a.progress)
@@ -62,8 +63,10 @@ def _cmd_run(a)->int:
     )
     return 0
 
+# %% ../nbs/19_cli.ipynb #4a3ba7cd
 def _interrupt(signum, frame): raise KeyboardInterrupt
 
+# %% ../nbs/19_cli.ipynb #3b2cfb8f
 def _cmd_sweep(a)->int:
     old = signal.signal(signal.SIGTERM, _interrupt)
     try: entries = run_sweep(a.configs, a.set, resume=a.resume, say=lambda s: print(s, flush=True), progress=a.progress,
@@ -73,6 +76,7 @@ def _cmd_sweep(a)->int:
     print('\n' + sweep_table(entries), flush=True)
     return sweep_exit_code(entries)
 
+# %% ../nbs/19_cli.ipynb #0f2aacc9
 def _cmd_tune(a)->int:
     from dialsum.tune import open_study, report, study_rows, tune  # optuna, torch: only for this command
     if a.report:
@@ -89,6 +93,7 @@ def _cmd_tune(a)->int:
         print(f"report: dialsum tune --report {out['study']}" + (f" --storage {a.storage}" if a.storage else ''))
     return out['exit_code']
 
+# %% ../nbs/19_cli.ipynb #88775001
 def _cmd_predict(a)->int:
     if a.generation: return _predict_generation(a)
     if not a.output: raise DialsumError('give --output FILE (where fname,summary goes), or --generation best|FILE.yaml')
@@ -107,6 +112,7 @@ def _cmd_predict(a)->int:
     print(f"wrote      {p.output} ({p.rows} rows, valid: the input's fnames in its order)")
     return 0
 
+# %% ../nbs/19_cli.ipynb #580ef0b4
 def _predict_generation(a)->int:
     "`predict --run RUN --generation best|FILE`: a new run folder: the run's dev scores and submission with those keys."
     given = [f for f, v in (('--input', a.input), ('--output', a.output), ('--checkpoint', a.checkpoint),
@@ -129,7 +135,8 @@ def _predict_generation(a)->int:
     print(f"wrote      {path/'submission.csv'} (valid, promoted to {md.get('history_path')})")
     return 0
 
-def _cmd_tune(a)->int:
+# %% ../nbs/19_cli.ipynb #a1531356
+def _cmd_tune_generation(a)->int:
     from dialsum.decoding_search import search_generation, search_text  # torch and transformers: only for this command
     r = search_generation(a.run, a.grid, a.max_dev, a.apply, a.seed, a.runs_dir, progress=a.progress)
     print(f"run        {r.run_dir}\ncheckpoint {r.checkpoint}\n  chosen:  {r.reason}\n"
@@ -138,6 +145,7 @@ def _cmd_tune(a)->int:
     if r.best: print(f"applied    {r.best}: `dialsum predict --run {r.run_dir.name} --generation best` uses it")
     return 0
 
+# %% ../nbs/19_cli.ipynb #75d078e2
 def _cmd_runs(a)->int:
     runs_dir = Path(a.runs_dir) if a.runs_dir else default_runs_dir()
     df = runs_frame(runs_dir, a.status, a.experiment)
@@ -151,6 +159,7 @@ def _cmd_runs(a)->int:
     print(f"plot written to {plot_runs(runs_dir, a.plot or None)}")
     return 0
 
+# %% ../nbs/19_cli.ipynb #8b8f065d
 def _cmd_best(a)->int:
     r = best_run(Path(a.runs_dir) if a.runs_dir else default_runs_dir())
     ci = '' if math.isnan(r['dev_score_lo']) else f" (95% CI {r['dev_score_lo']:.2f}-{r['dev_score_hi']:.2f})"
@@ -158,11 +167,12 @@ def _cmd_best(a)->int:
           f"dev score  {r['dev_score']:.2f}{ci}\nsubmission {r['submission_path']}")
     return 0
 
+# %% ../nbs/19_cli.ipynb #121b7f5c
 def _cmd_compare(a)->int:
     print(compare_text(compare_runs(a.a, a.b, a.runs_dir, a.top)))
     return 0
 
-# %% ../nbs/19_cli.ipynb #e02bcac2
+# %% ../nbs/19_cli.ipynb #9dffc9f1
 def _augment_models(a)->Optional[list]:
     "The (model, step) pairs of a text method: an endpoint with --base-url, else local model folders."
     if a.method == 'speaker-swap': return None
@@ -179,6 +189,7 @@ def _augment_models(a)->Optional[list]:
     back = make(a.back_model) if a.back_model and a.back_model != a.model else None
     return method_steps(a.method, first, back, a.lang, a.pivot, a.lang_codes)
 
+# %% ../nbs/19_cli.ipynb #0dc1f762
 def _augment_options(a)->dict:
     "What the report and the partial file record of the command (a resume must give the same)."
     if a.method == 'speaker-swap': return dict(permutations=a.permutations, seed=a.seed, max_speakers=a.max_speakers)
@@ -186,6 +197,7 @@ def _augment_options(a)->dict:
     if a.base_url: return o | dict(base_url=a.base_url, api_key_env=a.api_key_env, temperature=a.temperature)
     return o | dict(num_beams=a.num_beams, max_new_tokens=a.max_new_tokens, max_length=a.max_length)
 
+# %% ../nbs/19_cli.ipynb #fa6bc766
 def _cmd_augment(a)->int:
     check_request(a.method, a.input, a.output, a.keep_score, a.force)  # before a model is loaded
     if a.chunk < 1 or (a.max_rows is not None and a.max_rows < 1):
@@ -206,6 +218,7 @@ def _cmd_augment(a)->int:
     print(f"no new row kept: nothing written to {rep['output']}; see {report_path(rep['output'])}", file=sys.stderr)
     return 1
 
+# %% ../nbs/19_cli.ipynb #430cda45
 def _augment_parser(sub):
     "The arguments of `dialsum augment`."
     g = sub.add_parser('augment', help='more training rows that keep the tags (speaker-swap, back-translate, ...)')
@@ -250,7 +263,7 @@ def _augment_parser(sub):
     t.add_argument('--temperature', type=float, default=0.7, help='endpoint: sampling temperature')
     g.set_defaults(func=_cmd_augment)
 
-# %% ../nbs/19_cli.ipynb #bd8bfa8f
+# %% ../nbs/19_cli.ipynb #72ca6afd
 def _ensemble_rows(e)->list[dict]:
     "Members and ensemble as table rows: dev score, interval, ensemble - member (paired interval), test rows taken."
     ci = lambda c: '-' if not c else f"{c[0]:.2f}-{c[1]:.2f}"
@@ -263,10 +276,12 @@ def _ensemble_rows(e)->list[dict]:
                         ci95=ci(e.scores.get('score_ci95')), **dict.fromkeys(('ens_minus_run', 'paired_ci95', 'verdict',
                                                                               'test_rows'), ''))]
 
+# %% ../nbs/19_cli.ipynb #8744b334
 def _promoted(e)->int:
     if e.promoted: print(f"submission promoted: {e.path/'submission.csv'}"); return 0
     print(f"submission NOT promoted: {'; '.join(e.problems) or 'invalid'}", file=sys.stderr); return 1
 
+# %% ../nbs/19_cli.ipynb #486a27bb
 def _cmd_ensemble(a)->int:
     from dialsum.ensemble import ensemble_runs  # no model is loaded: the runs' CSV files are combined
     from dialsum.sweep import text_table
@@ -275,7 +290,7 @@ def _cmd_ensemble(a)->int:
           + ''.join(f"\nwarning: {w}" for w in e.warnings))
     return _promoted(e)
 
-# %% ../nbs/19_cli.ipynb #d872653a
+# %% ../nbs/19_cli.ipynb #0783a023
 def _cmd_average(a)->int:
     from dialsum.averaging import average_run  # torch and transformers: only for this command
     r = average_run(a.run, a.last, a.checkpoints, a.runs_dir, progress=a.progress)
@@ -288,6 +303,7 @@ def _cmd_average(a)->int:
         print(f"submission NOT promoted: {'; '.join(r.problems) or 'invalid'}", file=sys.stderr); return 1
     print(f"submission promoted: {r.path/'submission.csv'}"); return 0
 
+# %% ../nbs/19_cli.ipynb #063507a1
 def _cmd_kfold(a)->int:
     from dialsum.kfold import run_kfold
     from dialsum.sweep import text_table
@@ -302,7 +318,7 @@ def _cmd_kfold(a)->int:
     print(f"test: the {a.folds} fold models combined by mbr -> {k.ensemble.path}")
     return _promoted(k.ensemble)
 
-# %% ../nbs/19_cli.ipynb #1e5cbb11
+# %% ../nbs/19_cli.ipynb #17f4dc56
 def parser()->argparse.ArgumentParser:
     "The `dialsum` command line."
     p = argparse.ArgumentParser(prog='dialsum', description='Korean dialogue summarization experiments')
@@ -389,7 +405,7 @@ def parser()->argparse.ArgumentParser:
     t.add_argument('--apply', action='store_true', help="write the best setting to the run's generation_best.yaml")
     t.add_argument('--seed', type=int, default=0, help='bootstrap seed')
     t.add_argument('--progress', action='store_true', help='show a progress bar'); runs_dir(t)
-    t.set_defaults(func=_cmd_tune)
+    t.set_defaults(func=_cmd_tune_generation)
     l = sub.add_parser('runs', help='the run index as a table, best dev score first')
     l.add_argument('--status', help='only runs with this status (completed, failed, running, interrupted)')
     l.add_argument('--experiment', help='only runs of this experiment')
@@ -433,6 +449,7 @@ def parser()->argparse.ArgumentParser:
     _augment_parser(sub)
     return p
 
+# %% ../nbs/19_cli.ipynb #6b3b79aa
 def main(argv:Optional[Sequence[str]]=None)->int:
     "Entry point of the `dialsum` command."
     a = parser().parse_args(argv)
