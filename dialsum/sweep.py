@@ -23,7 +23,7 @@ from .runner import live_status, mark_interrupted, recoverable, recovery_fingerp
 # %% auto #0
 __all__ = ['NO_GPU', 'expand_configs', 'GpuWaitError', 'cuda0_nvml_index', 'nvml_query', 'wait_for_gpu',
            'newest_complete_checkpoint', 'resume_action', 'record_unstarted', 'accelerate_run', 'SweepEntry',
-           'one_line', 'run_sweep', 'parse_gpus', 'gpu_env', 'text_table', 'sweep_table', 'sweep_exit_code']
+           'one_line', 'parse_gpus', 'gpu_env', 'run_sweep', 'text_table', 'sweep_table', 'sweep_exit_code']
 
 # %% ../nbs/17_sweep.ipynb #874d2a8b
 def expand_configs(items:Sequence[Union[str, Path]], # config paths and glob patterns like 'configs/experiments/*.yaml'
@@ -337,6 +337,83 @@ def _run_one(e:SweepEntry, overrides:list, root:Path, resume:bool, gpu:Optional[
         return _recover(e, run.path, root)
     _fill(e, run.path)
 
+# %% ../nbs/17_sweep.ipynb #63edff9d
+def parse_gpus(gpus:Optional[str], # '0,1,3' (or GPU UUIDs), as CUDA_VISIBLE_DEVICES takes them; None or '': none
+              )->list[str]:
+    "The GPUs `gpus` names, each once, in order."
+    if not gpus: return []
+    out = [g.strip() for g in str(gpus).split(',')]
+    if not all(out) or not all(g.isdigit() or g.startswith(('GPU-', 'MIG-')) for g in out) or len(set(out)) < len(out):
+        raise ConfigError(f"--gpus {gpus}: give GPU indices (or UUIDs) separated by commas, each once, e.g. --gpus 0,1")
+    return out
+
+# %% ../nbs/17_sweep.ipynb #d9a14ae6
+def gpu_env(gpu:Optional[str], # the one GPU the child may see; None: the environment as it is
+            env:Optional[dict]=None, # the environment to start from (default: this process's)
+           )->dict:
+    "A child process's environment in which CUDA sees only `gpu` (as its device 0)."
+    env = dict(os.environ if env is None else env)
+    if gpu is not None: env['CUDA_VISIBLE_DEVICES'] = str(gpu)
+    return env
+
+# %% ../nbs/17_sweep.ipynb #b1cc8156
+_MARK = 'dialsum-sweep-entry: '
+
+def _raise_interrupt(signum, frame): raise KeyboardInterrupt  # SIGTERM in a child: recorded as Ctrl-C is
+
+def _sweep_child():
+    "A one-config sweep in a child process: its arguments as JSON in argv[1], its entry printed as JSON last."
+    a = json.loads(sys.argv[1])
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    e = run_sweep([a['config']], a['overrides'], a['root'], a['resume'], say=lambda s: print(s, flush=True),
+                  accelerate_config=a['accelerate'][0] if a['accelerate'] else None,
+                  num_processes=a['accelerate'][1] if a['accelerate'] else None)[-1]
+    print(_MARK + json.dumps(asdict(e)), flush=True)
+
+# %% ../nbs/17_sweep.ipynb #368ea5f7
+def _run_parallel(entries:list, overrides:list, root:Path, resume:bool, accelerate:Optional[tuple], slots:list,
+                  say:Callable):
+    "Run each entry's config in a child process, as many at once as `slots` (a GPU each, or None on CPU)."
+    free, procs, n = queue.Queue(), {}, len(entries)
+    for s in slots: free.put(s)
+    say(f"{len(slots)} at once" + (f", one per GPU ({','.join(slots)})" if slots[0] is not None else ' (CPU)'))
+    def one(i:int, e:SweepEntry):
+        slot = free.get()
+        try:
+            say(f"[{i}/{n}] {e.config}" + (f" on GPU {slot}" if slot is not None else ''))
+            arg = json.dumps(dict(config=e.config, overrides=overrides, root=str(root), resume=resume,
+                                  accelerate=accelerate))
+            t0 = time.monotonic()
+            cmd = [sys.executable, '-c', 'from dialsum.sweep import _sweep_child; _sweep_child()', arg]
+            p = procs[i] = subprocess.Popen(cmd, cwd=root, env=gpu_env(slot), stdout=subprocess.PIPE,
+                                            stderr=subprocess.STDOUT, text=True)
+            out, _ = p.communicate()
+            lines = out.splitlines()
+            got = [json.loads(x[len(_MARK):]) for x in lines if x.startswith(_MARK)]
+            if got: e.__dict__.update(got[-1])
+            else:
+                tail = error_tail(lines[-40:])
+                e.status, e.seconds = 'failed', time.monotonic() - t0
+                e.note = one_line(f"the sweep's child process exited with code {p.returncode}: "
+                                  f"{tail[-1] if tail else '(no output)'}")
+            said = [x for x in lines if not x.startswith((_MARK, 'GPU 0:')) and x != NO_GPU]  # the child's own lines
+            say('\n'.join(f"  [{i}] {x}" for x in said))
+        finally: free.put(slot)
+    pool = ThreadPoolExecutor(max_workers=len(slots))
+    futs = [pool.submit(one, i, e) for i, e in enumerate(entries, 1)]
+    try:
+        for f in futs: f.result()
+    except KeyboardInterrupt:
+        for f in futs: f.cancel()
+        for p in list(procs.values()):
+            if p.poll() is None: p.terminate()
+        pool.shutdown(wait=True)
+        for e in entries:
+            if e.status == 'not run' and e.run_id: e.status = 'interrupted'
+        raise
+    finally: pool.shutdown(wait=True)
+    return entries
+
 # %% ../nbs/17_sweep.ipynb #47909a2c
 def run_sweep(configs:Sequence[Union[str, Path]], # config files and quoted glob patterns
               overrides:Sequence[str]=(), # dotted overrides applied to every config
@@ -390,80 +467,6 @@ def run_sweep(configs:Sequence[Union[str, Path]], # config files and quoted glob
         sub = {True: ', submission promoted', False: ', submission NOT promoted'}.get(e.promoted, '')
         say(f"  {e.status} {e.run_id}".rstrip() + f"{score}{sub} ({e.seconds:.0f} s)"
             + (f": {e.note}" if e.note else ''))
-    return entries
-
-# %% ../nbs/17_sweep.ipynb #d134fffb
-def parse_gpus(gpus:Optional[str], # '0,1,3' (or GPU UUIDs), as CUDA_VISIBLE_DEVICES takes them; None or '': none
-              )->list[str]:
-    "The GPUs `gpus` names, each once, in order."
-    if not gpus: return []
-    out = [g.strip() for g in str(gpus).split(',')]
-    if not all(out) or not all(g.isdigit() or g.startswith(('GPU-', 'MIG-')) for g in out) or len(set(out)) < len(out):
-        raise ConfigError(f"--gpus {gpus}: give GPU indices (or UUIDs) separated by commas, each once, e.g. --gpus 0,1")
-    return out
-
-def gpu_env(gpu:Optional[str], # the one GPU the child may see; None: the environment as it is
-            env:Optional[dict]=None, # the environment to start from (default: this process's)
-           )->dict:
-    "A child process's environment in which CUDA sees only `gpu` (as its device 0)."
-    env = dict(os.environ if env is None else env)
-    if gpu is not None: env['CUDA_VISIBLE_DEVICES'] = str(gpu)
-    return env
-
-_MARK = 'dialsum-sweep-entry: '
-
-def _raise_interrupt(signum, frame): raise KeyboardInterrupt  # SIGTERM in a child: recorded as Ctrl-C is
-
-def _sweep_child():
-    "A one-config sweep in a child process: its arguments as JSON in argv[1], its entry printed as JSON last."
-    a = json.loads(sys.argv[1])
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    e = run_sweep([a['config']], a['overrides'], a['root'], a['resume'], say=lambda s: print(s, flush=True),
-                  accelerate_config=a['accelerate'][0] if a['accelerate'] else None,
-                  num_processes=a['accelerate'][1] if a['accelerate'] else None)[-1]
-    print(_MARK + json.dumps(asdict(e)), flush=True)
-
-def _run_parallel(entries:list, overrides:list, root:Path, resume:bool, accelerate:Optional[tuple], slots:list,
-                  say:Callable):
-    "Run each entry's config in a child process, as many at once as `slots` (a GPU each, or None on CPU)."
-    free, procs, n = queue.Queue(), {}, len(entries)
-    for s in slots: free.put(s)
-    say(f"{len(slots)} at once" + (f", one per GPU ({','.join(slots)})" if slots[0] is not None else ' (CPU)'))
-    def one(i:int, e:SweepEntry):
-        slot = free.get()
-        try:
-            say(f"[{i}/{n}] {e.config}" + (f" on GPU {slot}" if slot is not None else ''))
-            arg = json.dumps(dict(config=e.config, overrides=overrides, root=str(root), resume=resume,
-                                  accelerate=accelerate))
-            t0 = time.monotonic()
-            cmd = [sys.executable, '-c', 'from dialsum.sweep import _sweep_child; _sweep_child()', arg]
-            p = procs[i] = subprocess.Popen(cmd, cwd=root, env=gpu_env(slot), stdout=subprocess.PIPE,
-                                            stderr=subprocess.STDOUT, text=True)
-            out, _ = p.communicate()
-            lines = out.splitlines()
-            got = [json.loads(x[len(_MARK):]) for x in lines if x.startswith(_MARK)]
-            if got: e.__dict__.update(got[-1])
-            else:
-                tail = error_tail(lines[-40:])
-                e.status, e.seconds = 'failed', time.monotonic() - t0
-                e.note = one_line(f"the sweep's child process exited with code {p.returncode}: "
-                                  f"{tail[-1] if tail else '(no output)'}")
-            said = [x for x in lines if not x.startswith((_MARK, 'GPU 0:')) and x != NO_GPU]  # the child's own lines
-            say('\n'.join(f"  [{i}] {x}" for x in said))
-        finally: free.put(slot)
-    pool = ThreadPoolExecutor(max_workers=len(slots))
-    futs = [pool.submit(one, i, e) for i, e in enumerate(entries, 1)]
-    try:
-        for f in futs: f.result()
-    except KeyboardInterrupt:
-        for f in futs: f.cancel()
-        for p in list(procs.values()):
-            if p.poll() is None: p.terminate()
-        pool.shutdown(wait=True)
-        for e in entries:
-            if e.status == 'not run' and e.run_id: e.status = 'interrupted'
-        raise
-    finally: pool.shutdown(wait=True)
     return entries
 
 # %% ../nbs/17_sweep.ipynb #dc56fd2c
