@@ -35,6 +35,7 @@ def speakers(text:str, # a dialogue or summary
     "The speaker tags of `text` (`#Person1#`, ...), each once, in the order they first appear."
     return list(dict.fromkeys(m[0] for m in _SPEAKER.finditer(text)))
 
+# %% ../nbs/12d_augment.ipynb #46f17fa7
 def swap_tags(text:str, # a dialogue or summary
               perm:dict, # tag -> the tag it becomes
              )->str:
@@ -61,6 +62,7 @@ def _new_row(r:dict, suffix:str, source:str, dialogue:str, summary:str)->dict:
     if 'topic' in r: d['topic'] = r['topic']
     return d | dict(source=source, parent_fname=r['fname'])
 
+# %% ../nbs/12d_augment.ipynb #bee14b70
 def speaker_swap(df:pd.DataFrame, # a training split (`read_split`)
                  how:str='all', # see `tag_permutations`
                  seed:int=0, # draws the permutation of `how='one'`
@@ -89,6 +91,7 @@ def placeholder_re(placeholder:str=PLACEHOLDER)->re.Pattern:
     pre, post = placeholder.split('{i}')
     return re.compile(re.escape(pre.strip()) + r'\s*(\d+)\s*' + re.escape(post.strip()))
 
+# %% ../nbs/12d_augment.ipynb #26a0303b
 def protect(texts:Sequence[str], # the texts of one row (dialogue, summary)
             placeholder:str=PLACEHOLDER, # see `PLACEHOLDER`
            )->tuple[list[str], dict]:
@@ -97,6 +100,7 @@ def protect(texts:Sequence[str], # the texts of one row (dialogue, summary)
     to = {t: placeholder.format(i=i) for i, t in enumerate(tags, 1)}
     return [_ANY_TAG.sub(lambda m: to[m[0]], s) for s in texts], {i: t for i, t in enumerate(tags, 1)}
 
+# %% ../nbs/12d_augment.ipynb #eb31cb96
 def restore(text:str, # a model's output for a protected text
             back:dict, # `protect`'s mapping
             original:str, # the text before `protect`: its tags must all come back
@@ -269,6 +273,7 @@ def _verdict(r:dict, d:str, s:str, back:dict, placeholder:str)->tuple:
     if _TURN.findall(d) != _TURN.findall(r['dialogue']): return None, None, 'turns_changed'
     return d, s, None
 
+# %% ../nbs/12d_augment.ipynb #9d5fe453
 def rewrite_rows(rows:list[dict], # training rows (fname, dialogue, summary[, topic])
                  steps:list[tuple], # (model, `Step`) pairs, in order; a model is called as model(texts, step)
                  source:str, # the method, for the source column
@@ -312,10 +317,12 @@ def report_path(output:Union[str, Path])->Path:
     "The report written beside `output`: `out.csv` -> `out.report.json`."
     output = Path(output); return output.with_name(output.stem + '.report.json')
 
+# %% ../nbs/12d_augment.ipynb #23dd8d6f
 def partial_path(output:Union[str, Path])->Path:
     "The partial file of an unfinished model method beside `output`."
     output = Path(output); return output.with_name(f'.{output.name}.partial.jsonl')
 
+# %% ../nbs/12d_augment.ipynb #92d10415
 def _check_keep(keep)->tuple:
     lo, hi = map(float, keep)
     if not (0 <= lo <= hi <= 1):
@@ -323,6 +330,7 @@ def _check_keep(keep)->tuple:
                            "are the competition score against the original, 0-1)")
     return lo, hi
 
+# %% ../nbs/12d_augment.ipynb #bc719c15
 def _read_partial(path:Path, options:dict)->dict:
     "The records of an earlier, unfinished run with the same options, by parent fname."
     if not path.is_file(): return {}
@@ -341,6 +349,7 @@ def _read_partial(path:Path, options:dict)->dict:
         atomic_write(path, '\n'.join([lines[0], *whole]) + '\n')
     return recs
 
+# %% ../nbs/12d_augment.ipynb #c3ddcb18
 def _append(path:Path, recs:list[dict]):
     with open(path, 'a', encoding='utf-8') as f:
         f.write(''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in recs)); f.flush(); os.fsync(f.fileno())
@@ -362,6 +371,7 @@ def check_request(method:str, # one of `METHODS`
         raise AugmentError(f"--output {output}: exists; choose another file, or --force to replace it")
     return _check_keep(keep)
 
+# %% ../nbs/12d_augment.ipynb #33f599f5
 def method_steps(method:str, # 'back-translate' or 'paraphrase'
                  model, # the model of the (first) step: `LocalModel`, `ChatEndpoint` or any model(texts, step)
                  back_model=None, # back-translate: the pivot -> source model (default: `model`)
@@ -377,6 +387,7 @@ def method_steps(method:str, # 'back-translate' or 'paraphrase'
     if method == 'paraphrase': return [(model, Step('paraphrase', lang, codes=c and (c[0], c[0])))]
     raise AugmentError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
 
+# %% ../nbs/12d_augment.ipynb #451c0c25
 def augment(method:str, # one of `METHODS`
             input:Union[str, Path], # a training CSV
             output:Union[str, Path], # the CSV to write (with a report beside it)

@@ -63,6 +63,7 @@ def weights_file(ckpt:Path)->Path:
         if (Path(ckpt)/w).is_file(): return Path(ckpt)/w
     raise CheckpointError(f"{ckpt}: no {' or '.join(WEIGHTS)} (sharded weights are not averaged); name others")
 
+# %% ../nbs/12c_averaging.ipynb #2961319a
 def average_weights(ckpts:Sequence[Path], # checkpoints of one architecture
                    )->dict:
     "The uniform average of the checkpoints' tensors, by name; a `CheckpointError` when they do not match."
@@ -91,6 +92,7 @@ class AveragedRun:
     path:Path; checkpoint:Path; source_run:Path; sources:list; scores:dict; source_score:float = float('nan')
     promoted:bool = False; problems:list = field(default_factory=list)
 
+# %% ../nbs/12c_averaging.ipynb #ef43ed34
 def average_run(run:Union[str, Path], # the run folder or experiment name (its newest run)
                 last:Optional[int]=None, # average the K newest complete checkpoints (None: all)
                 checkpoints:Optional[Sequence[Union[str, Path]]]=None, # or these

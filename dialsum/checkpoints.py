@@ -214,6 +214,7 @@ def optimizer_states(optim:str)->int:
     "Tensors of optimizer state per trainable weight for transformers' optimizer `optim` (2 when unknown)."
     return next((n for k, n in OPTIMIZER_STATES.items() if optim.lower().startswith(k)), 2)
 
+# %% ../nbs/05_checkpoints.ipynb #177a3db3
 def checkpoint_bytes(n_params:int, # all parameters (the weights saved by a full fine-tuning)
                      n_trainable:int, # trainable parameters (they have optimizer state)
                      optim:str='adamw_torch', # transformers' optimizer name
@@ -224,6 +225,7 @@ def checkpoint_bytes(n_params:int, # all parameters (the weights saved by a full
     saved = n_trainable if adapters_only else n_params
     return bytes_per_param * (saved + optimizer_states(optim) * n_trainable)
 
+# %% ../nbs/05_checkpoints.ipynb #09e549b1
 def planned_saves(t:TrainingConfig, # the config's training section
                   n_train:Optional[int]=None, # rows of the training split, when known
                  )->Optional[int]:
@@ -235,6 +237,7 @@ def planned_saves(t:TrainingConfig, # the config's training section
     if t.eval_strategy == 'steps': return math.ceil(total / t.eval_steps)
     return math.ceil(total / per_epoch) if per_epoch else None
 
+# %% ../nbs/05_checkpoints.ipynb #7a06001f
 def checkpoints_on_disk(t:TrainingConfig, n_train:Optional[int]=None)->Optional[int]:
     "The most checkpoints on disk at once, or None when unbounded and unknown."
     planned = planned_saves(t, n_train)
@@ -250,6 +253,7 @@ class DiskSpaceError(WriteError):
 # %% ../nbs/05_checkpoints.ipynb #92ca29fd
 def _gb(n:int)->str: return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
+# %% ../nbs/05_checkpoints.ipynb #d1bbf88a
 def _what(total:int, trainable:int, k:int, b:int, lora:bool)->str:
     "How one checkpoint's size was counted, in words."
     if lora: return (f"{trainable:,} trainable LoRA parameters x {b} bytes x (1 + {k} optimizer states); "
@@ -257,11 +261,13 @@ def _what(total:int, trainable:int, k:int, b:int, lora:bool)->str:
     if trainable == total: return f"{total:,} parameters x {b} bytes x (1 + {k} optimizer states)"
     return f"{total:,} parameters x {b} bytes + {trainable:,} trainable x {b} bytes x {k} optimizer states"
 
+# %% ../nbs/05_checkpoints.ipynb #e436c861
 def _existing(p:Path)->Path:
     p = Path(p).absolute()
     while not p.exists() and p.parent != p: p = p.parent
     return p
 
+# %% ../nbs/05_checkpoints.ipynb #57b85f8c
 def check_disk(cfg:Config, # the resolved config (training and resources sections)
                params:dict, # `{'total': n, 'trainable': n}`, as `dialsum.models.param_counts` gives
                where:Union[str, Path], # the checkpoints folder (need not exist yet)
@@ -295,11 +301,13 @@ def resume_problems(p:Path)->list[str]:
     except (OSError, ValueError, UnicodeDecodeError): ok = False
     return probs + ([] if ok else ['missing or unreadable trainer_state.json (the trainer writes it last)'])
 
+# %% ../nbs/05_checkpoints.ipynb #14fd327a
 def _attempts(run:Path)->int:
     "How many times the run in folder `run` was started (its record's `attempts`; 0 when unknown)."
     n = read_metadata(run)[0].get('attempts', 0)
     return n if isinstance(n, int) else 0
 
+# %% ../nbs/05_checkpoints.ipynb #490609e6
 def resume_point(checkpoints:Union[str, Path], # the run's checkpoints folder
                  resume:Union[bool, str, None], # `training.resume_from_checkpoint`: True, a checkpoint path, or off
                 )->Optional[Path]:

@@ -23,6 +23,7 @@ __all__ = ['DEMO_REPLACES', 'DEFAULT_PROMPT', 'HUB_GENERATE', 'YAML_MAX_VALUES',
 class DialsumError(Exception):
     "An error the user can fix: the message names the file, key, row or value and what to do."
 
+# %% ../nbs/00_config.ipynb #13dc675b
 class ConfigError(DialsumError):
     "A config file or override that cannot be used as it is."
 
@@ -42,6 +43,7 @@ class _Section(BaseModel):
             )
         return v
 
+# %% ../nbs/00_config.ipynb #6a2e3d00
 class Columns(_Section):
     "Column names in the CSV files, mapped to dialsum's names."
     fname: str = 'fname'
@@ -49,6 +51,7 @@ class Columns(_Section):
     summary: str = 'summary'
     topic: str = 'topic'
 
+# %% ../nbs/00_config.ipynb #bdd0d2da
 class DemoData(_Section):
     "Size of the generated demo data set (written into the run folder)."
     n_train: int = Field(400, ge=8)
@@ -58,6 +61,7 @@ class DemoData(_Section):
 
 DEMO_REPLACES = ('train', 'dev', 'test', 'sample_submission', 'columns')  # what `data.demo` takes the place of
 
+# %% ../nbs/00_config.ipynb #756273e4
 class TrainSource(_Section):
     "One source of `data.train`: a CSV, JSONL or Parquet file (or a `datasets` hub name), its columns, weight, size."
     path: Optional[str] = None  # a .csv, .jsonl (.json) or .parquet file; relative paths start at the project folder
@@ -73,6 +77,7 @@ class TrainSource(_Section):
             raise ValueError('give exactly one of path (a CSV, JSONL or Parquet file) and hub (a datasets hub name)')
         return self
 
+# %% ../nbs/00_config.ipynb #91ccaf10
 def _source_problem(i:int, err:dict)->str:
     "One pydantic error of the source `data.train[i]` in words."
     loc = '.'.join(str(x) for x in err['loc'])
@@ -84,6 +89,7 @@ def _source_problem(i:int, err:dict)->str:
     got = f" (got {err['input']!r})" if 'input' in err and not isinstance(err['input'], dict) else ''
     return f"{where}: {err['msg'].removeprefix('Value error, ')}{got}"
 
+# %% ../nbs/00_config.ipynb #423284d1
 def _sources(v):
     "`data.train` as given: one file (a text), or a list of sources, each a mapping or a file name."
     if not isinstance(v, list): return v
@@ -96,6 +102,7 @@ def _sources(v):
     if probs: raise ValueError('; '.join(probs))
     return out
 
+# %% ../nbs/00_config.ipynb #ffe5b197
 class DataConfig(_Section):
     "Where the splits are and how their text is cleaned."
     train: Union[str, list[TrainSource], None] = 'data/train.csv'  # one CSV file, or a list of sources (`TrainSource`)
@@ -169,6 +176,7 @@ class ScratchModel(_Section):
 
 DEFAULT_PROMPT = '다음 대화를 요약하세요.\n### 대화:\n{dialogue}\n### 요약:\n'
 
+# %% ../nbs/00_config.ipynb #d7f0a860
 class ModelConfig(_Section):
     "Which model to fine-tune: a hub id or local directory, or a from-scratch build."
     name_or_path: Optional[str] = None  # hub id or local directory; run:RUN_ID, run:EXPERIMENT: a run's best checkpoint
@@ -335,6 +343,7 @@ HUB_GENERATE = {
     'diverse_beam': 'transformers-community/group-beam-search',
 }
 
+# %% ../nbs/00_config.ipynb #8fddfa1b
 class GenerationConfig(_Section):
     "One set of generation settings, used for dev scoring and for the test submission alike."
     num_beams: int = Field(4, ge=1)
@@ -410,16 +419,19 @@ class GenerationConfig(_Section):
             )
         return self
 
+# %% ../nbs/00_config.ipynb #f9e1098d
 class OutputConfig(_Section):
     "Where run folders go."
     runs_dir: str = 'runs'
 
+# %% ../nbs/00_config.ipynb #ebfef0d0
 class ResourcesConfig(_Section):
     "What a run needs from the machine, checked before it starts (they do not change its result)."
     min_free_gpu_memory_gb: float = Field(0, ge=0)  # wait until the GPU has this much free memory; 0: do not wait
     gpu_wait_seconds: int = Field(600, ge=0)  # how long to wait for that memory before giving up
     check_disk: bool = True  # refuse to start a run whose checkpoints cannot fit on the disk
 
+# %% ../nbs/00_config.ipynb #c6bc62a2
 class TuneConfig(_Section):
     "The Optuna trial a run is, set by `dialsum tune`: training reports each dev score to its study."
     storage: str = Field(min_length=1)  # the study's storage: an SQLAlchemy URL or a journal file
@@ -429,6 +441,7 @@ class TuneConfig(_Section):
     startup_trials: int = Field(5, ge=0)  # the pruner prunes nothing until this many trials have finished
     warmup_steps: int = Field(0, ge=0)  # nor at an evaluation before this training step
 
+# %% ../nbs/00_config.ipynb #7e2f6831
 class Config(_Section):
     "A whole experiment."
     experiment: str = Field(pattern=r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$')  # becomes part of a folder name
@@ -474,6 +487,7 @@ YAML_MAX_VALUES = 10_000  # a config holds a few hundred values; aliases that ex
 class YamlProblem(yaml.YAMLError):
     "A YAML file that parses but cannot be a config (duplicate keys, runaway aliases); the message says what to do."
 
+# %% ../nbs/00_config.ipynb #df1a5d7f
 def _values(node, seen:dict)->int:
     "How many values `node` stands for once every alias is expanded (each node counted once: linear time)."
     if id(node) not in seen:
@@ -483,6 +497,7 @@ def _values(node, seen:dict)->int:
         seen[id(node)] = 1 + sum(_values(k, seen) for k in kids)
     return seen[id(node)]
 
+# %% ../nbs/00_config.ipynb #02dc937b
 class ConfigLoader(yaml.SafeLoader):
     "`yaml.SafeLoader` that refuses a key given twice in one mapping and aliases that expand past `YAML_MAX_VALUES`."
     def compose_document(self):
@@ -511,6 +526,7 @@ class ConfigLoader(yaml.SafeLoader):
             first[key] = k.start_mark.line + 1
         return super().construct_mapping(node, deep)
 
+# %% ../nbs/00_config.ipynb #c60d2e8f
 def load_yaml(text:str)->Any:
     "One YAML document read by `ConfigLoader`: plain data only, each key once, aliases bounded."
     loader = ConfigLoader(text)  # what yaml.safe_load does, with this loader
@@ -608,6 +624,7 @@ def apply_overrides(d:dict, # the merged config mapping
         node[parts[-1]] = val
     return out
 
+# %% ../nbs/00_config.ipynb #a2bdd48e
 def _split_override(o:str):
     if not isinstance(o, str) or '=' not in o or not re.match(r'^[A-Za-z_][\w.]*=', o):
         raise ConfigError(f"override {o!r}: write it as section.key=value, e.g. training.learning_rate=3e-5")
@@ -638,6 +655,7 @@ def machine()->dict:
                 bitsandbytes=importlib.util.find_spec('bitsandbytes') is not None,
                 installed={p: importlib.util.find_spec(p) is not None for p in (*TRACKERS, 'optuna')})
 
+# %% ../nbs/00_config.ipynb #fab1780c
 def _generate_code_problem(gen:GenerationConfig, m:dict)->Optional[str]:
     "Why the custom generate code of a contrastive or diverse beam search cannot be had, or None."
     if gen.strategy not in HUB_GENERATE: return None
@@ -661,6 +679,7 @@ def _generate_code_problem(gen:GenerationConfig, m:dict)->Optional[str]:
         "or set generation.custom_generate to a folder holding it"
     )
 
+# %% ../nbs/00_config.ipynb #fa373983
 def machine_problems(cfg:Config, # a config that passed the schema
                      m:Optional[dict]=None, # `machine()`'s answer (default: ask this machine)
                     )->list[str]:
@@ -711,6 +730,7 @@ def _section_at(loc:tuple):
         cls = next(a for a in getattr(ann, '__args__', (ann,)) if isinstance(a, type) and issubclass(a, BaseModel))
     return cls
 
+# %% ../nbs/00_config.ipynb #9045336b
 def suggest_key(loc:tuple, # location of the unknown key, e.g. ('training', 'lerning_rate')
                )->Optional[str]:
     "The valid key closest to the unknown one at `loc`, or None."
@@ -770,6 +790,7 @@ _BOUNDS = {'greater_than': ('gt', 'a number greater than {}'), 'greater_than_equ
            'less_than': ('lt', 'a number below {}'), 'less_than_equal': ('le', 'a number of {} or less'),
            'literal_error': ('expected', 'one of {}')}
 
+# %% ../nbs/00_config.ipynb #c92a90d9
 def _field_loc(loc:tuple)->tuple:
     "`loc` cut after its last key that is a field of the schema."
     cls, out = Config, []
@@ -782,8 +803,10 @@ def _field_loc(loc:tuple)->tuple:
         )
     return tuple(out) or loc
 
+# %% ../nbs/00_config.ipynb #72746897
 def _num(v): return int(v) if isinstance(v, float) and v.is_integer() else v
 
+# %% ../nbs/00_config.ipynb #16b279b2
 def _expected(err:dict)->Optional[str]:
     "What a value of the failed kind should be, in words (None when pydantic's own message says it best)."
     if err['type'] in _KINDS: return _KINDS[err['type']]
@@ -792,12 +815,14 @@ def _expected(err:dict)->Optional[str]:
         return text.format(_num(err.get('ctx', {}).get(k, '?')))
     return None
 
+# %% ../nbs/00_config.ipynb #44e1a482
 def _default_note(loc:tuple)->str:
     "' (the default is X)' for the key at `loc`, when it has a plain default."
     try: d = _section_at(loc).model_fields[loc[-1]].default
     except (KeyError, StopIteration, AttributeError, TypeError): return ''
     return f" (the default is {d!r})" if isinstance(d, (int, float, str)) and not isinstance(d, bool) else ''
 
+# %% ../nbs/00_config.ipynb #74777df8
 def validate(d:dict, # the merged mapping with overrides applied
              source:str='config', # the file (and overrides) it came from, for messages
              check_machine:bool=True, # also check what the config asks of this machine (`machine_problems`)
@@ -817,6 +842,7 @@ def project_root(start:Union[str, Path, None]=None, # where to start looking (de
     start = Path(start or os.getcwd()).resolve()
     return next((p for p in (start, *start.parents) if (p/'configs').is_dir()), start)
 
+# %% ../nbs/00_config.ipynb #93694066
 def resolve_path(p:Union[str, Path, None], # a path from a config
                  root:Path, # the project folder
                 )->Optional[Path]:
@@ -839,6 +865,7 @@ def load_config(
     src = str(path) + (f" with overrides {list(overrides)}" if overrides else '')
     return validate(apply_overrides(read_layers(path), overrides), src, check_machine)
 
+# %% ../nbs/00_config.ipynb #92528d7b
 def config_dict(cfg:Config)->dict:
     "The resolved config as plain data, the form saved in run folders."
     return cfg.model_dump(mode='json')
@@ -862,6 +889,7 @@ HASH_EXCLUDED = {  # keys that do not change a run's result, and why; `config_ha
     'tune': 'which Optuna trial the run is (`dialsum tune`): the values it sampled are in the keys they set',
 }
 
+# %% ../nbs/00_config.ipynb #99e5ff94
 def config_hash(cfg:Config)->str:
     "A short, stable hash of the keys that decide a run's result: all but `HASH_EXCLUDED`."
     d = config_dict(cfg)

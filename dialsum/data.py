@@ -208,6 +208,7 @@ def _text_cols(df:pd.DataFrame)->list[str]:
     refs = sorted((c for c in df.columns if re.fullmatch(r'summary\d+', str(c))), key=lambda c: int(c[7:]))
     return [c for c in ('dialogue', 'summary') if c in df.columns] + refs
 
+# %% ../nbs/03_data.ipynb #f2b06389
 def clean_split(df:pd.DataFrame, # a split from `read_split`
                 newline_literals:bool=True, # see `clean_text`
                 collapse_whitespace:bool=True, # see `clean_text`
@@ -240,6 +241,7 @@ def model_inputs(df:pd.DataFrame, # a cleaned split
     topics = df.topic if topic_prefix else [''] * len(df)
     return [prefix + ('' if is_missing(t) else f'{t}: ') + d for t, d in zip(topics, df.dialogue, strict=True)]
 
+# %% ../nbs/03_data.ipynb #7aa968da
 def references(df:pd.DataFrame, # a split with a summary column
               )->list[list[str]]:
     "Per row, the non-empty references among summary, summary1, summary2, ..."
@@ -351,6 +353,7 @@ def _demo_row(rng:random.Random, t:dict)->tuple[str, str, str, dict]:
     named = {n: v for n, v in slots.items() if '{' + n in t['summary']}
     return '\n'.join(lines), k.format(t['summary'], **slots), t['topic'], named
 
+# %% ../nbs/03_data.ipynb #dfa36188
 def _write_csv(df:pd.DataFrame, path:Path)->Path:
     "`df` as UTF-8 CSV with LF line ends, the same bytes on every platform, written atomically."
     return atomic_write(path, df.to_csv(index=False, lineterminator='\n').encode('utf-8'))
@@ -367,6 +370,7 @@ def demo_rows(split:str, # 'train', 'dev' or 'test'
     df.insert(0, 'fname', [f'{split}_{i}' for i in range(n)])
     return df
 
+# %% ../nbs/03_data.ipynb #67c96f0f
 def make_demo_data(out_dir:Union[str, Path], # folder to write the CSV files into (made if needed)
                    n_train:int=400, # rows in train.csv
                    n_dev:int=60, # rows in dev.csv
@@ -403,6 +407,7 @@ class Splits:
     report: dict = field(default_factory=dict)
     paths: dict = field(default_factory=dict)
 
+# %% ../nbs/03_data.ipynb #6e90b6ca
 def _record_lines(path:Path)->list[int]:
     "The line of `path` where each data row starts (quoted newlines counted, blank lines skipped as pandas does)."
     rows, starts, prev = csv.reader(io.StringIO(_decode(path, Path(path).read_bytes()))), [], 0
@@ -414,6 +419,7 @@ def _record_lines(path:Path)->list[int]:
 _CLEANING = {'newline_literals': "data.newline_literals turns the characters \\n and <br> into line breaks",
              'collapse_whitespace': "data.collapse_whitespace removes spaces and blank lines"}
 
+# %% ../nbs/03_data.ipynb #54c55d7d
 def _emptying_rule(v:str, data:DataConfig)->str:
     "The first cleaning option, in the order `clean_split` runs them, after which `v` is empty."
     for r in (r for r in _CLEANING if getattr(data, r)):
@@ -421,6 +427,7 @@ def _emptying_rule(v:str, data:DataConfig)->str:
         if is_missing(v): return r
     return next(r for r in _CLEANING if getattr(data, r))
 
+# %% ../nbs/03_data.ipynb #c98e1f40
 def _emptied(path:Path, raw:pd.DataFrame, clean:pd.DataFrame, split:str, data:DataConfig)->list[str]:
     "Per text column that cleaning left empty in some rows: the rows, their lines in `path`, the option that did it."
     out, lines = [], None
@@ -437,6 +444,7 @@ def _emptied(path:Path, raw:pd.DataFrame, clean:pd.DataFrame, split:str, data:Da
         if len(idx) > 5: out.append(f"{col} empty after cleaning at {len(idx) - 5} more rows")
     return out
 
+# %% ../nbs/03_data.ipynb #a6a5c9d6
 def _copies(df:pd.DataFrame, train:pd.DataFrame)->dict:
     "Rows of `df` whose cleaned dialogue is also one of `train`: how many, and the first fnames with the train fname."
     seen = dict(zip(train.dialogue, train.fname, strict=True))
@@ -483,11 +491,13 @@ def source_name(s:TrainSource)->str:
     "The source as the config names it: its path or hub name."
     return s.path if s.path is not None else f"hub:{s.hub}"
 
+# %% ../nbs/03_data.ipynb #500f24e1
 def _as_text(v)->str:
     "A cell of a JSONL or Parquet file as text: missing values empty (as `read_split` reads CSV)."
     if v is None or (isinstance(v, float) and math.isnan(v)): return ''
     return v if isinstance(v, str) else str(v)
 
+# %% ../nbs/03_data.ipynb #3f2a2975
 def _hub_frame(s:TrainSource)->tuple[pd.DataFrame, Optional[str]]:
     "The hub data set of `s` as a frame of texts, and its fingerprint."
     off = ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE')
@@ -502,6 +512,7 @@ def _hub_frame(s:TrainSource)->tuple[pd.DataFrame, Optional[str]]:
                         f"{type(e).__name__}: {e}") from None
     return ds.to_pandas().map(_as_text), ds._fingerprint
 
+# %% ../nbs/03_data.ipynb #c399d3ae
 def read_source(s:TrainSource, # one entry of `data.train`
                 root:Path, # the project folder: relative paths start here
                )->tuple[pd.DataFrame, Optional[str]]:
@@ -528,7 +539,6 @@ def read_source(s:TrainSource, # one entry of `data.train`
     if not ds.num_rows: raise DataError(f"{path}: no rows; a training source needs at least one row")
     return check_frame(ds.to_pandas().map(_as_text), path, 'train', s.columns), digest
 
-
 # %% ../nbs/03_data.ipynb #9308fc4e
 def source_error(i:int, # the source's place in `data.train`
                  s:TrainSource, # the source
@@ -538,6 +548,7 @@ def source_error(i:int, # the source's place in `data.train`
     text = str(e).replace('set data.columns.<name>', f'set data.train[{i}].columns.<name>')
     return DataError(f"data.train[{i}] ({source_name(s)}): {text}")
 
+# %% ../nbs/03_data.ipynb #e46e3f97
 def weighted_rows(n:int, # rows of the source
                   weight:float, # repeat factor (> 0)
                   seed:str, # what seeds the draw of the fractional part
@@ -546,7 +557,6 @@ def weighted_rows(n:int, # rows of the source
     whole, frac = int(weight), weight - int(weight)
     extra = sorted(random.Random(seed).sample(range(n), round(frac * n))) if frac else []
     return list(range(n)) * whole + extra
-
 
 # %% ../nbs/03_data.ipynb #88d11f04
 def load_sources(data:DataConfig, # the config's data section, `train` a list of sources
@@ -584,6 +594,7 @@ def load_sources(data:DataConfig, # the config's data section, `train` a list of
 class LeakageError(DataError):
     "Training rows that are dev or test dialogues, refused before training."
 
+# %% ../nbs/03_data.ipynb #7cf33314
 def overlaps(train:pd.DataFrame, # the cleaned training frame (`data_source` names each row's source, when there is one)
              others:dict, # {'dev': frame, 'test': frame}: the cleaned splits a training row must not copy
             )->list[dict]:
@@ -595,7 +606,6 @@ def overlaps(train:pd.DataFrame, # the cleaned training frame (`data_source` nam
     src = train['data_source'] if 'data_source' in train else [''] * len(train)
     return [dict(fname=f, source=s, split=seen[t][0], other=seen[t][1])
             for f, s, t in zip(train.fname, src, train.dialogue, strict=True) if t in seen]
-
 
 # %% ../nbs/03_data.ipynb #931c22b7
 def load_splits(data:DataConfig, # the config's data section
@@ -631,6 +641,7 @@ def load_splits(data:DataConfig, # the config's data section
     if sources: _refuse_leaks(res, data)
     return res
 
+# %% ../nbs/03_data.ipynb #67c38110
 def _refuse_leaks(res:Splits, data:DataConfig):
     "Refuse (or, with `data.allow_overlap`, report) training rows that are dev or test dialogues."
     hits = overlaps(res.train, {'dev': res.dev, 'test': res.test})

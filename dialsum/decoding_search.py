@@ -78,13 +78,16 @@ class GenerationSearch:
     run_dir:Path; checkpoint:Path; reason:str; table:pd.DataFrame; rows:int; path:Path; plot:Optional[Path]
     best:Optional[Path]=None  # generation_best.yaml when --apply wrote it
 
+# %% ../nbs/14a_decoding_search.ipynb #77714229
 def _text(changed:dict)->str: return ' '.join(f"{k}={v}" for k, v in changed.items()) or "(run's own)"
 
+# %% ../nbs/14a_decoding_search.ipynb #3457f24b
 def _paired(rows:pd.Series, base:pd.Series, seed:int)->tuple[float, float, float]:
     "The mean dev score gain over the run's setting and its paired bootstrap 95% interval (rows resampled together)."
     d = rows.to_numpy() - base.to_numpy()
     return (float(d.mean()), *bootstrap_ci(d, seed=seed)) if d.any() else (0.0, 0.0, 0.0)
 
+# %% ../nbs/14a_decoding_search.ipynb #3e287cda
 def score_settings(tok, # the run's tokenizer (lengths, limit hits)
                    df:pd.DataFrame, # the dev rows generated for
                    settings:list[dict], # `grid_settings`, the run's own first
@@ -158,6 +161,7 @@ def _run_and_config(run:Union[str, Path], runs_dir, root:Path)->tuple[Path, Conf
         raise DialsumError(f"{run_dir}: no {RUN_FILES['config']}; it is not a run folder dialsum wrote")
     return run_dir, load_config(run_dir/RUN_FILES['config'], root=root)
 
+# %% ../nbs/14a_decoding_search.ipynb #7f8fa620
 def _dev_rows(cfg:Config, run_dir:Path, root:Path, max_dev:Optional[int])->pd.DataFrame:
     "The run's dev split (its first `max_dev` rows), cleaned as the run read it."
     dev = split_paths(cfg.data, root, run_dir)['dev']
@@ -167,6 +171,7 @@ def _dev_rows(cfg:Config, run_dir:Path, root:Path, max_dev:Optional[int])->pd.Da
                            "settings on dev")
     return read_input(dev, 'dev', cfg, max_dev or cfg.data.max_dev_samples)
 
+# %% ../nbs/14a_decoding_search.ipynb #2cebd9a6
 def search_generation(run:Union[str, Path], # a run folder or experiment name (its newest run)
                       grid:Union[Sequence[str], dict], # `KEY=V1,V2` strings (or `parse_grid`'s mapping)
                       max_dev:Optional[int]=None, # dev rows used (default: all the run scored)

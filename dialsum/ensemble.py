@@ -43,6 +43,7 @@ def _mean_utility(u:np.ndarray)->np.ndarray:
     if len(u) == 1: return np.zeros(1)
     return np.nanmean(u, axis=1)
 
+# %% ../nbs/12b_ensemble.ipynb #0e5f527e
 def pick(u:np.ndarray, # one row's utility matrix (`utilities`)
          method:str='mbr', # 'mbr' or 'vote'
         )->int:
@@ -60,6 +61,7 @@ NBEST_FILES = dict(dev='nbest_dev.csv', test='nbest_test.csv')  # n-best side fi
 class EnsembleError(DialsumError):
     "Runs that cannot be combined; the message names the run and what to do."
 
+# %% ../nbs/12b_ensemble.ipynb #c57382e8
 @dataclass
 class Member:
     "A completed run as an ensemble reads it: its predictions, candidates per row, and the splits it used."
@@ -69,11 +71,14 @@ class Member:
     @property
     def dev_score(self)->float: return float(self.dev[SCORE].mean())
 
+# %% ../nbs/12b_ensemble.ipynb #10df0e61
 def _csv(p:Path)->pd.DataFrame: return pd.read_csv(p, dtype=str, keep_default_na=False)
 
+# %% ../nbs/12b_ensemble.ipynb #b7efcd66
 def _hash(df:pd.DataFrame)->str:
     return hashlib.sha256(json.dumps([df['fname'].tolist(), df['dialogue'].tolist()]).encode()).hexdigest()[:16]
 
+# %% ../nbs/12b_ensemble.ipynb #484aead5
 def _candidates(run_dir:Path, split:str, base:pd.DataFrame, col:str)->dict:
     "fname -> candidates: the n-best list when the run kept one, else its one summary."
     p = run_dir/NBEST_FILES[split]
@@ -85,6 +90,7 @@ def _candidates(run_dir:Path, split:str, base:pd.DataFrame, col:str)->dict:
     got = nb.groupby('fname', sort=False)['summary'].apply(list).to_dict()
     return {f: got.get(f) or [s] for f, s in zip(base['fname'], base[col], strict=True)}
 
+# %% ../nbs/12b_ensemble.ipynb #2eff5115
 def member(run:Union[str, Path], # a run folder or experiment name (its newest run)
            runs_dir:Union[str, Path, None]=None, # where names are looked up (default: runs/)
            root:Union[str, Path, None]=None, # the project folder (relative data paths start here)
@@ -165,6 +171,7 @@ class Ensemble:
     path:Path; method:str; scores:dict; members:list = field(default_factory=list); promoted:bool = False
     problems:list = field(default_factory=list); warnings:list = field(default_factory=list)
 
+# %% ../nbs/12b_ensemble.ipynb #52513bb5
 def _paired(a:pd.DataFrame, b:pd.DataFrame)->dict:
     "Mean of a - b in per-row score over their shared fnames, with a paired bootstrap 95% interval."
     m = a[['fname', SCORE]].merge(b[['fname', SCORE]], on='fname', suffixes=('_a', '_b'))
@@ -172,6 +179,7 @@ def _paired(a:pd.DataFrame, b:pd.DataFrame)->dict:
     lo, hi = bootstrap_ci(d)
     return dict(diff=float(d.mean()), lo=lo, hi=hi, rows=len(d))
 
+# %% ../nbs/12b_ensemble.ipynb #ab1b7612
 def ensemble_runs(runs:Sequence[Union[str, Path]], # run folders or experiment names, two or more
                   method:str='mbr', # one of `METHODS`
                   name:Optional[str]=None, # the ensemble's experiment name (default: 'ensemble_<method>')

@@ -29,6 +29,7 @@ def _leading_specials(tokenizer)->list[int]:
     full, bare = tokenizer('가')['input_ids'], tokenizer('가', add_special_tokens=False)['input_ids']
     return next((full[:i] for i in range(len(full) - len(bare) + 1) if full[i:i+len(bare)] == bare), [])
 
+# %% ../nbs/09_features.ipynb #28d4b716
 def use_chat_template(tokenizer, # the decoder-only model's tokenizer
                       cfg:ModelConfig, # the config's model section (chat_template: None, true or false)
                      )->bool:
@@ -40,6 +41,7 @@ def use_chat_template(tokenizer, # the decoder-only model's tokenizer
                           "chat template; set model.chat_template: false to use model.prompt_template as plain text")
     return bool(cfg.chat_template)
 
+# %% ../nbs/09_features.ipynb #8ae7b76a
 def prompt_parts(tokenizer, # the decoder-only model's tokenizer
                  cfg:ModelConfig, # the config's model section (prompt_template, chat_template)
                 )->tuple[list[int], list[int], int]:
@@ -56,6 +58,7 @@ def prompt_parts(tokenizer, # the decoder-only model's tokenizer
     enc = lambda s: tokenizer(s, add_special_tokens=False)['input_ids'] if s else []
     return lead + enc(before), enc(after), end
 
+# %% ../nbs/09_features.ipynb #97b9734b
 def prompt_for(tokenizer, # the model's tokenizer
                cfg:Config, # the experiment config
               )->Optional[tuple]:
@@ -133,6 +136,7 @@ def tokenizer_hash(tokenizer)->str:
              getattr(tokenizer, 'chat_template', None), tokenizer.padding_side, tokenizer.truncation_side]
     return hashlib.sha256((body + json.dumps(extra, default=str)).encode('utf-8')).hexdigest()
 
+# %% ../nbs/09_features.ipynb #d3f5b3b1
 def features_key(tokenizer, # the model's tokenizer
                  df:pd.DataFrame, # a cleaned split
                  cfg:Config, # the experiment config
@@ -148,7 +152,6 @@ def features_key(tokenizer, # the model's tokenizer
         h.update(t.encode('utf-8')); h.update(b'\0')
     return h.hexdigest()[:24]
 
-
 # %% ../nbs/09_features.ipynb #06b897d5
 def _saved(feats:list[dict], dest:Path):
     "`feats` as an Arrow data set at `dest`, written under a temporary name and renamed into place."
@@ -161,11 +164,13 @@ def _saved(feats:list[dict], dest:Path):
         if quiet: datasets.enable_progress_bars()
     os.replace(tmp, dest)
 
+# %% ../nbs/09_features.ipynb #7e8bbca3
 def _loaded(d:Path)->list[dict]:
     "The features saved at `d`, as the list `features` returns."
     ds = datasets.load_from_disk(str(d))
     return ds.to_list()
 
+# %% ../nbs/09_features.ipynb #318f7f08
 def cached_features(tokenizer, # the model's tokenizer
                     df:pd.DataFrame, # a cleaned split
                     cfg:Config, # the experiment config
@@ -177,6 +182,7 @@ def cached_features(tokenizer, # the model's tokenizer
     feats, what = _cached(tokenizer, df, cfg, cache_dir, with_labels)
     return feats, {**what, 'rows': len(feats), 'seconds': round(time.perf_counter() - t0, 3)}
 
+# %% ../nbs/09_features.ipynb #dde9f4e0
 def _cached(tokenizer, df, cfg, cache_dir, with_labels):
     if cache_dir is None or not cfg.data.cache_features:
         return features(tokenizer, df, cfg, with_labels), dict(cache='off')
@@ -194,7 +200,6 @@ def _cached(tokenizer, df, cfg, cache_dir, with_labels):
             return feats, dict(cache='miss', key=key)
     except Timeout:
         return features(tokenizer, df, cfg, with_labels), dict(cache='lock timeout', key=key)
-
 
 # %% ../nbs/09_features.ipynb #90dcb2d6
 def make_collator(tokenizer, # the model's tokenizer

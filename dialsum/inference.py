@@ -253,6 +253,7 @@ _RECORDS = ('index.csv', 'latest_submission.csv')
 
 def _records_of(runs:Path)->bool: return (runs/'index.csv').is_file() or (runs/'history').is_dir()
 
+# %% ../nbs/12_inference.ipynb #e709c32f
 def refuse_output(output:Union[str, Path], # the file `predict` is asked to write
                   input:Union[str, Path], # the CSV it reads
                   run_dir:Optional[Path]=None, # the run it predicts with
@@ -286,7 +287,6 @@ def refuse_output(output:Union[str, Path], # the file `predict` is asked to writ
         raise DialsumError(f"{output}: already exists; give --force to replace it, or another --output file")
     return dest
 
-
 # %% ../nbs/12_inference.ipynb #fae2ab75
 @dataclass
 class Prediction:
@@ -300,6 +300,7 @@ def _run_of(checkpoint)->Optional[Path]:
     d = Path(checkpoint).resolve().parent.parent if checkpoint else None
     return d if d and (d/RUN_FILES['config']).is_file() else None
 
+# %% ../nbs/12_inference.ipynb #6c337ed1
 def predict_run(run:Union[str, Path, None]=None, # a run folder or experiment name (its newest run)
                 input:Union[str, Path, None]=None, # the CSV to summarize (default: the run's test split)
                 output:Union[str, Path, None]=None, # where to write `fname,summary` (default: the run's submission.csv)

@@ -56,6 +56,7 @@ class Folds:
     "A k-fold folder: its configs (one per fold), the pool with each row's fold, the settings."
     folder:Path; configs:list; pool:pd.DataFrame; k:int; pool_name:str; stratify:Optional[str]; seed:int; experiment:str
 
+# %% ../nbs/17b_kfold.ipynb #14279822
 def _pool(cfg, root:Path, folder:Path, pool:str)->tuple[pd.DataFrame, Path, Optional[Path]]:
     "The pool rows (cleaned), the test file the folds use, and the sample submission, if any."
     data = cfg.data
@@ -75,6 +76,7 @@ def _pool(cfg, root:Path, folder:Path, pool:str)->tuple[pd.DataFrame, Path, Opti
     write_csv(test, load_split(paths['test'], 'test', data)[0])
     return df, test, paths.get('sample_submission')
 
+# %% ../nbs/17b_kfold.ipynb #de5dcb70
 def write_folds(config:Union[str, Path], # the experiment YAML
                 k:int, # folds
                 pool:str='train+dev', # the rows split into folds: one of `POOLS`
@@ -115,8 +117,10 @@ class KFold:
     cv_ci95:tuple = (float('nan'), float('nan')); ensemble:Optional[Ensemble] = None
     fold_runs:list = field(default_factory=list)
 
+# %% ../nbs/17b_kfold.ipynb #03d0efbc
 def _done(e:SweepEntry)->bool: return e.status in ('completed', 'skipped', 'recovered') and e.promoted is not False
 
+# %% ../nbs/17b_kfold.ipynb #85519603
 def run_kfold(config:Union[str, Path], # the experiment YAML
               k:int=5, # folds
               pool:str='train+dev', # one of `POOLS`

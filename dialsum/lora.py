@@ -29,6 +29,7 @@ def linear_names(model:torch.nn.Module, # a transformers model
     return sorted({n.rsplit('.', 1)[-1] for n, m in model.named_modules()
                    if isinstance(m, (torch.nn.Linear, Conv1D)) and m is not out})
 
+# %% ../nbs/07_lora.ipynb #927dbd35
 def lora_targets(model:torch.nn.Module, # the model to adapt
                  lora:LoraConfig, # the config's lora section
                 )->Union[list[str], str]:
@@ -54,6 +55,7 @@ def _output_name(model)->Optional[str]:
     if out is None or out.weight is emb.weight: return None
     return next(n for n, m in model.named_modules() if m is out)
 
+# %% ../nbs/07_lora.ipynb #bf4f7253
 def apply_lora(model, # a transformers model, tags already added
                tokenizer, # its tokenizer (for the ids of the tags)
                cfg:Config, # the experiment config (its lora, model and training sections)
@@ -79,6 +81,7 @@ def _base_of(ckpt:Path)->str:
                              "or merge the adapters into it and use the merged folder")
     return base
 
+# %% ../nbs/07_lora.ipynb #ae2fe741
 def merge_for_inference(model, # a model, or a `PeftModel` with adapters
                         cfg:Config, # the experiment config (`lora.merge_for_inference`)
                        ):
@@ -86,6 +89,7 @@ def merge_for_inference(model, # a model, or a `PeftModel` with adapters
     if isinstance(model, PeftModel) and cfg.lora and cfg.lora.merge_for_inference: return model.merge_and_unload()
     return model
 
+# %% ../nbs/07_lora.ipynb #27595445
 def load_checkpoint(path:Union[str, Path], # a checkpoint folder: a whole model, or LoRA adapters
                     cfg:Config, # the experiment config of the run that saved it
                    )->tuple:

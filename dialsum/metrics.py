@@ -119,6 +119,7 @@ def _f1s(hyp:_Text, ref:_Text)->dict:
                             _f1(len(hyp.bigrams & ref.bigrams), len(hyp.bigrams), len(ref.bigrams)),
                             _f1(len(union), n_hyp, n_ref)), strict=True))
 
+# %% ../nbs/08_metrics.ipynb #e5335d9f
 def rouge_f1(pred_tokens:list[str], # morphemes of the prediction
              ref_tokens:list[str], # morphemes of the reference
             )->dict:

@@ -79,6 +79,7 @@ def _source_problems(data, root:Path)->list:
             out.append(Problem.of(str(err), err))
     return out
 
+# %% ../nbs/15_pipeline.ipynb #2fcdc42f
 def preflight(cfg:Config, # the resolved config
               root:Union[str, Path], # the project folder (relative data paths start here)
               run_dir:Union[str, Path], # the run folder (exists)
@@ -130,7 +131,6 @@ def preflight(cfg:Config, # the resolved config
                    f"under the {PREFLIGHT_FREE_BYTES / 2**20:.0f} MB a run needs; free disk space "
                    "or set output.runs_dir to a bigger disk (resources.check_disk: false skips this check)")
     return out
-
 
 # %% ../nbs/15_pipeline.ipynb #bea6da8d
 @dataclass
@@ -350,6 +350,7 @@ def diagnose(ctx:Context, model, tok, splits:Splits, scores:dict, # from the ste
         for w in d['warnings']: print(f"warning: {w}")
     return d
 
+# %% ../nbs/15_pipeline.ipynb #50646d88
 def _pct(v): return '-' if v is None else f'{v:.0%}'
 
 # %% ../nbs/15_pipeline.ipynb #ef939ea3

@@ -29,6 +29,7 @@ def _parent(md:dict)->str:
     p = md.get('parent')
     return str(p.get('run_id') or '') if isinstance(p, dict) else ''
 
+# %% ../nbs/18_queries.ipynb #31126db1
 def runs_frame(runs_dir:Union[str, Path], # the runs folder with index.csv
                status:Optional[str]=None, # keep only runs with this status (a dead `running` run is `interrupted`)
                experiment:Optional[str]=None, # keep only runs of this experiment

@@ -148,6 +148,7 @@ def recoverable(run_dir:Union[str, Path], # a run folder
     return bool(md.get('train')) and (md.get('status') != 'completed'
                                       or not (run_dir/RUN_FILES['submission']).is_file())
 
+# %% ../nbs/16_runner.ipynb #1613cc1a
 def recover_run(run_dir:Union[str, Path], # a trained run folder (see `recoverable`)
                 root:Union[str, Path, None]=None, # the project folder (default: found from the working directory)
                 progress:bool=False, # show progress bars

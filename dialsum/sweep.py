@@ -55,6 +55,7 @@ class GpuWaitError(DialsumError):
 # %% ../nbs/17_sweep.ipynb #fca4200c
 def _uuid(s)->str: return str(s.decode() if isinstance(s, bytes) else s).lower().removeprefix('gpu-')
 
+# %% ../nbs/17_sweep.ipynb #498b6c53
 def cuda0_nvml_index(devices:list[dict], # NVML's GPUs in its order (PCI bus id): each with 'uuid' and 'name'
                      visible:Optional[str]=None, # CUDA_VISIBLE_DEVICES (None: unset)
                      order:Optional[str]=None, # CUDA_DEVICE_ORDER (None: unset, CUDA's default FASTEST_FIRST)
@@ -361,6 +362,7 @@ _MARK = 'dialsum-sweep-entry: '
 
 def _raise_interrupt(signum, frame): raise KeyboardInterrupt  # SIGTERM in a child: recorded as Ctrl-C is
 
+# %% ../nbs/17_sweep.ipynb #ebf08c7d
 def _sweep_child():
     "A one-config sweep in a child process: its arguments as JSON in argv[1], its entry printed as JSON last."
     a = json.loads(sys.argv[1])

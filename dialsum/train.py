@@ -142,6 +142,7 @@ def _cheapest_cut(order:np.ndarray, src:np.ndarray, lab:Optional[np.ndarray], ma
     while j > 0: cuts.append(order[start[j]:j]); j = start[j]
     return cuts[::-1]
 
+# %% ../nbs/13_train.ipynb #16c8c369
 def token_batches(src:list[int], # input tokens of each row
                   lab:Optional[list[int]]=None, # label tokens of each row (seq2seq); None: inputs only (decoder-only)
                   max_tokens:int=4096, # tokens a batch may feed: rows x (longest input + longest label)
@@ -237,16 +238,19 @@ def optuna_storage(spec:str, # an SQLAlchemy URL (sqlite:///runs/optuna.db, post
     kw = {'connect_args': {'timeout': 60}} if spec.startswith('sqlite') else None
     return optuna.storages.RDBStorage(spec, engine_kwargs=kw)
 
+# %% ../nbs/13_train.ipynb #1967d262
 def make_pruner(tune:TuneConfig)->optuna.pruners.BasePruner:
     "The pruner `tune` names: the median pruner with its start-up trials and warm-up steps, or none."
     if tune.pruner == 'none': return optuna.pruners.NopPruner()
     return optuna.pruners.MedianPruner(n_startup_trials=tune.startup_trials, n_warmup_steps=tune.warmup_steps)
 
+# %% ../nbs/13_train.ipynb #67f510d6
 def open_trial(tune:TuneConfig)->optuna.Trial:
     "The trial `tune` names, opened from its study's storage (with the study's pruner) to report to."
     study = optuna.load_study(study_name=tune.study, storage=optuna_storage(tune.storage), pruner=make_pruner(tune))
     return optuna.Trial(study, study._storage.get_trial_id_from_study_id_trial_number(study._study_id, tune.trial))
 
+# %% ../nbs/13_train.ipynb #8ee0f229
 class TrialReporter(TrainerCallback):
     "Reports each dev score to the run's Optuna trial; stops training when the study's pruner prunes the trial."
     def __init__(self, tune:TuneConfig): self.tune, self.trial, self.pruned = tune, None, None
@@ -354,6 +358,7 @@ def train(trainer:Trainer, # from `make_trainer`
                 pruned=next((c.pruned for c in trainer.callback_handler.callbacks if isinstance(c, TrialReporter)),
                             None))  # where and why an Optuna trial's pruner stopped it (None: not stopped)
 
+# %% ../nbs/13_train.ipynb #987d9338
 def _rows_per_second(trainer:Trainer, metrics:dict)->Optional[float]:
     "Training rows per second; with a token budget, from the rows its steps held (the trainer counts rows x steps)."
     smp, ds = getattr(trainer, '_train_sampler_made', None), trainer.train_dataset
@@ -408,6 +413,7 @@ def _merged(choice:CheckpointChoice, parent_cfg:Config, dest:Path)->Path:
     os.replace(tmp, dest)
     return dest
 
+# %% ../nbs/13_train.ipynb #c17ef029
 def start_folder(cfg:Config, # the new run's config, `model.name_or_path` run:...
                  root:Path, # the project folder
                  run_dir:Path, # the new run's folder (a LoRA parent's merged model goes into its start_model/)
@@ -425,4 +431,3 @@ def start_folder(cfg:Config, # the new run's config, `model.name_or_path` run:..
     return folder, dict(run_id=d.name, experiment=md.get('experiment'), checkpoint=rel_to(choice.path, d),
                         step=choice.step, score=choice.score, reason=choice.reason, kind='lora' if adapters else 'full',
                         config_hash=md.get('config_hash'), runs_dir=str(runs_dir))
-

@@ -39,6 +39,7 @@ def _range(key:str, spec:dict, src:str)->dict:
     if spec.get('log') and lo <= 0: raise ConfigError(f"{src}: {key}: a log range needs low > 0 (got {lo})")
     return dict(kind=kind, low=lo, high=hi, log=bool(spec.get('log')), step=spec.get('step'))
 
+# %% ../nbs/17a_tune.ipynb #6d29d05d
 def read_space(path:Union[str, Path], # the SPACE.yaml file
                config:Union[str, Path], # the experiment YAML the trials run
                overrides:Sequence[str]=(), # overrides applied to every trial
@@ -72,6 +73,7 @@ def yaml_value(v)->str:
     if isinstance(v, str): return "'" + v.replace("'", "''") + "'"
     return str(v)
 
+# %% ../nbs/17a_tune.ipynb #fffef275
 def suggest(trial:optuna.Trial, # the trial to sample for
             space:dict, # from `read_space`
            )->dict:
@@ -100,6 +102,7 @@ def storage_spec(storage:Optional[str], # an SQLAlchemy URL or a journal file's 
         return storage if not p or p == ':memory:' or Path(p).is_absolute() else f"sqlite:///{resolve_path(p, root)}"
     return storage if '://' in storage else str(resolve_path(storage, root))
 
+# %% ../nbs/17a_tune.ipynb #b83520c5
 def open_study(spec:str, # from `storage_spec`
                name:str, # the study's name
                seed:Optional[int]=None, # the sampler's seed (None: random)
@@ -172,6 +175,7 @@ def reap_stale(study:optuna.Study)->list[int]:
         out.append(t.number)
     return out
 
+# %% ../nbs/17a_tune.ipynb #e457b47f
 def work(config:Union[str, Path], # the experiment YAML
          space:dict, # from `read_space`
          trials:int, # the total of counted trials the study should reach
@@ -249,6 +253,7 @@ def tune(config:Union[str, Path], # the experiment YAML
 
 _WORKER = 'import sys; from dialsum.cli import main; sys.exit(main(sys.argv[1:]))'  # `dialsum tune ... --workers 1`
 
+# %% ../nbs/17a_tune.ipynb #6aa1fa22
 def _children(config, space, trials, spec, name, overrides, root, pruner, startup, warmup, workers, gpu_list, seed,
               say):
     "Run `workers` workers as child processes (`dialsum tune ... --workers 1`), each on its GPU; wait for all."
@@ -278,6 +283,7 @@ def study_rows(st:optuna.Study)->list[dict]:
                  params=' '.join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items()))
             for t in st.get_trials(deepcopy=False)]
 
+# %% ../nbs/17a_tune.ipynb #30745857
 def report(study:str, # the study's name
            storage:Optional[str]=None, # as for `tune` (default: sqlite:///runs/optuna.db)
            root:Union[str, Path, None]=None, # the project folder
