@@ -180,6 +180,11 @@ def train_tokenizer(texts:list, # training texts (dialogues and summaries)
     add_tag_tokens(tok)
     return tok
 
+# %% ../nbs/06_models.ipynb #36c889d2
+def _special_ids(tokenizer, *names:str)->dict:
+    "`{name}_token_id` of `tokenizer` for each of `names`, as a model config's keyword arguments."
+    return {f'{n}_token_id': getattr(tokenizer, f'{n}_token_id') for n in names}
+
 # %% ../nbs/06_models.ipynb #0a5c6c00
 def _bart_config(spec:ScratchModel, tokenizer)->BartConfig:
     "The `BartConfig` of `spec` with the vocabulary and special ids of `tokenizer`."
@@ -187,9 +192,8 @@ def _bart_config(spec:ScratchModel, tokenizer)->BartConfig:
                       decoder_layers=spec.decoder_layers, encoder_attention_heads=spec.attention_heads,
                       decoder_attention_heads=spec.attention_heads, encoder_ffn_dim=spec.ffn_dim,
                       decoder_ffn_dim=spec.ffn_dim, max_position_embeddings=spec.max_position_embeddings,
-                      dropout=spec.dropout, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                      eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.eos_token_id,
-                      forced_eos_token_id=tokenizer.eos_token_id)
+                      dropout=spec.dropout, **_special_ids(tokenizer, 'pad', 'bos', 'eos'),
+                      decoder_start_token_id=tokenizer.eos_token_id, forced_eos_token_id=tokenizer.eos_token_id)
 
 # %% ../nbs/06_models.ipynb #a7b596a2
 def _t5_config(spec:ScratchModel, tokenizer)->T5Config:
@@ -197,7 +201,7 @@ def _t5_config(spec:ScratchModel, tokenizer)->T5Config:
     return T5Config(vocab_size=len(tokenizer), d_model=spec.d_model, d_kv=spec.d_model // spec.attention_heads,
                     d_ff=spec.ffn_dim, num_layers=spec.encoder_layers, num_decoder_layers=spec.decoder_layers,
                     num_heads=spec.attention_heads,
-                    dropout_rate=spec.dropout, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                    dropout_rate=spec.dropout, **_special_ids(tokenizer, 'pad', 'eos'),
                     decoder_start_token_id=tokenizer.pad_token_id)
 
 # %% ../nbs/06_models.ipynb #34ceb8df
@@ -206,9 +210,8 @@ def _llama_config(spec:ScratchModel, tokenizer)->LlamaConfig:
     return LlamaConfig(vocab_size=len(tokenizer), hidden_size=spec.d_model, intermediate_size=spec.ffn_dim,
                        num_hidden_layers=spec.decoder_layers, num_attention_heads=spec.attention_heads,
                        num_key_value_heads=spec.attention_heads, max_position_embeddings=spec.max_position_embeddings,
-                       attention_dropout=spec.dropout, bos_token_id=tokenizer.bos_token_id,
-                       eos_token_id=tokenizer.eos_token_id,
-                       pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+                       attention_dropout=spec.dropout, **_special_ids(tokenizer, 'pad', 'bos', 'eos'),
+                       tie_word_embeddings=True)
 
 # %% ../nbs/06_models.ipynb #eb07c54c
 _ARCHS = {'bart': (_bart_config, BartForConditionalGeneration), 't5': (_t5_config, T5ForConditionalGeneration),

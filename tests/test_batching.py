@@ -169,31 +169,10 @@ def test_packing_trains(tiny_llama):
     assert all(s[0] == 1 for s, _ in shapes[:6]) and all(n == 8 for _, n in shapes[:6])
 
 
-@pytest.fixture(scope='module')
-def real_token_runs(tmp_path_factory):
+@pytest.fixture
+def real_token_runs(real_holdout):
     "Tiny models trained 100 steps on 400 real dialogues, scored on the 99 held out: random order of 16 rows, and a token budget."
-    import pandas as pd
-    from conftest import SHARED_KO as real_ko, dialsum, run_folders
-    if not (real_ko/'dev.csv').exists(): pytest.skip(f'real data not present at {real_ko} (CI and developer machines only)')
-    tmp = tmp_path_factory.mktemp('real_tokens')
-    dev = pd.read_csv(real_ko/'dev.csv')
-    data = tmp/'data'; data.mkdir()
-    dev.iloc[:400].to_csv(data/'train.csv', index=False)
-    dev.iloc[400:].to_csv(data/'dev.csv', index=False)
-    dev.iloc[400:][['fname', 'dialogue']].to_csv(data/'test.csv', index=False)
-    # 4,096 tokens at 10% padding: 16.0 rows a step on these 400 rows (at 3% only 5.7: too few rows of each length)
-    sides = {'random': [], 'tokens': ['training.batch_tokens=4096', 'training.batch_padding=0.1']}
-    out = {}
-    for side, extra in sides.items():
-        runs = tmp/side
-        p = dialsum('run', 'configs/experiments/smoke.yaml', 'data.demo=null', f'data.train={data/"train.csv"}',
-                    f'data.dev={data/"dev.csv"}', f'data.test={data/"test.csv"}', f'output.runs_dir={runs}',
-                    'model.scratch.vocab_size=2000', 'model.max_source_length=256', 'training.max_steps=100',
-                    'training.learning_rate=3e-3', 'training.eval_steps=100', 'training.per_device_train_batch_size=16',
-                    'generation.max_new_tokens=32', 'generation.batch_size=64', *extra)
-        assert p.returncode == 0, p.stderr[-3000:] + p.stdout[-2000:]
-        (out[side],) = run_folders(runs)
-    return out
+    return {side: real_holdout(side) for side in ('random', 'tokens')}
 
 
 @pytest.mark.slow
