@@ -1,5 +1,5 @@
 "`dialsum tune` against a real PostgreSQL server that the test starts: the shared storage workers on several machines use."
-import json, os, shutil, socket, subprocess, tempfile
+import json, os, pwd, shutil, socket, subprocess, tempfile
 from pathlib import Path
 
 import optuna
@@ -38,6 +38,9 @@ def postgres():
                         f"{(r.stderr or r.stdout).strip()[-300:]}")
     # postgres refuses to run as root: then initdb and pg_ctl run as the `postgres` user Debian's package creates
     as_user = ['runuser', '-u', 'postgres', '--'] if os.geteuid() == 0 else []
+    if as_user:
+        try: pwd.getpwnam('postgres')
+        except KeyError: pytest.skip("running as root, and there is no `postgres` user to run the server as (Debian's package makes it)")
     d = Path(tempfile.mkdtemp(prefix='dialsum-pg-'))  # under /tmp, not pytest's root-only tmp: the postgres user enters it
     if as_user: shutil.chown(d, 'postgres', 'postgres')
     data, log, port = d/'data', d/'server.log', _free_port()
@@ -48,7 +51,7 @@ def postgres():
                f"-p {port} -k {d} -c listen_addresses=127.0.0.1 -c fsync=off", 'start')
     try:
         if r.returncode != 0:
-            why = (r.stderr or r.stdout).strip()[-300:] + (log.read_text()[-300:] if log.exists() else '')
+            why = (r.stderr or r.stdout).strip()[-300:] + (' | server log: ' + log.read_text()[-300:] if log.exists() else '')
             pytest.skip(f"PostgreSQL ({bin_}) is installed but a throwaway server could not be started: {why}")
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
