@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo lint test test-fast export clean-nbs check-sync lab docs browser bench help
+.PHONY: install demo lint test test-fast export clean-nbs check-sync lab docs browser postgres bench help
 
 help:
 	@echo "make demo       train, score and submit the embedded demo experiment (runs/demo_*)"
@@ -76,6 +76,12 @@ docs: $(STAMP)
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
+
+# Debian's PostgreSQL server (initdb, pg_ctl in /usr/lib/postgresql/<ver>/bin) for tests/test_tune_postgres.py, which
+# runs this when they are missing and starts a throwaway server of its own (nothing here starts or configures one).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || \
+	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; }
 
 # Speed against the old baseline's recipe, side by side (bench/README.md); needs ../shared. ARGS=--quick: a smoke check.
 bench: $(STAMP)

@@ -111,9 +111,12 @@ def open_study(spec:str, # from `storage_spec`
     try: return optuna.create_study(study_name=name, storage=optuna_storage(spec), direction='maximize',
                                     load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=seed))
     except (ValueError, ImportError, RuntimeError) as e:
+        driver = ("; the URL's database driver is not installed: postgresql:// needs `pip install \"psycopg[binary]\"` "
+                  "(in dialsum's dev requirements), postgresql+psycopg2:// psycopg2-binary, mysql+pymysql:// pymysql"
+                  if isinstance(e, ImportError) else '')
         raise DialsumError(f"study {name!r} in {spec}: cannot be opened ({type(e).__name__}: {one_line(e, 300)}); "
                            "check --storage (an SQLAlchemy URL such as sqlite:///runs/optuna.db or postgresql://..., "
-                           "or a journal file's path)") from None
+                           f"or a journal file's path){driver}") from None
 
 # %% ../nbs/17a_tune.ipynb #64915631
 def run_trial(study:optuna.Study, # the study (from `open_study`)
