@@ -8,11 +8,12 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast export clean-nbs check-sync lab docs browser bench help
+.PHONY: install demo lint test test-fast export clean-nbs check-sync lab docs browser postgres bench help
 
 help:
 	@echo "make demo       train, score and submit the embedded demo experiment (runs/demo_*)"
-	@echo "make test       nbdev_test (slow cells included) + pytest"
+	@echo "make lint       ruff on dialsum/ (ruff.toml) and the import layering (.importlinter)"
+	@echo "make test       make lint, then nbdev_test (slow cells included) + pytest"
 	@echo "make test-fast  the same without slow cells and slow pytest cases"
 	@echo "make export     notebooks -> dialsum/ and README.md (nbs/index.ipynb); clean notebooks"
 	@echo "make check-sync fail if nbdev_export or nbdev_clean would change tracked files"
@@ -35,11 +36,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/dialsum run configs/experiments/demo.yaml
 
-test: $(STAMP)
+# The exported package: ruff's rules (ruff.toml); the notebooks' code cells: line length; then the layering: each module imports only from those below it
+# (.importlinter; where a module goes: nbs/index.ipynb, "Where things live"). A finding is fixed in the notebook.
+lint: $(STAMP)
+	$(BIN)/ruff check dialsum
+	$(BIN)/ruff check --select E501,W nbs
+	$(BIN)/lint-imports
+
+test: lint
 	$(BIN)/nbdev_test --flags slow --n_workers 2
 	$(BIN)/pytest -q -rs tests
 
-test-fast: $(STAMP)
+test-fast: lint
 	$(BIN)/nbdev_test --n_workers 2
 	$(BIN)/pytest -q -rs -m "not slow" tests
 
@@ -68,6 +76,12 @@ docs: $(STAMP)
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
+
+# Debian's PostgreSQL server (initdb, pg_ctl in /usr/lib/postgresql/<ver>/bin) for tests/test_tune_postgres.py, which
+# runs this when they are missing and starts a throwaway server of its own (nothing here starts or configures one).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || \
+	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; }
 
 # Speed against the old baseline's recipe, side by side (bench/README.md); needs ../shared. ARGS=--quick: a smoke check.
 bench: $(STAMP)

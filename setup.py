@@ -20,7 +20,8 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['dialsum', 'dialsum.*']),
     include_package_data=True, zip_safe=False, python_requires='>=' + cfg['min_python'],
     install_requires=cfg['requirements'].split(),
-    extras_require={'dev': cfg['dev_requirements'].split()},
+    extras_require={'dev': cfg['dev_requirements'].split(), 'gpu': cfg.get('gpu_requirements', '').split(),
+                    'track': cfg.get('track_requirements', '').split()},
     entry_points={'console_scripts': cfg['console_scripts'].split(),
                   'nbdev': [f"{cfg['lib_name']}={cfg['lib_name']}._modidx:d"]},
 )

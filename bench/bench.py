@@ -115,6 +115,22 @@ def seed_cmd(a, args):
     return [PY, str(BENCH / "seed_cuda.py"), "--seed-script", rel(a.seed_script), "--", *args]
 
 
+def peer_cmd(a, args, grouped=False):
+    "The field's recipe (../shared/bench/hf_peer.py: Seq2SeqTrainer, per-batch padding, predict_with_generate), as it is."
+    if a.threads: args = [*args, "--threads", str(a.threads)]
+    return [PY, rel(a.peer_script), *args, *(["--group-by-length"] if grouped else [])]
+
+
+PEERS = {"hf": "HF recipe, random sampler", "hf_grouped": "HF recipe, group_by_length"}
+
+
+def sides(a, r, names):
+    "The sides of repetition `r`, rotated each repetition so that none always runs first (or last) on a busy machine."
+    names = [n for n in names if a.peer_script.is_file() or n not in PEERS]
+    k = r % len(names)
+    return names[k:] + names[:k]
+
+
 def worker_cmd(a, what, args):
     threads = ["--threads", str(a.threads)] if a.threads else []
     return [PY, str(BENCH / "worker.py"), what, "--device", a.device, *(["--bf16"] if a.bf16 else []), *threads, *args]
@@ -132,19 +148,27 @@ def med(xs):
 # ---------------------------------------------------------------- training
 def bench_training(a, model_dir, work):
     log(f"\n== training: {a.train_steps} steps of batch {a.batch} on dev.csv, {a.reps} repetitions, alternating")
-    runs = {"dialsum": [], "seed": []}
+    names = ["dialsum", "seed", "hf", "hf_grouped"] + (["dialsum_tokens"] if a.batch_tokens else [])
+    runs = {n: [] for n in sides(a, 0, names)}
     for r in range(a.reps):
-        for side in (("seed", "dialsum") if r % 2 else ("dialsum", "seed")):
+        for side in sides(a, r, names):
             out = work / f"train_{side}_{r}.json"
-            if side == "dialsum":
+            if side in ("dialsum", "dialsum_tokens"):
+                tokens = ["--batch-tokens", str(a.batch_tokens)] if side == "dialsum_tokens" else []
                 cmd = worker_cmd(a, "train", ["--model", rel(model_dir), "--data", rel(a.data / "dev.csv"),
-                                              "--steps", str(a.train_steps), "--batch", str(a.batch), "--out", rel(out)])
+                                              "--steps", str(a.train_steps), "--batch", str(a.batch), *tokens,
+                                              "--out", rel(out)])
+            elif side in PEERS:
+                cmd = peer_cmd(a, ["--model", rel(model_dir), "--data", rel(a.data / "dev.csv"), "--train-steps",
+                                   str(a.train_steps), "--batch", str(a.batch), "--out", rel(out)],
+                               grouped=side == "hf_grouped")
             else:
                 cmd = seed_cmd(a, ["--model", rel(model_dir), "--data", rel(a.data / "dev.csv"), "--train-steps",
                                    str(a.train_steps), "--batch", str(a.batch), "--out", rel(out)])
             res, wall, rss, _ = run_child(cmd, out)
             res["process_seconds"], res["peak_rss_mib"] = round(wall, 2), round(rss, 1)
-            if side == "seed": res["train_real_tokens_per_s"] = round(res["train_tokens_real"] / res["train_seconds"], 1)
+            if side == "seed" or side in PEERS:
+                res["train_real_tokens_per_s"] = round(res["train_tokens_real"] / res["train_seconds"], 1)
             runs[side].append(res)
             log(f"  rep {r} {side:7s}: {res['train_samples']} samples in {res['train_seconds']:.2f} s = "
                 f"{res['train_samples_per_s']:.2f} samples/s, {res['train_real_tokens_per_s']:.0f} real tok/s, "
@@ -183,7 +207,7 @@ def padding_analysis(model_dir, data, batch, seed=42):
     sys.path.insert(0, str(BENCH))
     from worker import make_features, split_inputs
     from dialsum.models import load_pretrained
-    from dialsum.train import LengthBucketSampler
+    from dialsum.train import LengthBucketSampler, padding_share, token_batches
     tok, _ = load_pretrained(rel(model_dir))
     srcs, sums = split_inputs(data / "dev.csv", "dev")
     feats = make_features(tok, srcs, sums, 512, 100)
@@ -202,7 +226,17 @@ def padding_analysis(model_dir, data, batch, seed=42):
                 random=share(perm), group_by_length=share(get_length_grouped_indices(L, batch, generator=g)),
                 group_by_length_megabatch_rows=min(len(L) // (batch * 4), 50) * batch,
                 length_buckets=share(list(LengthBucketSampler(L, T, batch, seed=seed))),
-                best_fixed_batches_found=best_fixed_batches(L, T, batch))
+                best_fixed_batches_found=best_fixed_batches(L, T, batch),
+                token_budget={str(n): _token_budget(L, T, n, token_batches, padding_share) for n in (2048, 4096)})
+
+
+def _token_budget(L, T, n, token_batches, padding_share):
+    "training.batch_tokens n (batch_padding 0.03) on these lengths: padding, batches, rows per batch, budget used."
+    import numpy as np
+    L, T = np.asarray(L), np.asarray(T)
+    bs = token_batches(L, T, n, 0.03, seed=42)
+    return dict(padding=round(padding_share(bs, L, T), 4), batches=len(bs), rows_per_batch=round(len(L) / len(bs), 1),
+                budget_used=round(float((L + T).sum()) / (len(bs) * n), 3))
 
 
 # ---------------------------------------------------------------- inference
@@ -210,13 +244,16 @@ def bench_inference(a, model_dir, work):
     log(f"\n== inference: {a.infer_n} test dialogues, 4 beams, no_repeat_ngram_size 2, up to 100 new tokens, "
         f"{a.reps} repetitions, alternating")
     data = rel(a.data / "test.csv")
-    runs = {"dialsum": [], "seed": []}
+    runs = {n: [] for n in sides(a, 0, ["dialsum", "seed", "hf"])}
     for r in range(a.reps):
-        for side in (("seed", "dialsum") if r % 2 else ("dialsum", "seed")):
+        for side in sides(a, r, ["dialsum", "seed", "hf"]):
             out = work / f"infer_{side}_{r}.json"
             if side == "dialsum":
                 cmd = worker_cmd(a, "infer", ["--model", rel(model_dir), "--data", data, "--n", str(a.infer_n),
                                               "--out", rel(out)])
+            elif side == "hf":  # the same settings: 4 beams, no_repeat_ngram_size 2, 100 new tokens, min_new_tokens 1
+                cmd = peer_cmd(a, ["--model", rel(model_dir), "--data", rel(a.data / "dev.csv"), "--infer-data", data,
+                                   "--infer-n", str(a.infer_n), "--min-new-tokens", "1", "--out", rel(out)])
             else:  # the seed's --max-length is generate's max_length (total length, decoder start included)
                 cmd = seed_cmd(a, ["--model", rel(model_dir), "--data", data, "--infer-n", str(a.infer_n),
                                    "--out", rel(out)])
@@ -369,12 +406,34 @@ def build_table(res, quick):
                  row("training padding share", 100 * dp, 100 * sp, "%", "<= 10%", dp <= 0.10),
                  row("training peak RSS", med([r["peak_rss_mib"] for r in d]), med([r["peak_rss_mib"] for r in s]),
                      "MiB", "report", None)]
+        for k, name in PEERS.items():
+            if not tr.get(k): continue
+            hs, hp = med([r["train_samples_per_s"] for r in tr[k]]), med([r["train_padding_share"] for r in tr[k]])
+            target = (">= 1.5x", ds >= 1.5 * hs) if k == "hf_grouped" else ("-", None)
+            rows += [row(f"training samples/s vs {name}", ds, hs, "/s", *target, ds / hs,
+                         note="seed column: the HF recipe"),
+                     row(f"training padding share, {name}", 100 * dp, 100 * hp, "%", "-", None,
+                         note="seed column: the HF recipe")]
+        if tr.get("dialsum_tokens"):
+            bt = tr["dialsum_tokens"]
+            bs_, bp = med([r["train_samples_per_s"] for r in bt]), med([r["train_padding_share"] for r in bt])
+            btok = med([r["train_real_tokens_per_s"] for r in bt])
+            hg = tr.get("hf_grouped")
+            htok = med([r["train_real_tokens_per_s"] for r in hg]) if hg else None
+            rows += [row("training real tokens/s, batch_tokens vs HF group_by_length", btok, htok, "/s",
+                         ">= 1.5x" if hg else "-", btok >= 1.5 * htok if hg else None, btok / htok if hg else None,
+                         note=f"samples/s {bs_:.3g}; seed column: the HF recipe with group_by_length"),
+                     row("training padding share, batch_tokens", 100 * bp, None, "%", "<= 3%", bp <= 0.03)]
     inf = res.get("inference")
     if inf:
         d, s = inf["runs"]["dialsum"], inf["runs"]["seed"]
         de, se = med([r["infer_examples_per_s"] for r in d]), med([r["infer_examples_per_s"] for r in s])
         ag = inf["agreement"]
         rows.append(row("inference examples/s", de, se, "/s", ">= 2x seed", de >= 2 * se, de / se))
+        if inf["runs"].get("hf"):
+            he = med([r["infer_examples_per_s"] for r in inf["runs"]["hf"]])
+            rows.append(row("inference examples/s vs HF predict_with_generate", de, he, "/s", ">= 5x", de >= 5 * he,
+                            de / he, note="seed column: the HF recipe"))
         vacuous = ag["nonempty"] == 0  # identical empty strings prove nothing about the generation path
         rows.append(row("identical to plain masked generate (benchmark model)", 100 * ag["share"], None, "%", ">= 99%",
                         None if vacuous else ag["share"] >= 0.99,
@@ -407,7 +466,8 @@ def markdown(res):
              f"d_model {res['model']['d_model']}, {res['model']['encoder_layers']}+{res['model']['decoder_layers']} layers, "
              f"vocabulary {res['model']['vocab_size']}). Medians of {res['args']['reps']} alternating repetitions; "
              "how each figure is measured: [README.md](README.md).", "",
-             "| metric | dialsum | seed baseline | ratio | target | met |", "|---|---|---|---|---|---|"]
+             "| metric | dialsum | seed baseline (or the peer a row names) | ratio | target | met |",
+             "|---|---|---|---|---|---|"]
     for r in res["table"]:
         met = "-" if r["met"] is None else ("yes" if r["met"] else "**no**")
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
@@ -523,6 +583,10 @@ def parse(argv=None):
                    "and generates in bf16, the seed loads the copy in bf16")
     p.add_argument("--data", type=Path, default=SHARED / "data" / "ko")
     p.add_argument("--seed-script", type=Path, default=SHARED / "bench" / "seed_baseline.py")
+    p.add_argument("--peer-script", type=Path, default=SHARED / "bench" / "hf_peer.py",
+                   help="the HF recipe (Seq2SeqTrainer), run beside the seed when present")
+    p.add_argument("--batch-tokens", type=int, default=0,
+                   help="also train dialsum with training.batch_tokens at this budget (0: not)")
     p.add_argument("--results", type=Path, default=None,
                    help="results JSON (default bench/results.json; bench/results_cuda.json with --device cuda; "
                         "bench/work/quick_results.json with --quick); the Markdown table goes next to it")
@@ -531,6 +595,7 @@ def parse(argv=None):
         a.results = BENCH / ("work/quick_results.json" if a.quick else
                              "results_cuda.json" if a.device == "cuda" else "results.json")
     a.results, a.data, a.seed_script = a.results.resolve(), a.data.resolve(), a.seed_script.resolve()
+    a.peer_script = a.peer_script.resolve()
     if a.quick:
         a.reps, a.train_steps, a.batch, a.infer_n, a.metric_n, a.metric_reps = 1, 4, 8, 16, 60, 2
         a.demo_config = "configs/experiments/smoke.yaml"

@@ -22,11 +22,15 @@ from dialsum.config import Config, GenerationConfig, ModelConfig, TrainingConfig
 from dialsum.data import clean_split, model_inputs, read_split
 from dialsum.models import load_pretrained
 from dialsum.train import make_trainer
-try:  # the features module holds them since the model families came in; dialsum.train/inference before
-    from dialsum.features import decode_summaries, generate_summaries, generation_kwargs, make_features
+try:  # generation lives in dialsum.inference since issue 12, in dialsum.features before, dialsum.train before that
+    from dialsum.features import make_features
+    from dialsum.inference import decode_summaries, generate_summaries, generation_kwargs
 except ImportError:
-    from dialsum.inference import generate_summaries
-    from dialsum.train import decode_summaries, generation_kwargs, make_features
+    try:
+        from dialsum.features import decode_summaries, generate_summaries, generation_kwargs, make_features
+    except ImportError:
+        from dialsum.inference import generate_summaries
+        from dialsum.train import decode_summaries, generation_kwargs, make_features
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,6 +89,7 @@ def run_train(a):
     features_s = time.perf_counter() - t
     cfg = Config(experiment="bench", model=ModelConfig(name_or_path=str(a.model)),
                  training=TrainingConfig(max_steps=a.steps, per_device_train_batch_size=a.batch, learning_rate=a.lr,
+                                         batch_tokens=getattr(a, "batch_tokens", 0) or None,
                                          eval_strategy="no", early_stopping_patience=None, warmup_steps=0,
                                          use_cpu=device == "cpu",
                                          seed=a.seed, **_precision(a)))
@@ -188,6 +193,7 @@ def main(argv=None):
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--batch-tokens", type=int, default=0, help="train: training.batch_tokens (0: rows of --batch)")
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--n", type=int, default=499)
     p.add_argument("--num-beams", type=int, default=4)

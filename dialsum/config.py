@@ -12,17 +12,18 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # %% auto #0
-__all__ = ['DEMO_REPLACES', 'DEFAULT_PROMPT', 'HUB_GENERATE', 'YAML_MAX_VALUES', 'RENAMED', 'HASH_EXCLUDED', 'DialsumError',
-           'ConfigError', 'Columns', 'DemoData', 'DataConfig', 'ScratchModel', 'ModelConfig', 'LoraConfig',
-           'TrainingConfig', 'GenerationConfig', 'OutputConfig', 'ResourcesConfig', 'Config', 'YamlProblem',
-           'ConfigLoader', 'load_yaml', 'read_yaml', 'deep_merge', 'read_layers', 'apply_overrides', 'machine',
-           'machine_problems', 'suggest_key', 'validate', 'project_root', 'resolve_path', 'load_config', 'config_dict',
-           'config_hash', 'save_config']
+__all__ = ['DEMO_REPLACES', 'DEFAULT_PROMPT', 'HUB_GENERATE', 'YAML_MAX_VALUES', 'TRACKERS', 'RENAMED', 'HASH_EXCLUDED',
+           'DialsumError', 'ConfigError', 'Columns', 'DemoData', 'TrainSource', 'DataConfig', 'ScratchModel',
+           'ModelConfig', 'LoraConfig', 'TrainingConfig', 'GenerationConfig', 'OutputConfig', 'ResourcesConfig',
+           'TuneConfig', 'Config', 'YamlProblem', 'ConfigLoader', 'load_yaml', 'read_yaml', 'deep_merge', 'read_layers',
+           'apply_overrides', 'machine', 'machine_problems', 'suggest_key', 'validate', 'project_root', 'resolve_path',
+           'load_config', 'config_dict', 'config_hash']
 
 # %% ../nbs/00_config.ipynb #4f9a8811
 class DialsumError(Exception):
     "An error the user can fix: the message names the file, key, row or value and what to do."
 
+# %% ../nbs/00_config.ipynb #13dc675b
 class ConfigError(DialsumError):
     "A config file or override that cannot be used as it is."
 
@@ -36,10 +37,13 @@ class _Section(BaseModel):
         "YAML reads `true`, `yes`, `on` as True; pydantic would take it as 1 for a number key (`seed: true` = seed 1)."
         kinds = set(getattr(ann := cls.model_fields[info.field_name].annotation, '__args__', (ann,)))
         if isinstance(v, bool) and bool not in kinds and kinds & {int, float}:
-            raise ValueError(f"{str(v).lower()} is true or false, not a number (YAML reads true, false, yes, no, on and off so); "
-                             "write a number")
+            raise ValueError(
+                f"{str(v).lower()} is true or false, not a number (YAML reads true, false, yes, no, on and off so); "
+                "write a number"
+            )
         return v
 
+# %% ../nbs/00_config.ipynb #6a2e3d00
 class Columns(_Section):
     "Column names in the CSV files, mapped to dialsum's names."
     fname: str = 'fname'
@@ -47,6 +51,7 @@ class Columns(_Section):
     summary: str = 'summary'
     topic: str = 'topic'
 
+# %% ../nbs/00_config.ipynb #bdd0d2da
 class DemoData(_Section):
     "Size of the generated demo data set (written into the run folder)."
     n_train: int = Field(400, ge=8)
@@ -56,9 +61,51 @@ class DemoData(_Section):
 
 DEMO_REPLACES = ('train', 'dev', 'test', 'sample_submission', 'columns')  # what `data.demo` takes the place of
 
+# %% ../nbs/00_config.ipynb #756273e4
+class TrainSource(_Section):
+    "One source of `data.train`: a CSV, JSONL or Parquet file (or a `datasets` hub name), its columns, weight, size."
+    path: Optional[str] = None  # a .csv, .jsonl (.json) or .parquet file; relative paths start at the project folder
+    hub: Optional[str] = None  # a `datasets` hub name (owner/name), for machines that reach the hub
+    split: str = 'train'  # hub only: which split of the hub data set
+    columns: Columns = Columns()  # the source's column names (fname, dialogue, summary, topic)
+    weight: float = Field(1.0, gt=0)  # repeat factor: 2 = every row twice, 0.5 = half the rows (drawn with the seed)
+    max_samples: Optional[int] = Field(None, ge=1)  # its first N rows only (before the weight)
+
+    @model_validator(mode='after')
+    def _one_place(self):
+        if (self.path is None) == (self.hub is None):
+            raise ValueError('give exactly one of path (a CSV, JSONL or Parquet file) and hub (a datasets hub name)')
+        return self
+
+# %% ../nbs/00_config.ipynb #91ccaf10
+def _source_problem(i:int, err:dict)->str:
+    "One pydantic error of the source `data.train[i]` in words."
+    loc = '.'.join(str(x) for x in err['loc'])
+    where = f"data.train[{i}]" + (f".{loc}" if loc else '')
+    if err['type'] == 'extra_forbidden':
+        close = difflib.get_close_matches(str(err['loc'][-1]), list(TrainSource.model_fields), n=1)
+        return f"{where}: unknown key" + (f"; did you mean {close[0]!r}?" if close else
+                                          f"; valid keys: {', '.join(TrainSource.model_fields)}")
+    got = f" (got {err['input']!r})" if 'input' in err and not isinstance(err['input'], dict) else ''
+    return f"{where}: {err['msg'].removeprefix('Value error, ')}{got}"
+
+# %% ../nbs/00_config.ipynb #423284d1
+def _sources(v):
+    "`data.train` as given: one file (a text), or a list of sources, each a mapping or a file name."
+    if not isinstance(v, list): return v
+    if not v: raise ValueError("an empty list of training sources; give one file or at least one {path: ...} source")
+    out, probs = [], []
+    for i, s in enumerate(v):
+        if isinstance(s, TrainSource): out.append(s); continue
+        try: out.append(TrainSource.model_validate({'path': s} if isinstance(s, str) else s))
+        except ValidationError as e: probs += [_source_problem(i, err) for err in e.errors()]
+    if probs: raise ValueError('; '.join(probs))
+    return out
+
+# %% ../nbs/00_config.ipynb #ffe5b197
 class DataConfig(_Section):
     "Where the splits are and how their text is cleaned."
-    train: Optional[str] = 'data/train.csv'
+    train: Union[str, list[TrainSource], None] = 'data/train.csv'  # one CSV file, or a list of sources (`TrainSource`)
     dev: Optional[str] = 'data/dev.csv'
     test: Optional[str] = 'data/test.csv'
     sample_submission: Optional[str] = None
@@ -71,6 +118,19 @@ class DataConfig(_Section):
     max_train_samples: Optional[int] = Field(None, ge=1)
     max_dev_samples: Optional[int] = Field(None, ge=1)
     max_test_samples: Optional[int] = Field(None, ge=1)
+    allow_overlap: bool = False  # train on source rows whose dialogue is a dev or test dialogue (refused otherwise)
+    cache_features: bool = True  # keep tokenized features in runs/.features, reused by runs on the same data
+
+    @field_validator('train', mode='before')
+    @classmethod
+    def _train_sources(cls, v): return _sources(v)
+
+    @model_validator(mode='after')
+    def _one_cut(self):
+        if isinstance(self.train, list) and self.max_train_samples is not None:
+            raise ValueError(f"data.max_train_samples ({self.max_train_samples}) with several training sources would "
+                             "cut the later sources first; give each source its max_samples instead")
+        return self
 
     @model_validator(mode='before')
     @classmethod
@@ -82,16 +142,23 @@ class DataConfig(_Section):
     @model_validator(mode='after')
     def _demo_or_files(self):
         if self.demo is None: return self
-        given = [f'data.{k}' for k in DEMO_REPLACES[:-1] if getattr(self, k) is not None] + (['data.columns'] if self.columns != Columns() else [])
+        given = [f'data.{k}' for k in DEMO_REPLACES[:-1] if getattr(self, k) is not None] + (
+            ['data.columns'] if self.columns != Columns() else []
+        )
         if given:
-            raise ValueError(f"data.demo generates the data, so {', '.join(given)} would be ignored: set data.demo: null to use your "
-                             f"files (or set {', '.join(given)} to null to keep the demo data)")
+            raise ValueError(
+                f"data.demo generates the data, so {', '.join(given)} would be ignored: set data.demo: null "
+                f"to use your files (or set {', '.join(given)} to null to keep the demo data)"
+            )
         return self
 
 # %% ../nbs/00_config.ipynb #e00337ab
 class ScratchModel(_Section):
     "A small model built from scratch: a tokenizer trained on the training texts and a fresh config."
-    arch: Literal['bart', 't5', 'llama'] = 'bart'  # bart, t5: encoder-decoder (family seq2seq); llama: decoder-only (family causal)
+
+    arch: Literal['bart', 't5', 'llama'] = (
+        'bart'  # bart, t5: encoder-decoder (family seq2seq); llama: decoder-only (family causal)
+    )
     vocab_size: int = Field(3000, ge=300, le=250_000)
     d_model: int = Field(128, ge=8)
     encoder_layers: int = Field(2, ge=1)  # not used by llama
@@ -109,16 +176,27 @@ class ScratchModel(_Section):
 
 DEFAULT_PROMPT = '다음 대화를 요약하세요.\n### 대화:\n{dialogue}\n### 요약:\n'
 
+# %% ../nbs/00_config.ipynb #d7f0a860
 class ModelConfig(_Section):
     "Which model to fine-tune: a hub id or local directory, or a from-scratch build."
-    name_or_path: Optional[str] = None  # hub id or local directory
+    name_or_path: Optional[str] = None  # hub id or local directory; run:RUN_ID, run:EXPERIMENT: a run's best checkpoint
     scratch: Optional[ScratchModel] = None  # build a tiny model instead (offline demo and tests)
-    family: Literal['seq2seq', 'causal'] = 'seq2seq'  # seq2seq: BART, T5, mT5 (encoder-decoder); causal: decoder-only LMs
-    max_source_length: int = Field(512, ge=8)  # seq2seq: encoder tokens kept; causal: prompt tokens kept (dialogue cut to fit)
+    family: Literal['seq2seq', 'causal'] = (
+        'seq2seq'  # seq2seq: BART, T5, mT5 (encoder-decoder); causal: decoder-only LMs
+    )
+    max_source_length: int = Field(
+        512, ge=8
+    )  # seq2seq: encoder tokens kept; causal: prompt tokens kept (dialogue cut to fit)
     max_target_length: int = Field(100, ge=4)  # summary tokens kept (with the end-of-sequence token)
     prompt_template: str = DEFAULT_PROMPT  # causal only: the prompt, with {dialogue} where the model input goes
-    chat_template: Optional[bool] = None  # causal only: None uses the tokenizer's chat template when it has one; true requires it; false uses model.prompt_template as plain text
-    quantization: Optional[Literal['4bit']] = None  # 4bit: QLoRA (nf4, double quantization, bf16 compute; needs CUDA and a lora section)
+    chat_template: Optional[bool] = (
+        # causal only: None uses the tokenizer's chat template when it has one; true requires it; false uses
+        # model.prompt_template as plain text
+        None
+    )
+    quantization: Optional[Literal['4bit']] = (
+        None  # 4bit: QLoRA (nf4, double quantization, bf16 compute; needs CUDA and a lora section)
+    )
     trust_remote_code: bool = False  # run code shipped with a hub model (off unless you trust it)
     allow_pickle: bool = False  # accept pickle-only weights (unsafe; safetensors otherwise)
 
@@ -126,6 +204,9 @@ class ModelConfig(_Section):
     def _one_source(self):
         if (self.name_or_path is None) == (self.scratch is None):
             raise ValueError('set exactly one of model.name_or_path (hub id or local directory) and model.scratch')
+        if self.name_or_path is not None and self.name_or_path.startswith('run:') and not self.name_or_path[4:].strip():
+            raise ValueError("model.name_or_path 'run:' names no run: write run:RUN_ID (a run folder's name) or "
+                             "run:EXPERIMENT (that experiment's best completed run)")
         s = self.scratch
         if s and (s.arch == 'llama') != (self.family == 'causal'):
             want = 'causal' if s.arch == 'llama' else 'seq2seq'
@@ -133,10 +214,14 @@ class ModelConfig(_Section):
         need = self.max_source_length + (self.max_target_length if self.family == 'causal' else 0)
         if s and need > s.max_position_embeddings:
             what = 'max_source_length + max_target_length' if self.family == 'causal' else 'max_source_length'
-            raise ValueError(f"{what} ({need}) is above the model's max_position_embeddings ({s.max_position_embeddings}); "
-                             "lower model.max_source_length or raise model.scratch.max_position_embeddings")
+            raise ValueError(
+                f"{what} ({need}) is above the model's max_position_embeddings ({s.max_position_embeddings}); "
+                "lower model.max_source_length or raise model.scratch.max_position_embeddings"
+            )
         if self.prompt_template.count('{dialogue}') != 1:
-            raise ValueError(f"model.prompt_template must hold {{dialogue}} exactly once (got {self.prompt_template!r})")
+            raise ValueError(
+                f"model.prompt_template must hold {{dialogue}} exactly once (got {self.prompt_template!r})"
+            )
         return self
 
 # %% ../nbs/00_config.ipynb #992945b8
@@ -145,7 +230,9 @@ class LoraConfig(_Section):
     r: int = Field(8, ge=1)  # rank of each adapter
     alpha: float = Field(16, gt=0)  # scaling: the adapter's update is multiplied by alpha / r
     dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: Union[list[str], Literal['all-linear'], None] = None  # None: the architecture's query and value projections
+    target_modules: Union[list[str], Literal['all-linear'], None] = (
+        None  # None: the architecture's query and value projections
+    )
     merge_for_inference: bool = False  # fold the adapters into the weights before generating dev and test summaries
 
     @model_validator(mode='after')
@@ -172,23 +259,36 @@ class TrainingConfig(_Section):
     eval_steps: Optional[int] = Field(None, ge=1)
     save_total_limit: Optional[int] = Field(3, ge=1)
     logging_steps: int = Field(10, ge=1)
-    early_stopping_patience: Optional[int] = Field(None, ge=1)  # evaluations without improvement (configs/base.yaml: 3); null = off
+    early_stopping_patience: Optional[int] = Field(
+        None, ge=1
+    )  # evaluations without improvement (configs/base.yaml: 3); null = off
     early_stopping_threshold: float = Field(0.0, ge=0)
     seed: int = 42
-    train_sampling_strategy: Literal['length_buckets', 'group_by_length', 'random', 'sequential'] = 'random'  # length_buckets (opt-in, less padding): dialsum.train.LengthBucketSampler
+    # length_buckets (opt-in, less padding): dialsum.train.LengthBucketSampler
+    train_sampling_strategy: Literal['length_buckets', 'group_by_length', 'random', 'sequential'] = 'random'
+    batch_tokens: Optional[int] = Field(None, ge=1)  # tokens per batch, instead of per_device_train_batch_size rows
+    batch_padding: float = Field(0.03, gt=0, lt=1)  # with batch_tokens: the most padding, as a share of the tokens fed
+    packing: bool = False  # decoder-only: a batch's rows in one row, no padding, each attending to itself only
     report_to: list[str] = []
     resume_from_checkpoint: Union[bool, str, None] = None  # true = the newest checkpoint of this run
     dataloader_num_workers: int = Field(0, ge=0)
     use_cpu: bool = False
-    precision: Literal['auto', 'fp32', 'fp16', 'bf16'] = 'auto'  # auto: bf16 (else fp16) on a GPU, fp32 on CPU; asking for what the device lacks is an error
+    precision: Literal['auto', 'fp32', 'fp16', 'bf16'] = (
+        'auto'  # auto: bf16 (else fp16) on a GPU, fp32 on CPU; asking for what the device lacks is an error
+    )
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more time
     auto_find_batch_size: bool = False  # halve the batch size after a CUDA out-of-memory error and retry
+    label_smoothing_factor: float = Field(0.0, ge=0, lt=1)  # probability spread over the vocabulary (0.1 is common)
+    max_grad_norm: float = Field(1.0, gt=0)  # gradients are clipped to this norm
 
     @field_validator('max_steps')
     @classmethod
     def _some_steps(cls, v):
-        "transformers reads max_steps 0 as 'not set' only when negative: 0 trains one step and scores an untrained model."
-        if v == 0: raise ValueError("0 trains no step: set training.max_steps to -1 (train for num_train_epochs) or to a number of steps")
+        "transformers reads max_steps 0 as 'not set' only when negative: 0 would train one step and score it."
+        if v == 0:
+            raise ValueError(
+                "0 trains no step: set training.max_steps to -1 (train for num_train_epochs) or to a number of steps"
+            )
         return v
 
     @field_validator('eval_strategy', mode='before')
@@ -198,29 +298,61 @@ class TrainingConfig(_Section):
         return 'no' if v is False else v
 
     @model_validator(mode='after')
+    def _one_batching(self):
+        "A token budget makes its own batches: a row-count sampler or batch-size search beside it would not act."
+        if self.packing and self.batch_tokens is not None:
+            raise ValueError('training.packing feeds no padding, and training.batch_tokens would only sort the rows by '
+                             'length: remove one of them')
+        if self.batch_tokens is None:
+            if self.batch_padding != 0.03:  # not its default (a saved config holds the default: it is no error)
+                raise ValueError('training.batch_padding acts only with training.batch_tokens: set both, or remove it')
+            return self
+        if self.train_sampling_strategy != 'random' or self.auto_find_batch_size:
+            other = ('auto_find_batch_size: true' if self.auto_find_batch_size
+                     else f'train_sampling_strategy: {self.train_sampling_strategy}')
+            raise ValueError(f'training.batch_tokens ({self.batch_tokens}) makes its own batches of similar length in '
+                             f'a random order, and training.{other} would make batches by rows: remove one of them')
+        return self
+
+    @model_validator(mode='after')
     def _evaluation_keys_act(self):
         probs = []
         if self.eval_strategy == 'steps' and self.eval_steps is None:
-            probs.append("eval_strategy 'steps' needs eval_steps: set training.eval_steps (evaluate and save every that many steps)")
+            probs.append(
+                "eval_strategy 'steps' needs eval_steps: set training.eval_steps "
+                "(evaluate and save every that many steps)"
+            )
         if self.eval_steps is not None and self.eval_strategy != 'steps':
-            probs.append(f"training.eval_steps ({self.eval_steps}) acts only with eval_strategy 'steps', and it is {self.eval_strategy!r}: "
-                         "set training.eval_strategy: steps, or training.eval_steps: null")
+            probs.append(
+                f"training.eval_steps ({self.eval_steps}) acts only with eval_strategy 'steps', "
+                f"and it is {self.eval_strategy!r}: "
+                "set training.eval_strategy: steps, or training.eval_steps: null"
+            )
         if self.early_stopping_patience is not None and self.eval_strategy == 'no':
-            probs.append(f"training.early_stopping_patience ({self.early_stopping_patience}) acts only when training evaluates, and "
-                         "eval_strategy is 'no': set training.early_stopping_patience: null (configs/base.yaml sets 3), or "
-                         "evaluate (training.eval_strategy: epoch or steps)")
+            probs.append(
+                f"training.early_stopping_patience ({self.early_stopping_patience}) acts only when training "
+                "evaluates, and "
+                "eval_strategy is 'no': set training.early_stopping_patience: null (configs/base.yaml sets 3), or "
+                "evaluate (training.eval_strategy: epoch or steps)"
+            )
         if probs: raise ValueError('; '.join(probs))
         return self
 
-HUB_GENERATE = {'contrastive': 'transformers-community/contrastive-search', 'diverse_beam': 'transformers-community/group-beam-search'}
+HUB_GENERATE = {
+    'contrastive': 'transformers-community/contrastive-search',
+    'diverse_beam': 'transformers-community/group-beam-search',
+}
 
+# %% ../nbs/00_config.ipynb #8fddfa1b
 class GenerationConfig(_Section):
     "One set of generation settings, used for dev scoring and for the test submission alike."
     num_beams: int = Field(4, ge=1)
     no_repeat_ngram_size: int = Field(2, ge=0)
     length_penalty: float = 1.0
     max_new_tokens: int = Field(100, ge=1)
-    min_new_tokens: int = Field(1, ge=0)  # the end token is held back until this many tokens are out: an empty summary is an invalid row
+    min_new_tokens: int = Field(
+        1, ge=0
+    )  # the end token is held back until this many tokens are out: an empty summary is an invalid row
     early_stopping: bool = True
     batch_size: int = Field(32, ge=1)
     do_sample: bool = False  # sampling (with num_beams 1) or beam sampling; seeded from training.seed
@@ -230,8 +362,14 @@ class GenerationConfig(_Section):
     penalty_alpha: Optional[float] = Field(None, gt=0, le=1)  # contrastive search (with top_k > 1, num_beams 1)
     num_beam_groups: int = Field(1, ge=1)  # diverse beam search when > 1 (divides num_beams)
     diversity_penalty: float = Field(0.0, ge=0)  # diverse beam search: penalty for repeating another group's tokens
-    custom_generate: Optional[str] = None  # hub repo or folder with custom_generate/generate.py (contrastive and diverse beams need one in transformers 5)
+    custom_generate: Optional[str] = (
+        # hub repo or folder with custom_generate/generate.py (contrastive and diverse beams need one in transformers 5)
+        None
+    )
     trust_remote_code: bool = False  # run that repo's generate.py (contrastive and diverse beam search need it)
+    repetition_penalty: float = Field(1.0, gt=0)  # > 1: tokens already generated less likely (3rd place: 1.2)
+    encoder_repetition_penalty: float = Field(1.0, gt=0)  # > 1: the dialogue's tokens more likely (copying)
+    num_return_sequences: int = Field(1, ge=1)  # n-best kept per row (beams: <= num_beams); the first is the summary
 
     @property
     def strategy(self)->str:
@@ -243,36 +381,67 @@ class GenerationConfig(_Section):
 
     @model_validator(mode='after')
     def _one_strategy(self):
-        sampling = [k for k in ('top_p', 'temperature') if getattr(self, k) is not None] + (['top_k'] if self.top_k and not self.penalty_alpha else [])
+        sampling = [k for k in ('top_p', 'temperature') if getattr(self, k) is not None] + (
+            ['top_k'] if self.top_k and not self.penalty_alpha else []
+        )
         if sampling and not self.do_sample:
-            raise ValueError(f"generation.{sampling[0]} acts only when sampling: set generation.do_sample: true (or remove it)")
+            raise ValueError(
+                f"generation.{sampling[0]} acts only when sampling: set generation.do_sample: true (or remove it)"
+            )
         if self.penalty_alpha:
             if self.do_sample or self.num_beams != 1 or not self.top_k or self.top_k < 2:
-                raise ValueError('contrastive search (generation.penalty_alpha) needs top_k > 1, num_beams: 1 and do_sample: false')
+                raise ValueError(
+                    'contrastive search (generation.penalty_alpha) needs top_k > 1, num_beams: 1 and do_sample: false'
+                )
         if self.num_beam_groups > 1:
             if self.do_sample or self.num_beams % self.num_beam_groups:
-                raise ValueError(f'diverse beam search needs do_sample: false and num_beams ({self.num_beams}) divisible by '
-                                 f'num_beam_groups ({self.num_beam_groups})')
-            if self.diversity_penalty <= 0: raise ValueError('diverse beam search (num_beam_groups > 1) needs diversity_penalty > 0')
+                raise ValueError(
+                    f'diverse beam search needs do_sample: false and num_beams ({self.num_beams}) divisible by '
+                    f'num_beam_groups ({self.num_beam_groups})'
+                )
+            if self.diversity_penalty <= 0:
+                raise ValueError('diverse beam search (num_beam_groups > 1) needs diversity_penalty > 0')
         elif self.diversity_penalty: raise ValueError('generation.diversity_penalty acts only with num_beam_groups > 1')
         if self.strategy in HUB_GENERATE and not self.trust_remote_code:
-            raise ValueError(f"{self.strategy} search is not in transformers 5 itself: it runs the code of "
-                             f"{self.custom_generate or HUB_GENERATE[self.strategy]} (custom_generate/generate.py); read it, "
-                             f"then set generation.trust_remote_code: true")
+            raise ValueError(
+                f"{self.strategy} search is not in transformers 5 itself: it runs the code of "
+                f"{self.custom_generate or HUB_GENERATE[self.strategy]} (custom_generate/generate.py); read it, "
+                f"then set generation.trust_remote_code: true"
+            )
+        n = self.num_return_sequences
+        if n > 1 and not self.do_sample and (n > self.num_beams or self.strategy == 'contrastive'):
+            raise ValueError(f'generation.num_return_sequences ({n}) is above num_beams ({self.num_beams}): '
+                             f'beam search returns at most its beams; raise generation.num_beams to {n} or more, '
+                             'or lower num_return_sequences')
         if self.min_new_tokens > self.max_new_tokens:
-            raise ValueError(f'generation.min_new_tokens ({self.min_new_tokens}) is above max_new_tokens ({self.max_new_tokens})')
+            raise ValueError(
+                f'generation.min_new_tokens ({self.min_new_tokens}) is above max_new_tokens ({self.max_new_tokens})'
+            )
         return self
 
+# %% ../nbs/00_config.ipynb #f9e1098d
 class OutputConfig(_Section):
     "Where run folders go."
     runs_dir: str = 'runs'
 
+# %% ../nbs/00_config.ipynb #ebfef0d0
 class ResourcesConfig(_Section):
     "What a run needs from the machine, checked before it starts (they do not change its result)."
     min_free_gpu_memory_gb: float = Field(0, ge=0)  # wait until the GPU has this much free memory; 0: do not wait
     gpu_wait_seconds: int = Field(600, ge=0)  # how long to wait for that memory before giving up
     check_disk: bool = True  # refuse to start a run whose checkpoints cannot fit on the disk
 
+# %% ../nbs/00_config.ipynb #c6bc62a2
+class TuneConfig(_Section):
+    "The Optuna trial a run is, set by `dialsum tune`: training reports each dev score to its study."
+    storage: str = Field(min_length=1)  # the study's storage: an SQLAlchemy URL or a journal file
+    study: str = Field(min_length=1)  # the study's name
+    trial: int = Field(ge=0)  # the trial's number in the study
+    pruner: Literal['median', 'none'] = 'median'  # median: stop a trial scoring below the median of earlier trials
+    startup_trials: int = Field(5, ge=0)  # the pruner prunes nothing until this many trials have finished
+    warmup_steps: int = Field(0, ge=0)  # nor at an evaluation before this training step
+
+# %% ../nbs/00_config.ipynb #7e2f6831
 class Config(_Section):
     "A whole experiment."
     experiment: str = Field(pattern=r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$')  # becomes part of a folder name
@@ -283,11 +452,21 @@ class Config(_Section):
     lora: Optional[LoraConfig] = None  # null: train every weight
     output: OutputConfig = OutputConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    tune: Optional[TuneConfig] = None  # set by `dialsum tune` for each trial; null: an ordinary run
 
     @model_validator(mode='after')
     def _qlora_needs_lora(self):
         if self.model.quantization and self.lora is None:
-            raise ValueError('model.quantization: 4bit freezes the model in 4 bits, so only adapters can train: add a lora section')
+            raise ValueError(
+                'model.quantization: 4bit freezes the model in 4 bits, so only adapters can train: add a lora section'
+            )
+        return self
+
+    @model_validator(mode='after')
+    def _packing_is_causal(self):
+        if self.training.packing and self.model.family != 'causal':
+            raise ValueError(f'training.packing joins the rows of a decoder-only model; model.family is '
+                             f'{self.model.family!r}: set training.packing: false (an encoder-decoder pads per batch)')
         return self
 
     @model_validator(mode='after')
@@ -295,16 +474,20 @@ class Config(_Section):
         "A run trains on data.train and writes its submission for data.test: without the demo, both must be files."
         missing = [f'data.{s}' for s in ('train', 'test') if self.data.demo is None and getattr(self.data, s) is None]
         if missing:
-            raise ValueError(f"{' and '.join(missing)} not set and data.demo is null: a run trains on data.train and writes its "
-                             f"submission for data.test; set {' and '.join(missing)} to your CSV files, or data.demo to generate the demo data")
+            raise ValueError(
+                f"{' and '.join(missing)} not set and data.demo is null: a run trains on data.train and writes its "
+                f"submission for data.test; set {' and '.join(missing)} to your CSV files, "
+                "or data.demo to generate the demo data"
+            )
         return self
 
 # %% ../nbs/00_config.ipynb #48a057e8
 YAML_MAX_VALUES = 10_000  # a config holds a few hundred values; aliases that expand to more are refused
 
 class YamlProblem(yaml.YAMLError):
-    "A YAML file that parses but cannot be a config as it is (duplicate keys, runaway aliases); the message says what to do."
+    "A YAML file that parses but cannot be a config (duplicate keys, runaway aliases); the message says what to do."
 
+# %% ../nbs/00_config.ipynb #df1a5d7f
 def _values(node, seen:dict)->int:
     "How many values `node` stands for once every alias is expanded (each node counted once: linear time)."
     if id(node) not in seen:
@@ -314,27 +497,36 @@ def _values(node, seen:dict)->int:
         seen[id(node)] = 1 + sum(_values(k, seen) for k in kids)
     return seen[id(node)]
 
+# %% ../nbs/00_config.ipynb #02dc937b
 class ConfigLoader(yaml.SafeLoader):
     "`yaml.SafeLoader` that refuses a key given twice in one mapping and aliases that expand past `YAML_MAX_VALUES`."
     def compose_document(self):
         node = super().compose_document()
         if (n := _values(node, {})) > YAML_MAX_VALUES:
-            raise YamlProblem(f"its aliases (*name) expand to {n:,} values, more than the {YAML_MAX_VALUES:,} a config may hold; "
-                              "write the values out instead of nesting aliases")
+            raise YamlProblem(
+                f"its aliases (*name) expand to {n:,} values, more than the {YAML_MAX_VALUES:,} a config may hold; "
+                "write the values out instead of nesting aliases"
+            )
         return node
 
     def construct_mapping(self, node, deep=False):
         first = {}
         for k, _ in (node.value if isinstance(node, yaml.MappingNode) else []):
-            if k.tag == 'tag:yaml.org,2002:merge': continue  # `<<: *base` merges; keys written after it win, as YAML says
+            if k.tag == 'tag:yaml.org,2002:merge':
+                continue  # `<<: *base` merges; keys written after it win, as YAML says
             key = self.construct_object(k, deep=True)
-            if not isinstance(key, (str, int, float, bool, type(None))): continue  # the base class refuses unhashable keys
+            if not isinstance(key, (str, int, float, bool, type(None))):
+                continue  # the base class refuses unhashable keys
             if key in first:
-                raise YamlProblem(f"the key {key!r} is given twice in one mapping, at lines {first[key]} and {k.start_mark.line + 1}; "
-                                  "YAML would keep only the second and drop the first without a word: merge them into one")
+                raise YamlProblem(
+                    f"the key {key!r} is given twice in one mapping, at lines {first[key]} and "
+                    f"{k.start_mark.line + 1}; "
+                    "YAML would keep only the second and drop the first without a word: merge them into one"
+                )
             first[key] = k.start_mark.line + 1
         return super().construct_mapping(node, deep)
 
+# %% ../nbs/00_config.ipynb #c60d2e8f
 def load_yaml(text:str)->Any:
     "One YAML document read by `ConfigLoader`: plain data only, each key once, aliases bounded."
     loader = ConfigLoader(text)  # what yaml.safe_load does, with this loader
@@ -344,24 +536,42 @@ def load_yaml(text:str)->Any:
 # %% ../nbs/00_config.ipynb #c44eb7d0
 def read_yaml(path:Path, # a YAML file whose top level is a mapping
              )->dict:
-    "Read one YAML mapping with `load_yaml` (safe, duplicate keys and alias bombs refused), with errors that name the file."
+    "Read one YAML mapping with `load_yaml` (safe; duplicate keys, alias bombs refused); errors name the file."
     path = Path(path)
-    if path.is_dir(): raise ConfigError(f"{path}: is a folder, not a config file; give the YAML file (e.g. {path/'experiment.yaml'})")
-    if not path.is_file(): raise ConfigError(f"{path}: config file not found; check the path (relative paths start at the project folder)")
-    try: d = load_yaml(path.read_text(encoding='utf-8'))
-    except UnicodeDecodeError as e: raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
-    except YamlProblem as e: raise ConfigError(f"{path}: {e}") from None
+    if path.is_dir():
+        raise ConfigError(
+            f"{path}: is a folder, not a config file; give the YAML file (e.g. {path / 'experiment.yaml'})"
+        )
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; check the path (relative paths start at the project folder)")
+    try:
+        d = load_yaml(path.read_text(encoding='utf-8'))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
+    except YamlProblem as e:
+        raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
-        todo = ("remove the !! tag and write a plain value: a config holds data, never Python objects" if 'python/' in str(e)
-                else "fix the YAML at the line and column shown (close every bracket and quote; quote values that hold ': ' or ' #')")
-        raise ConfigError(f"{path}: not valid YAML (tags that build Python objects are refused): {str(e)[:2000]}; {todo}") from None
-    except RecursionError: raise ConfigError(f"{path}: nested too deeply to be a config; a config is a few levels of key: value") from None
+        todo = (
+            "remove the !! tag and write a plain value: a config holds data, never Python objects"
+            if 'python/' in str(e)
+            else ("fix the YAML at the line and column shown (close every bracket and quote; "
+                  "quote values that hold ': ' or ' #')")
+        )
+        raise ConfigError(
+            f"{path}: not valid YAML (tags that build Python objects are refused): {str(e)[:2000]}; {todo}"
+        ) from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config; a config is a few levels of key: value") from None
     if d is None:
-        raise ConfigError(f"{path}: the file is empty (or holds only comments); write the experiment in it: experiment: NAME, "
-                          "model: ..., or base: FILE to extend another config")
+        raise ConfigError(
+            f"{path}: the file is empty (or holds only comments); write the experiment in it: experiment: NAME, "
+            "model: ..., or base: FILE to extend another config"
+        )
     if not isinstance(d, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(d).__name__}; write one `key: value` per line "
-                          "(experiment: NAME, model: ..., training: ...), without a leading '- '")
+        raise ConfigError(
+            f"{path}: the top level must be a mapping of keys, got {type(d).__name__}; write one `key: value` per line "
+            "(experiment: NAME, model: ..., training: ...), without a leading '- '"
+        )
     return d
 
 # %% ../nbs/00_config.ipynb #40c0f342
@@ -380,15 +590,20 @@ def read_layers(path:Path, # an experiment file, possibly extending a base with 
                )->dict:
     "Read `path` and the chain of files it extends, merged, with the experiment on top."
     path = Path(path).resolve()
-    if path in _seen: raise ConfigError(f"{path}: 'base' include loop: {' -> '.join(map(str, _seen + (path,)))}; remove one of these 'base:' lines")
+    if path in _seen:
+        raise ConfigError(
+            f"{path}: 'base' include loop: {' -> '.join(map(str, _seen + (path,)))}; remove one of these 'base:' lines"
+        )
     d = read_yaml(path)
     base = d.pop('base', None)
     if base is None: return d
     if not isinstance(base, str): raise ConfigError(f"{path}: 'base' must be a path to a YAML file, got {base!r}")
     target = path.parent/os.path.expanduser(base)
     if not target.is_file():
-        raise ConfigError(f"{path}: its line 'base: {base}' names {target}, which is not there; 'base' is resolved relative to the "
-                          f"folder of the file that holds it ({path.parent}), not the project folder; fix that line")
+        raise ConfigError(
+            f"{path}: its line 'base: {base}' names {target}, which is not there; 'base' is resolved relative to the "
+            f"folder of the file that holds it ({path.parent}), not the project folder; fix that line"
+        )
     return deep_merge(read_layers(target, _seen + (path,)), d)
 
 # %% ../nbs/00_config.ipynb #d018d6bc
@@ -403,11 +618,13 @@ def apply_overrides(d:dict, # the merged config mapping
     for key,val in items:
         parts, node = key.split('.'), out
         for p in parts[:-1]:
-            if not isinstance(node.get(p, {}), dict): raise ConfigError(f"override {key}={val!r}: '{p}' is not a section")
+            if not isinstance(node.get(p, {}), dict):
+                raise ConfigError(f"override {key}={val!r}: '{p}' is not a section")
             node = node.setdefault(p, {})
         node[parts[-1]] = val
     return out
 
+# %% ../nbs/00_config.ipynb #a2bdd48e
 def _split_override(o:str):
     if not isinstance(o, str) or '=' not in o or not re.match(r'^[A-Za-z_][\w.]*=', o):
         raise ConfigError(f"override {o!r}: write it as section.key=value, e.g. training.learning_rate=3e-5")
@@ -417,27 +634,52 @@ def _split_override(o:str):
     except yaml.YAMLError: return k, v
 
 # %% ../nbs/00_config.ipynb #18b99846
+TRACKERS = {  # training.report_to: the package each tracker needs, and how to install it
+    'tensorboard': 'pip install tensorboard (a requirement of dialsum: reinstall it with pip install -e .)',
+    'mlflow': 'pip install -e ".[track]" (or pip install mlflow)',
+    'wandb': 'pip install -e ".[track]" (or pip install wandb)',
+}
+
 def machine()->dict:
     "What this machine offers a run: CUDA, bf16 on the GPU, bitsandbytes, an offline hub."
     import importlib.util, torch
     cuda = torch.cuda.is_available()
-    off = any(os.environ.get(k, '').strip().upper() in {'1', 'ON', 'YES', 'TRUE'} for k in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE'))
-    bf16 = bool(cuda and torch.cuda.is_bf16_supported(including_emulation=False))  # the default (True) says yes on pre-Ampere cards too
+    off = any(
+        os.environ.get(k, '').strip().upper() in {'1', 'ON', 'YES', 'TRUE'}
+        for k in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE')
+    )
+    bf16 = bool(
+        cuda and torch.cuda.is_bf16_supported(including_emulation=False)
+    )  # the default (True) says yes on pre-Ampere cards too
     return dict(cuda=cuda, bf16=bf16, hub_offline=off,
-                bitsandbytes=importlib.util.find_spec('bitsandbytes') is not None)
+                bitsandbytes=importlib.util.find_spec('bitsandbytes') is not None,
+                installed={p: importlib.util.find_spec(p) is not None for p in (*TRACKERS, 'optuna')})
 
+# %% ../nbs/00_config.ipynb #fab1780c
 def _generate_code_problem(gen:GenerationConfig, m:dict)->Optional[str]:
     "Why the custom generate code of a contrastive or diverse beam search cannot be had, or None."
     if gen.strategy not in HUB_GENERATE: return None
     repo = gen.custom_generate or HUB_GENERATE[gen.strategy]
     p = Path(os.path.expanduser(repo))
     if p.is_dir():
-        return None if (p/'custom_generate'/'generate.py').is_file() else f"generation.custom_generate: {p} has no custom_generate/generate.py"
+        return (
+            None
+            if (p / 'custom_generate' / 'generate.py').is_file()
+            else f"generation.custom_generate: {p} has no custom_generate/generate.py"
+        )
     import huggingface_hub
-    if not m['hub_offline'] or isinstance(huggingface_hub.try_to_load_from_cache(repo, 'custom_generate/generate.py'), str): return None
-    return (f"generation: {gen.strategy} search runs the code of {repo}, which is not in the local hub cache, and the hub is "
-            f"off (HF_HUB_OFFLINE); download it once (hf download {repo}) or set generation.custom_generate to a folder holding it")
 
+    if not m['hub_offline'] or isinstance(
+        huggingface_hub.try_to_load_from_cache(repo, 'custom_generate/generate.py'), str
+    ):
+        return None
+    return (
+        f"generation: {gen.strategy} search runs the code of {repo}, which is not in the local hub cache, "
+        f"and the hub is off (HF_HUB_OFFLINE); download it once (hf download {repo}) "
+        "or set generation.custom_generate to a folder holding it"
+    )
+
+# %% ../nbs/00_config.ipynb #fa373983
 def machine_problems(cfg:Config, # a config that passed the schema
                      m:Optional[dict]=None, # `machine()`'s answer (default: ask this machine)
                     )->list[str]:
@@ -446,15 +688,29 @@ def machine_problems(cfg:Config, # a config that passed the schema
     gpu, out, p = m['cuda'] and not cfg.training.use_cpu, [], cfg.training.precision
     why = '(training.use_cpu is true)' if m['cuda'] else '(no CUDA device: torch.cuda.is_available() is False)'
     if cfg.model.quantization:
-        if not gpu: out.append(f"model.quantization: 4bit (QLoRA) needs a CUDA GPU, and this run has none {why}; run it on a GPU "
-                               "machine, or set model.quantization: null to train the LoRA adapters on full-precision weights")
-        elif not m['bitsandbytes']: out.append("model.quantization: 4bit needs the bitsandbytes package (pip install bitsandbytes)")
-        elif not m['bf16']: out.append("model.quantization: 4bit computes in bf16, which this GPU lacks (Ampere or newer has it)")
+        if not gpu:
+            out.append(
+                f"model.quantization: 4bit (QLoRA) needs a CUDA GPU, and this run has none {why}; run it on a GPU "
+                "machine, or set model.quantization: null to train the LoRA adapters on full-precision weights"
+            )
+        elif not m['bitsandbytes']:
+            out.append('model.quantization: 4bit needs the bitsandbytes package '
+                       '(pip install -e ".[gpu]", or pip install bitsandbytes)')
+        elif not m['bf16']:
+            out.append("model.quantization: 4bit computes in bf16, which this GPU lacks (Ampere or newer has it)")
+    have = m.get('installed') or {}  # a machine described without it: the packages are not checked
+    for t in cfg.training.report_to:
+        if t in TRACKERS and have.get(t) is False:
+            out.append(f"training.report_to: {t} needs the {t} package, which is not installed: {TRACKERS[t]}")
+    if cfg.tune and have.get('optuna') is False:
+        out.append("tune: an Optuna trial needs the optuna package: pip install optuna")
     if p == 'fp16' and not gpu:
         out.append(f"training.precision: fp16 mixed precision needs a CUDA GPU {why}; use auto, fp32 or bf16")
     if p == 'bf16' and gpu and not m['bf16']:
-        out.append("training.precision: bf16 is not supported by this GPU (Ampere or newer has it); use fp32 for T5 and mT5 (they "
-                   "overflow in fp16), fp16 or auto for other models")
+        out.append(
+            "training.precision: bf16 is not supported by this GPU (Ampere or newer has it); "
+            "use fp32 for T5 and mT5 (they overflow in fp16), fp16 or auto for other models"
+        )
     return out + [x for x in [_generate_code_problem(cfg.generation, m)] if x]
 
 # %% ../nbs/00_config.ipynb #41afaff3
@@ -474,6 +730,7 @@ def _section_at(loc:tuple):
         cls = next(a for a in getattr(ann, '__args__', (ann,)) if isinstance(a, type) and issubclass(a, BaseModel))
     return cls
 
+# %% ../nbs/00_config.ipynb #9045336b
 def suggest_key(loc:tuple, # location of the unknown key, e.g. ('training', 'lerning_rate')
                )->Optional[str]:
     "The valid key closest to the unknown one at `loc`, or None."
@@ -490,15 +747,25 @@ def _fmt_error(err:dict, source:str)->str:
     if err['type'] == 'extra_forbidden':
         s = suggest_key(loc)
         section = '.'.join(loc[:-1]) or 'the top level'
-        hint = f"did you mean '{'.'.join(loc[:-1] + (s,))}'?" if s else f"valid keys in {section}: {', '.join(_section_at(loc).model_fields)}"
+        hint = (
+            f"did you mean '{'.'.join(loc[:-1] + (s,))}'?"
+            if s
+            else f"valid keys in {section}: {', '.join(_section_at(loc).model_fields)}"
+        )
         return f"{source}: unknown key '{dotted}'; {hint}"
     if err['type'] == 'missing': return f"{source}: '{dotted}' is required; add it to the config"
     got = f" (got {err['input']!r})" if 'input' in err and not isinstance(err['input'], dict) else ''
     if loc == ('experiment',) and err['type'] == 'string_pattern_mismatch':
-        return (f"{source}: experiment: {err['input']!r} cannot be an experiment name (it becomes part of the run folder's name); "
-                "use 1 to 80 letters, digits, '_', '.' or '-', starting with a letter or digit")
+        return (
+            f"{source}: experiment: {err['input']!r} cannot be an experiment name "
+            "(it becomes part of the run folder's name); "
+            "use 1 to 80 letters, digits, '_', '.' or '-', starting with a letter or digit"
+        )
     if err['type'] == 'string_type' and isinstance(v := err.get('input'), (bool, int, float, datetime.date)):
-        key, text = '.'.join(_field_loc(loc)), v.isoformat() if isinstance(v, datetime.date) else str(v).lower() if isinstance(v, bool) else str(v)
+        key, text = (
+            '.'.join(_field_loc(loc)),
+            v.isoformat() if isinstance(v, datetime.date) else str(v).lower() if isinstance(v, bool) else str(v),
+        )
         kind = 'a date' if isinstance(v, datetime.date) else 'true or false' if isinstance(v, bool) else 'a number'
         return f"{source}: {key}: YAML reads {text} as {kind}, not a text; put it in quotes: {loc[-1]}: '{text}'"
     if want := _expected(err):
@@ -506,13 +773,24 @@ def _fmt_error(err:dict, source:str)->str:
         return f"{source}: {key}: expected {want}{got}; set {key} to {want}{_default_note(_field_loc(loc))}"
     return f"{source}: {dotted}: {err['msg'].removeprefix('Value error, ')}{got}"
 
-_KINDS = {'int_parsing': 'a whole number', 'int_type': 'a whole number', 'int_from_float': 'a whole number',
-          'float_parsing': 'a number', 'float_type': 'a number', 'bool_parsing': 'true or false', 'bool_type': 'true or false',
-          'string_type': 'a text value', 'list_type': 'a list', 'dict_type': 'a mapping of keys', 'model_type': 'a mapping of keys'}
+_KINDS = {
+    'int_parsing': 'a whole number',
+    'int_type': 'a whole number',
+    'int_from_float': 'a whole number',
+    'float_parsing': 'a number',
+    'float_type': 'a number',
+    'bool_parsing': 'true or false',
+    'bool_type': 'true or false',
+    'string_type': 'a text value',
+    'list_type': 'a list',
+    'dict_type': 'a mapping of keys',
+    'model_type': 'a mapping of keys',
+}
 _BOUNDS = {'greater_than': ('gt', 'a number greater than {}'), 'greater_than_equal': ('ge', 'a number of {} or more'),
            'less_than': ('lt', 'a number below {}'), 'less_than_equal': ('le', 'a number of {} or less'),
            'literal_error': ('expected', 'one of {}')}
 
+# %% ../nbs/00_config.ipynb #c92a90d9
 def _field_loc(loc:tuple)->tuple:
     "`loc` cut after its last key that is a field of the schema."
     cls, out = Config, []
@@ -520,11 +798,15 @@ def _field_loc(loc:tuple)->tuple:
         if cls is None or part not in cls.model_fields: break
         out.append(part)
         ann = cls.model_fields[part].annotation
-        cls = next((a for a in getattr(ann, '__args__', (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        cls = next(
+            (a for a in getattr(ann, '__args__', (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None
+        )
     return tuple(out) or loc
 
+# %% ../nbs/00_config.ipynb #72746897
 def _num(v): return int(v) if isinstance(v, float) and v.is_integer() else v
 
+# %% ../nbs/00_config.ipynb #16b279b2
 def _expected(err:dict)->Optional[str]:
     "What a value of the failed kind should be, in words (None when pydantic's own message says it best)."
     if err['type'] in _KINDS: return _KINDS[err['type']]
@@ -533,12 +815,14 @@ def _expected(err:dict)->Optional[str]:
         return text.format(_num(err.get('ctx', {}).get(k, '?')))
     return None
 
+# %% ../nbs/00_config.ipynb #44e1a482
 def _default_note(loc:tuple)->str:
     "' (the default is X)' for the key at `loc`, when it has a plain default."
     try: d = _section_at(loc).model_fields[loc[-1]].default
     except (KeyError, StopIteration, AttributeError, TypeError): return ''
     return f" (the default is {d!r})" if isinstance(d, (int, float, str)) and not isinstance(d, bool) else ''
 
+# %% ../nbs/00_config.ipynb #74777df8
 def validate(d:dict, # the merged mapping with overrides applied
              source:str='config', # the file (and overrides) it came from, for messages
              check_machine:bool=True, # also check what the config asks of this machine (`machine_problems`)
@@ -558,6 +842,7 @@ def project_root(start:Union[str, Path, None]=None, # where to start looking (de
     start = Path(start or os.getcwd()).resolve()
     return next((p for p in (start, *start.parents) if (p/'configs').is_dir()), start)
 
+# %% ../nbs/00_config.ipynb #93694066
 def resolve_path(p:Union[str, Path, None], # a path from a config
                  root:Path, # the project folder
                 )->Optional[Path]:
@@ -567,17 +852,20 @@ def resolve_path(p:Union[str, Path, None], # a path from a config
     return p if p.is_absolute() else root/p
 
 # %% ../nbs/00_config.ipynb #4ffbc02d
-def load_config(path:Union[str, Path], # the experiment YAML file
-                overrides:Union[list, tuple, dict, str, None]=None, # `dotted.key=value` strings
-                root:Union[str, Path, None]=None, # project folder (default: found from the working directory)
-                check_machine:bool=True, # refuse what this machine cannot run (False: only read, e.g. a GPU run's config on a laptop)
-               )->Config:
+def load_config(
+    path: Union[str, Path],  # the experiment YAML file
+    overrides: Union[list, tuple, dict, str, None] = None,  # `dotted.key=value` strings
+    root: Union[str, Path, None] = None,  # project folder (default: found from the working directory)
+    # refuse what this machine cannot run (False: only read, e.g. a GPU run's config on a laptop)
+    check_machine: bool = True,
+) -> Config:
     "Read `path` with its bases, apply `overrides`, and validate against the schema and this machine."
     root = Path(root) if root else project_root()
     path = resolve_path(path, root)
     src = str(path) + (f" with overrides {list(overrides)}" if overrides else '')
     return validate(apply_overrides(read_layers(path), overrides), src, check_machine)
 
+# %% ../nbs/00_config.ipynb #92528d7b
 def config_dict(cfg:Config)->dict:
     "The resolved config as plain data, the form saved in run folders."
     return cfg.model_dump(mode='json')
@@ -585,18 +873,23 @@ def config_dict(cfg:Config)->dict:
 HASH_EXCLUDED = {  # keys that do not change a run's result, and why; `config_hash` leaves them out
     'output': 'where run folders are written',
     'resources': 'what a run waits for and checks before it starts (free GPU memory, disk space)',
-    'training.resume_from_checkpoint': 'resuming continues the same training from its checkpoint (weights, optimizer, scheduler, '
-                                       'random state); `dialsum run --resume` sets it',
+    'training.resume_from_checkpoint': 'resuming continues the same training from its checkpoint '
+    '(weights, optimizer, scheduler, random state); `dialsum run --resume` sets it',
     'training.report_to': 'where the logs are sent',
     'training.logging_steps': 'how often the training loss is logged',
-    'training.dataloader_num_workers': 'how many processes collate the batches; the batches and their order are the same',
-    'training.per_device_eval_batch_size': "batches of the dev loss, which is only logged: checkpoints are chosen by the dev score "
-                                           "of generated summaries",
-    'generation.batch_size': 'greedy and beam search give the same summaries at any batch size (padding is masked); it counts '
-                             'when sampling (generation.do_sample), which seeds each batch',
+    'training.dataloader_num_workers': 'how many processes collate the batches; the batches and their order '
+    'are the same',
+    'training.per_device_eval_batch_size': "batches of the dev loss, which is only logged: "
+    "checkpoints are chosen by the dev score of generated summaries",
+    'generation.batch_size': 'greedy and beam search give the same summaries at any batch size '
+    '(padding is masked); it counts when sampling (generation.do_sample), which seeds each batch',
     'model.allow_pickle': 'permission to load pickle weights: the weights are the same',
+    'data.allow_overlap': 'permission to train on rows that are dev or test dialogues: refused runs have no result',
+    'data.cache_features': 'whether tokenized features are kept for the next run: the features are the same',
+    'tune': 'which Optuna trial the run is (`dialsum tune`): the values it sampled are in the keys they set',
 }
 
+# %% ../nbs/00_config.ipynb #99e5ff94
 def config_hash(cfg:Config)->str:
     "A short, stable hash of the keys that decide a run's result: all but `HASH_EXCLUDED`."
     d = config_dict(cfg)
@@ -607,8 +900,3 @@ def config_hash(cfg:Config)->str:
         for p in parents: node = node.get(p) or {}
         node.pop(last, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
-
-def save_config(cfg:Config, path:Union[str, Path])->Path:
-    "Write the resolved config as YAML to `path`, atomically (a killed run never leaves half a config to resume from)."
-    from dialsum.records import atomic_write  # records builds on this module
-    return atomic_write(path, yaml.safe_dump(config_dict(cfg), sort_keys=False, allow_unicode=True))

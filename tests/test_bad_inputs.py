@@ -38,6 +38,20 @@ def write_splits(d, **files):
     return d
 
 
+ROW2_DIALOGUE = '"#Person1#: 몇 시예요?\n#Person2#: 세 시요."'  # train_1's dialogue as train.csv holds it
+ROW2_DIALOGUE_EMPTY = ["empty or missing dialogue at row 2 (fname 'train_1')", 'fill it in or remove the row']
+
+
+def train_with_row2(dialogue):
+    "TRAIN with row 2's dialogue (train_1) replaced by `dialogue`, written as the CSV holds it (quotes included)."
+    return TRAIN.replace(ROW2_DIALOGUE, dialogue)
+
+
+def missing_summary(split, row):
+    "The words of the refusal of the `split` file whose summary at `row` (1-based, fname `{split}_{row - 1}`) is missing."
+    return [f"empty or missing summary at row {row} (fname '{split}_{row - 1}')", f'every {split} row needs a reference summary']
+
+
 def load(d, **data):
     "`load_splits` of the three files in `d`, as a config naming them would."
     return load_splits(DataConfig(**dict(dict(train='train.csv', dev='dev.csv', test='test.csv'), **data)), root=Path(d))
@@ -79,14 +93,12 @@ CSV_REFUSED = [
     CsvCase('csv-empty-fname', 'train.csv with an empty fname in row 2',
             {'train': TRAIN.replace('train_1,', ',')}, ['empty fname at row 2', 'give every row a unique fname']),
     CsvCase('csv-empty-dialogue', 'train.csv with an empty dialogue in row 2',
-            {'train': TRAIN.replace('"#Person1#: 몇 시예요?\n#Person2#: 세 시요."', '')},
-            ["empty or missing dialogue at row 2 (fname 'train_1')", 'fill it in or remove the row']),
+            {'train': train_with_row2('')}, ROW2_DIALOGUE_EMPTY),
     CsvCase('csv-whitespace-dialogue', 'train.csv whose row-2 dialogue is spaces, a tab and a newline',
-            {'train': TRAIN.replace('"#Person1#: 몇 시예요?\n#Person2#: 세 시요."', '"  \t \n "')},
-            ["empty or missing dialogue at row 2 (fname 'train_1')", 'fill it in or remove the row']),
+            {'train': train_with_row2('"  \t \n "')}, ROW2_DIALOGUE_EMPTY),
     CsvCase('csv-nan-summary', 'dev.csv whose first summary is NaN',
             {'dev': DEV.replace('#Person1#과 #Person2#가 인사한다.', 'NaN')},
-            ["dev.csv", "empty or missing summary at row 1 (fname 'dev_0')", 'every dev row needs a reference summary']),
+            ['dev.csv', *missing_summary('dev', 1)]),
     CsvCase('csv-cp949', 'train.csv saved as CP949 (Excel on Korean Windows)',
             {'train': TRAIN.encode('cp949')}, ['train.csv: not UTF-8 text', 'CP949/EUC-KR', 'save the file as UTF-8']),
     CsvCase('csv-mixed-encodings', 'train.csv in UTF-8 with one row pasted in as CP949',
@@ -108,7 +120,7 @@ CSV_REFUSED = [
     CsvCase('csv-missing-file', 'data.dev naming a file that is not there', {}, ['dev.csv: dev file not found', 'check data.dev'],
             dict(dev='nope/dev.csv')),
     CsvCase('csv-dialogue-emptied-by-cleaning', 'train.csv whose row-2 dialogue is a lone <br> (empty once cleaned)',
-            {'train': TRAIN.replace('"#Person1#: 몇 시예요?\n#Person2#: 세 시요."', '<br>')},
+            {'train': train_with_row2('<br>')},
             ["train.csv:\n  dialogue empty after cleaning at row 2 (fname 'train_1', line 4), which holds only '<br>'",
              'data.newline_literals turns', 'fill it in or remove the row']),
     CsvCase('csv-summary-emptied-by-cleaning', r'train.csv whose row-3 summary is the two characters \n and spaces',
@@ -122,11 +134,10 @@ CSV_REFUSED = [
             {'test': TEST.replace('test_1,', 'fname,dialogue\ntest_1,')},
             ["test.csv: row 2 (fname 'fname') repeats the header line (fname,dialogue)", 'remove that line']),
     CsvCase('csv-zero-width-dialogue', 'train.csv whose row-2 dialogue is only zero-width characters (U+200B, U+200D, U+FEFF)',
-            {'train': TRAIN.replace('"#Person1#: 몇 시예요?\n#Person2#: 세 시요."', '\u200b\u200d\ufeff')},
-            ["empty or missing dialogue at row 2 (fname 'train_1')", 'fill it in or remove the row']),
+            {'train': train_with_row2('\u200b\u200d\ufeff')}, ROW2_DIALOGUE_EMPTY),
     CsvCase('csv-nul-summary', 'dev.csv whose row-3 summary is a NUL and a space',
             {'dev': DEV.replace('#Person1#이 길을 묻는다.', '\x00 ')},
-            ["dev.csv", "empty or missing summary at row 3 (fname 'dev_2')", 'every dev row needs a reference summary']),
+            ['dev.csv', *missing_summary('dev', 3)]),
     CsvCase('csv-data-path-is-a-folder', 'data.train naming the folder that holds the CSV files', {},
             ['data: is a folder, not a CSV file (it holds dev.csv, test.csv, train.csv)', 'set data.train to the train CSV file'],
             dict(train='.')),
@@ -158,7 +169,7 @@ def _accepted_quoted_newlines(sp):
 def _accepted_long(sp):
     from dialsum.data import model_inputs
     from dialsum.models import train_tokenizer
-    from dialsum.train import make_features
+    from dialsum.features import make_features
     assert len(LONG) == 50_000 and sp.train.dialogue[1] == LONG
     tok = train_tokenizer([LONG[:3000]] + list(sp.train.summary), 400)
     feats = make_features(tok, model_inputs(sp.train), list(sp.train.summary), 64, 16)
@@ -209,7 +220,7 @@ CSV_ACCEPTED = [
                                                                   dict(train=TRAIN, dev=DEV, test=TEST).items()}, _accepted_crlf),
     ('csv-quoted-newlines', 'dialogues whose turns are separated by newlines inside double quotes', {}, _accepted_quoted_newlines),
     ('csv-long-dialogue', 'train.csv with a 50,000-character dialogue',
-     {'train': TRAIN.replace('"#Person1#: 몇 시예요?\n#Person2#: 세 시요."', f'"{LONG}"')}, _accepted_long),
+     {'train': train_with_row2(f'"{LONG}"')}, _accepted_long),
     ('csv-unknown-speaker-tags', 'a dialogue with #Person8# and #Foo#, tags dialsum does not know',
      {'train': TRAIN.replace('#Person2#: 네, 안녕하세요.', '#Person8#: 네, #Foo# 안녕하세요.')}, _accepted_unknown_tags),
     ('csv-test-with-summaries', 'test.csv that has a summary column',
@@ -249,13 +260,13 @@ CLI_CSV = [
      {'test': 'fname,dialogue\n'}, 'test', ['no data rows, only a header', 'needs at least one row']),
     ('csv-nan-summary-cli', 'dialsum run with a train.csv whose second summary is NaN',
      {'train': TRAIN.replace('#Person1#이 #Person2#에게 시간을 묻는다.', 'NaN')}, 'train',
-     ["empty or missing summary at row 2 (fname 'train_1')", 'every train row needs a reference summary']),
+     missing_summary('train', 2)),
     ('csv-duplicate-header-cli', 'dialsum run with a test.csv whose header is fname,dialogue,dialogue',
      {'test': 'fname,dialogue,dialogue\ntest_0,#Person1#: 네,#Person1#: 아니요\n'}, 'test',
      ["the header (line 1) names a column more than once: 'dialogue' in columns 2, 3", 'rename or remove the extra column']),
     ('csv-zero-width-summary-cli', 'dialsum run with a train.csv whose second summary is a zero-width space',
      {'train': TRAIN.replace('#Person1#이 #Person2#에게 시간을 묻는다.', '\u200b')}, 'train',
-     ["empty or missing summary at row 2 (fname 'train_1')", 'every train row needs a reference summary']),
+     missing_summary('train', 2)),
 ]
 
 
@@ -484,7 +495,8 @@ def test_model_refused(case_id, given, make, expect, tiny, tmp_path):
 
 
 def test_no_complete_checkpoint(tiny, tmp_path):
-    from dialsum.checkpoints import CheckpointError, find_checkpoint
+    from dialsum.runs import CheckpointError
+    from dialsum.checkpoints import find_checkpoint
     run = _torn_run(tiny, tmp_path/'run')
     refused(lambda: find_checkpoint(run), CheckpointError, ['checkpoints: no complete checkpoint: checkpoint-10: corrupt model.safetensors', '--checkpoint'],
             tmp_path, 'model-no-complete-checkpoint', 'Models', 'a run whose only checkpoint was torn by a kill while saving')
@@ -492,7 +504,7 @@ def test_no_complete_checkpoint(tiny, tmp_path):
 
 def test_resume_skips_a_torn_checkpoint(tiny, tmp_path):
     "Accepted by design: resuming takes the newest complete checkpoint and passes over the torn one."
-    from dialsum.safety import resume_point
+    from dialsum.checkpoints import resume_point
     run = _torn_run(tiny, tmp_path/'run')
     done = _copy(tiny, run/'checkpoints'/'checkpoint-5')
     (done/'trainer_state.json').write_text(json.dumps({'global_step': 5, 'log_history': []}))
@@ -505,8 +517,8 @@ def test_resume_skips_a_torn_checkpoint(tiny, tmp_path):
 # ---------------------------------------------------------------------------------------------- output
 
 def test_runs_dir_not_writable(tmp_path):
-    from dialsum.records import new_run_dir
-    from dialsum.safety import WriteError
+    from dialsum.runs import new_run_dir
+    from dialsum.files import WriteError
     runs = prior_runs(tmp_path/'runs')
     if os.geteuid() != 0:
         runs.chmod(0o555)
@@ -534,7 +546,7 @@ def _enospc(*a, **k): raise OSError(errno.ENOSPC, 'No space left on device')
 
 
 def test_disk_full_while_writing_the_index(tmp_path):
-    from dialsum.safety import WriteError
+    from dialsum.files import WriteError
     from dialsum.submissions import update_index
     runs = prior_runs(tmp_path/'runs')
     with mock.patch('os.fsync', _enospc):
@@ -544,7 +556,7 @@ def test_disk_full_while_writing_the_index(tmp_path):
 
 
 def test_disk_full_while_promoting(tmp_path):
-    from dialsum.safety import WriteError
+    from dialsum.files import WriteError
     from dialsum.submissions import promote
     runs = prior_runs(tmp_path/'runs')
     run = runs/'new_20260102-000000'; run.mkdir()
@@ -581,7 +593,7 @@ def test_disk_too_small_for_the_checkpoints_cli(tmp_path):
 def test_run_name_collision(tmp_path):
     "Accepted by design: a second run of an experiment in the same second gets its own folder; the first is untouched."
     from datetime import datetime
-    from dialsum.records import new_run_dir
+    from dialsum.runs import new_run_dir
     t = datetime(2026, 1, 2, 3, 4, 5)
     first = new_run_dir(tmp_path, 'demo', t); (first/'metadata.json').write_text('{"run_id": "first"}')
     before = snapshot(first)
@@ -647,7 +659,9 @@ def test_config_hash_covers_what_changes_results():
     h = lambda *o: config_hash(load_config(SMOKE, list(o), check_machine=False))
     neutral = ['training.resume_from_checkpoint=true', 'generation.batch_size=3', "training.report_to=['tensorboard']",
                'training.dataloader_num_workers=2', 'training.logging_steps=1', 'training.per_device_eval_batch_size=1',
-               'model.allow_pickle=true', 'output.runs_dir=elsewhere', 'resources.check_disk=false', 'resources.gpu_wait_seconds=5']
+               'model.allow_pickle=true', 'output.runs_dir=elsewhere', 'resources.check_disk=false', 'resources.gpu_wait_seconds=5',
+               'data.allow_overlap=true', 'data.cache_features=false',
+               'tune={storage: runs/study.log, study: s, trial: 3}']  # which Optuna trial a run is (dialsum tune)
     assert {k.split('=')[0].rsplit('.', 1)[0] if k.startswith(('output', 'resources')) else k.split('=')[0] for k in neutral} == set(HASH_EXCLUDED)
     changed = ['training.seed=7', 'training.learning_rate=1e-3', 'training.max_steps=3', 'generation.num_beams=2',
                'generation.max_new_tokens=20', 'model.max_source_length=128', 'data.prefix=x', 'data.collapse_whitespace=false',
@@ -666,7 +680,7 @@ def test_generation_batch_size_is_results_neutral(tiny):
     "What excluding generation.batch_size from the hash rests on: greedy and beam search give the same summaries at any batch size."
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
     from dialsum.config import GenerationConfig
-    from dialsum.features import generate_summaries
+    from dialsum.inference import generate_summaries
     import torch
     tok, model = AutoTokenizer.from_pretrained(tiny), AutoModelForSeq2SeqLM.from_pretrained(tiny)
     torch.manual_seed(0)

@@ -35,3 +35,24 @@ def test_table_judges_targets():
     assert t['identical to plain masked generate']['met'] is None  # every summary empty: no evidence either way
     assert t['metric seconds']['met'] is True and t['metric seconds']['ratio'] == 8.0
     assert t['run overhead']['met'] is False
+
+
+def test_table_judges_the_hf_recipe():
+    "With the HF recipe's sides: dialsum's ratio to each, the 1.5x target against group_by_length, 5x in inference."
+    d = [_train(30, .05)] * 3
+    res = dict(args=dict(demo_config='demo.yaml'),
+               training=dict(dialsum=d, seed=[_train(8, .7)] * 3, hf=[_train(15, .5)] * 3, hf_grouped=[_train(24, .24)] * 3,
+                             dialsum_tokens=[_train(40, .02)] * 3),
+               inference=dict(runs=dict(dialsum=[dict(infer_examples_per_s=8.0)], seed=[dict(infer_examples_per_s=1.5)],
+                                        hf=[dict(infer_examples_per_s=2.0)]),
+                              agreement=dict(share=1.0, identical=5, rows=5, nonempty=5)))
+    t = {r['metric']: r for r in bench.build_table(res, quick=False)}
+    g = t['training samples/s vs HF recipe, group_by_length']
+    assert g['ratio'] == 30 / 24 and g['met'] is False  # 1.25x < 1.5x
+    assert t['training samples/s vs HF recipe, random sampler']['ratio'] == 2.0
+    assert t['training samples/s vs HF recipe, random sampler']['met'] is None  # no target against the random sampler
+    tok = t['training real tokens/s, batch_tokens vs HF group_by_length']
+    assert tok['ratio'] == 400 / 240 and tok['met'] is True
+    assert t['training padding share, batch_tokens']['met'] is True
+    h = t['inference examples/s vs HF predict_with_generate']
+    assert h['ratio'] == 4.0 and h['met'] is False  # 4x < 5x

@@ -88,7 +88,7 @@ def test_runs_plot(swept, tmp_path):
 
 def test_hand_edited_run_id_is_refused(tmp_path):
     "An index row whose run_id was edited to ../outside (a better-looking completed run there): runs, best and compare refuse it, exit 2."
-    from dialsum.records import write_json
+    from dialsum.files import write_json
     from dialsum.submissions import index_row, update_index
     runs, outside = tmp_path/'runs', tmp_path/'outside'
     for d, score in ((runs/'ok_20260101-000000', 20.0), (outside, 99.0)):
@@ -172,7 +172,7 @@ def test_index_with_an_extra_column_leaves_no_running_folder(tmp_path):
 def test_runs_into_a_closed_pipe(tmp_path):
     "dialsum runs | head -1: the reader closes the pipe early; no BrokenPipeError traceback, exit 141 (SIGPIPE), like other commands."
     import subprocess
-    from dialsum.records import write_csv, write_json
+    from dialsum.files import write_csv, write_json
     from dialsum.submissions import INDEX_COLUMNS, index_row
     runs, rows = tmp_path/'runs', []
     for i in range(300):  # more than a pipe holds: the writer meets the closed end for certain

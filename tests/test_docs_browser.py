@@ -55,6 +55,44 @@ def test_show_doc_build_is_strict(tmp_path, monkeypatch):
     # breaks the build (the fix: the import goes into the notebook's import cell, or the cell gets `#| eval: false`)
     assert not failed, "notebooks whose show_doc cells raise (nbdev_docs would fail):\n" + '\n'.join(f"{k}: {v}" for k, v in failed.items())
     assert len(list(tmp_path.rglob('*.ipynb'))) == len(pages) - len(failed)
+
+
+def _module_nb(module):
+    "The notebook in nbs/ that exports `dialsum.<module>` (found by its `default_exp`, whatever its number)."
+    return next(p for p in sorted((ROOT/'nbs').glob('[0-9]*.ipynb'))
+                if re.search(rf'#\|\s*default_exp\s+{module}\b', p.read_text(encoding='utf-8')))
+
+
+NOISE = re.compile(r'Loading weights|Writing model shards|site-packages')  # tqdm bars of transformers, library warnings
+
+
+def _noisy(text):
+    "Whether `text` (an output or a page) shows a progress bar or a warning raised inside an installed package."
+    from docs import PROGRESS
+    return bool(PROGRESS.search(text) or NOISE.search(text))
+
+
+@slow
+def test_pages_without_progress_bars(tmp_path, monkeypatch):
+    "A page whose lessons save and load models shows their values and dialsum's messages, no bar or library warning."
+    from docs import _page_names, build_page, notebooks, quiet_stderr
+    kept = 'warning: dialsum keeps this\n'
+    bar = '\rLoading weights:   0%|          | 0/50 [00:00<?, ?it/s]\rLoading weights: 100%|##########| 50/50 [00:00]\n'
+    lib = '/venv/lib/python3.11/site-packages/transformers/x.py:33: FutureWarning: deprecated\n  warnings.warn(\n'
+    cleared = '\r                                     \r\x1b[A\r                    \r\n'  # a finished bar, erased
+    assert quiet_stderr(kept + bar + lib + cleared + '12it [00:01, 3.40it/s]\n') == kept
+    monkeypatch.chdir(ROOT); monkeypatch.setenv('IN_TEST', '1')
+    nbs, src = ROOT/'nbs', _module_nb('lora')  # its lessons save and load tiny models: both kinds of bar, and warnings
+    page, _ = build_page(src, tmp_path, _page_names(nbs, notebooks(nbs)), execute=True, strict=True)
+    outs = [o for c in json.loads((tmp_path/page).read_text(encoding='utf-8'))['cells'] for o in c.get('outputs', [])]
+    text = lambda o: ''.join(o.get('text', '')) + ''.join(''.join(v) for v in o.get('data', {}).values()
+                                                          if isinstance(v, (str, list)))
+    noise = [text(o)[:200] for o in outs if _noisy(text(o))]
+    assert not noise, f"{src.name}: progress bars or library warnings on the page:\n" + '\n'.join(noise)
+    values = sum(o['output_type'] == 'execute_result' for o in outs)
+    assert values >= 5, f"{src.name}: {values} lesson values on the page"
+
+
 FLAGS = ['--headless=new', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
          '--disable-component-update', '--disable-sync', '--window-size=1280,1400']
 
@@ -77,7 +115,7 @@ def site(tmp_path_factory):
     # `make docs` runs every notebook's lessons; nbdev_test checks those, so here only the pages with pictures run
     # (the others get what show_doc needs, as nbdev_docs does): the same pipeline in a third of the time
     r = subprocess.run([str(BIN/'python'), 'tools/docs.py', '--out', str(tmp/'site'), '--build', str(tmp/'build'),
-                        '--execute', 'eda.ipynb', '13_plots.ipynb', 'tutorials/03_sweep.ipynb'],
+                        '--execute', 'eda.ipynb', '14_plots.ipynb', 'tutorials/03_sweep.ipynb'],
                        cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, f"tools/docs.py failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
     # a cell that raised is a warning naming its notebook: none may
@@ -120,7 +158,9 @@ JS_PAGE = """return {links: Array.from(document.querySelectorAll('a[href]')).map
   images: document.querySelectorAll('article img').length,
   highlighted: document.querySelectorAll('article .highlight-ipynb span, article .highlight span').length,
   article_links: Array.from(document.querySelectorAll('article a[href]')).map(a => a.href),
-  text: document.querySelector('article') ? document.querySelector('article').innerText : ''}"""
+  text: document.querySelector('article') ? document.querySelector('article').innerText : '',
+  scrolled_code: Array.from(document.querySelectorAll('article pre')).filter(p => p.scrollWidth > p.clientWidth + 1)
+    .map(p => Math.max(...p.innerText.split('\\n').map(l => l.length)))}"""
 
 
 @pytest.fixture(scope='module')
@@ -154,6 +194,16 @@ def test_every_page_loads_without_errors(site, server, crawl):
     assert not errors, 'console errors:\n' + '\n'.join(map(str, errors))
     shown = [p for p, i in pages.items() if 'Traceback (most recent call last)' in i['text'] or re.search(r'^\w*Error\s+Traceback', i['text'], re.M)]
     assert not shown, f"pages that show a Python traceback: {sorted(shown)}"
+    noisy = [p for p, i in pages.items() if _noisy(i['text'])]
+    assert not noisy, f"pages that show progress bars or library warnings: {sorted(noisy)}"
+
+
+@slow
+def test_code_fits_the_page(crawl):
+    "In a 1280-pixel window, a code block of lines up to 120 characters (the notebooks' limit) never scrolls sideways."
+    pages, _ = crawl
+    scrolled = {p: n for p, i in pages.items() if (n := sorted(n for n in i['scrolled_code'] if n <= 120))}
+    assert not scrolled, f"pages whose code of at most 120 characters a line does not fit (longest lines): {scrolled}"
 
 
 @slow

@@ -104,7 +104,8 @@ def test_decoder_only_prompt_labels_and_batched_generation(tmp_path):
     "Prompt positions are labelled -100; left-padded batches generate what one-by-one generation does."
     from dialsum.config import GenerationConfig, ScratchModel
     from dialsum.data import make_demo_data
-    from dialsum.features import generate_summaries, make_features, prompt_parts
+    from dialsum.features import make_features, prompt_parts
+    from dialsum.inference import generate_summaries
     from dialsum.models import build_scratch_model, load_pretrained
     paths = make_demo_data(tmp_path/'data', 24, 6, 4)
     df, dev = read_split(paths['train'], 'train'), read_split(paths['dev'], 'dev')

@@ -31,7 +31,7 @@ def kill_tree(proc):
 @pytest.mark.slow
 def test_kill_during_training_then_resume(tmp_path):
     "kill -9 after the first complete checkpoint; `dialsum run --resume` continues from the newest complete one and completes."
-    from dialsum.safety import resume_problems
+    from dialsum.checkpoints import resume_problems
     runs = tmp_path/'runs'
     over = [f'output.runs_dir={runs}', 'training.max_steps=30', 'training.eval_steps=5', 'training.save_total_limit=null',
             'training.early_stopping_patience=null']
@@ -83,7 +83,7 @@ def test_kill_during_training_then_resume(tmp_path):
 WRITER = r"""
 import os, sys, time
 from pathlib import Path
-from dialsum.records import atomic_write, write_json
+from dialsum.files import atomic_write, write_json
 from dialsum.submissions import update_index
 runs, rows, stall, stall_at = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[4], int(sys.argv[5])
 real_replace, renames = os.replace, {}
@@ -145,7 +145,7 @@ CHILD = r'''
 import sys, time
 from datetime import datetime
 from pathlib import Path
-from dialsum.records import new_run_dir
+from dialsum.runs import new_run_dir
 runs, go, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 (go.parent/f'ready-{sys.argv[4]}').touch()
 while not go.exists(): time.sleep(0.002)
@@ -191,7 +191,7 @@ promote(run, runs, [f'test_{i}' for i in range(n)])
 
 def test_kill_inside_promote(tmp_path):
     "SIGKILL inside each write of `promote`: latest and history stay whole (old or new); the next promotion works and removes the killed writes' temporary files."
-    from dialsum.records import STALE_TEMP_SECONDS, write_json
+    from dialsum.files import STALE_TEMP_SECONDS, write_json
     from dialsum.submissions import promote
     runs, n = tmp_path/'runs', 2000
     fnames = [f'test_{i}' for i in range(n)]
@@ -311,7 +311,7 @@ def small_disk(tmp_path):
 @pytest.mark.slow
 def test_disk_full_while_training(small_disk, tmp_path):
     "The disk fills during a checkpoint save: failed with the reason, exit 1, run.ipynb whole, the torn checkpoint gone; resume completes."
-    from dialsum.safety import resume_problems
+    from dialsum.checkpoints import resume_problems
     runs = prior_runs(small_disk/'runs'); before = snapshot(runs)
     over = [f'output.runs_dir={runs}', 'resources.check_disk=false', 'training.max_steps=40', 'training.eval_steps=4',
             'training.save_total_limit=null', 'training.early_stopping_patience=null']  # every checkpoint kept: the disk must fill

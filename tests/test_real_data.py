@@ -47,26 +47,10 @@ def test_eda_on_real_data(real_ko, tmp_path):
 
 
 @pytest.fixture
-def real_orders(real_ko, tmp_path_factory):
+def real_orders(real_holdout):
     "A tiny model trained on 400 rows of the real dev.csv, in length-bucket order and in random order (the default), "
     "both scored on the 99 rows held out: {strategy: run folder}."
-    tmp = tmp_path_factory.mktemp('orders')
-    dev = pd.read_csv(real_ko/'dev.csv')
-    data = tmp/'data'; data.mkdir()
-    dev.iloc[:400].to_csv(data/'train.csv', index=False)
-    dev.iloc[400:].to_csv(data/'dev.csv', index=False)
-    dev.iloc[400:][['fname', 'dialogue']].to_csv(data/'test.csv', index=False)
-    out = {}
-    for strategy in ('length_buckets', 'random'):
-        runs = tmp/strategy
-        p = dialsum('run', 'configs/experiments/smoke.yaml', 'data.demo=null', f'data.train={data/"train.csv"}',
-                    f'data.dev={data/"dev.csv"}', f'data.test={data/"test.csv"}', f'output.runs_dir={runs}',
-                    'model.scratch.vocab_size=2000', 'model.max_source_length=256', 'training.max_steps=100', 'training.learning_rate=3e-3',
-                    'training.eval_steps=100', 'training.per_device_train_batch_size=16', 'generation.max_new_tokens=32',
-                    'generation.batch_size=64', f'training.train_sampling_strategy={strategy}')
-        assert p.returncode == 0, p.stderr[-3000:] + p.stdout[-2000:]
-        (out[strategy],) = run_folders(runs)
-    return out
+    return {side: real_holdout(side) for side in ('length_buckets', 'random')}
 
 
 @pytest.mark.slow

@@ -11,9 +11,9 @@ import tokenizer_fixtures as F
 from dialsum.checkpoints import find_checkpoint
 from dialsum.config import load_config
 from dialsum.data import make_demo_data, model_inputs, read_split
-from dialsum.features import end_token_ids, features, make_collator, make_features, prompt_parts
+from dialsum.features import features, make_collator, make_features, prompt_parts
 from dialsum.lora import load_checkpoint
-from dialsum.models import load_pretrained
+from dialsum.models import end_token_ids, load_pretrained
 
 TAG_GLUED = re.compile(r'#\w+#[은는이가을를에의와과]')  # a tag and its particle, written together
 TAG_SPACED = re.compile(r'#\w+# [은는이가을를에의와과](?=\s)')  # the same pulled apart: what a lossy tokenizer gives

@@ -123,7 +123,7 @@ def test_remote_code_is_off(tiny, tmp_path):
 
 
 def test_run_record_says_whether_remote_code_was_trusted(tmp_path):
-    from dialsum.records import start_run
+    from dialsum.runs import start_run
     for model, generation in ((False, False), (True, False), (False, True)):
         cfg = validate({'experiment': 'x', 'model': {'name_or_path': 'm', 'trust_remote_code': model},
                         'generation': {'trust_remote_code': generation}, 'output': {'runs_dir': str(tmp_path/'runs')}})
@@ -137,7 +137,7 @@ BAD_NAMES = ['../escape', '..', '/etc/passwd', 'a/b', 'a\\b', '.hidden', '', 'x'
 
 @pytest.mark.parametrize('name', BAD_NAMES, ids=lambda n: repr(n)[:20])
 def test_experiment_names_cannot_leave_runs(name, tmp_path):
-    from dialsum.records import new_run_dir, safe_name
+    from dialsum.runs import new_run_dir, safe_name
     runs = tmp_path/'a'/'runs'
     with pytest.raises(DialsumError): validate({'experiment': name, 'model': {'name_or_path': 'm'}})
     with pytest.raises(ConfigError): safe_name(name)
@@ -211,7 +211,7 @@ def test_secrets_in_the_environment_never_reach_a_completed_run(tmp_path):
     assert _leaks(runs, p.stdout, p.stderr) == []
     md = json.loads((run/'metadata.json').read_text())
     assert md['trust_remote_code'] is False
-    from dialsum.safety import checkpoint_bytes, checkpoints_on_disk
+    from dialsum.checkpoints import checkpoint_bytes, checkpoints_on_disk
     from dialsum.config import load_config
     cfg = load_config(run/'config.yaml', root=ROOT)
     dc = md['disk_check']
@@ -248,7 +248,7 @@ NOT_SECRET_NAMES = ['KEYBOARD', 'MONKEY', 'KEY_PATH', 'PATH', 'PATTERN', 'sectio
 
 def test_secret_names_and_short_values_are_scrubbed(tmp_path):
     "Any *_KEY, *_PAT, *_SECRET, *_TOKEN or *PASSWORD* variable is a secret, and its value is scrubbed from a log even when short."
-    from dialsum.safety import REDACTED, is_secret_name, redact, scrub_file
+    from dialsum.redaction import REDACTED, is_secret_name, redact, scrub_file
     assert [n for n in SECRET_NAMES if not is_secret_name(n)] == []
     assert [n for n in NOT_SECRET_NAMES if is_secret_name(n)] == []
     env = {'S3_KEY': 'k3y-42', 'GITHUB_PAT': 'pat9x', 'MY_TOKEN': 'abc', 'SOME_KEY': 'true', 'KEYBOARD': 'qwerty12'}

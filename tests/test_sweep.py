@@ -245,7 +245,7 @@ def test_unpromoted_submission_is_not_done(tmp_path):
 def test_resume_refuses_an_index_id_outside_runs(tmp_path):
     "An index row of the config whose run_id was edited to ../outside (a completed run there): --resume neither skips nor touches it."
     from dialsum.config import config_hash, load_config
-    from dialsum.records import write_json
+    from dialsum.files import write_json
     from dialsum.submissions import index_row, update_index
     runs, outside = tmp_path/'runs', tmp_path/'outside'
     chash = config_hash(load_config(SMOKE, [f'output.runs_dir={runs}'], ROOT))
@@ -265,7 +265,7 @@ def test_resume_refuses_an_index_id_outside_runs(tmp_path):
 @pytest.mark.slow
 def test_resume_continues_a_run_killed_while_training(tmp_path):
     "kill -9 of a sweep and its kernel after the run's first complete checkpoint: sweep --resume continues that run in its own folder."
-    from dialsum.safety import resume_problems
+    from dialsum.checkpoints import resume_problems
     runs, cfg = tmp_path/'runs', tmp_path/'long.yaml'
     cfg.write_text(f"base: {SMOKE}\nexperiment: long\ntraining: {{max_steps: 30, eval_steps: 5, save_total_limit: null, "
                    "early_stopping_patience: null}\n")

@@ -7,13 +7,15 @@ Without quarto, every notebook in nbs/ and nbs/tutorials/ becomes a page, and so
    template is not executed (that would be a training run) and is shown as it is. A cell that raises
    keeps its error on the page and the build goes on with a warning (`--strict`: the build fails);
    `nbdev_test` is what checks the lessons. `--no-execute` runs only what `show_doc` needs, as
-   `nbdev_docs` does, and `--execute NB ...` runs only the lessons of those notebooks;
+   `nbdev_docs` does, and `--execute NB ...` runs only the lessons of those notebooks. What a cell
+   printed to stderr reaches the page without progress bars (tqdm's "Loading weights", "Writing model
+   shards") and without the warnings installed packages raise about their own code (`quiet_stderr`);
 2. nbdev's own processors run on it, as `nbdev_docs` would (front matter from the title cell, a
    `show_doc` for every exported name, `#| hide` and `#| export` cells dropped, backticked names linked);
 3. what quarto would read from the result is turned into what mkdocs-jupyter reads: the front matter
    becomes the page's title cell, quarto's `#| echo: false` / `output: false` / `include: false`
    become cell tags that remove the input / outputs / cell, and doc links become relative links between
-   pages named as quarto names them (`01_data.ipynb` -> `data.html`);
+   pages named as quarto names them (`03_data.ipynb` -> `data.html`);
 4. mkdocs (material theme, mkdocs-jupyter plugin; settings in tools/mkdocs.yml) builds the site.
 
     python tools/docs.py [--out _docs] [--no-execute | --execute NB ...] [--strict] [--workers 2]
@@ -32,6 +34,11 @@ SECTIONS = [('Home', lambda p: p.name == 'index.ipynb'), ('Tutorials', lambda p:
             ('Guides', lambda p: not re.match(r'\d', p.name) and p.name != 'run_experiment.ipynb'),
             ('API', lambda p: bool(re.match(r'\d', p.name))), ('Experiment template', lambda p: True)]
 TAGS = {'echo': ('false', 'remove_input'), 'output': ('false', 'remove_output'), 'include': ('false', 'remove_cell')}
+# a tqdm bar (`50%|#####     | 5/10 [...]`, or a count without a total: `12it [00:01, ...]`), with every redraw on one line
+PROGRESS = re.compile(r'\d+%\|[^|\n]*\|\s*[\d.]+[kMG]?/[\d.]+[kMG]?|\b\d+(?:it|B) \[\d+:\d+')
+ANSI = re.compile(r'\x1b\[[0-9;?]*[A-Za-z]')  # terminal control: cursor up (`ESC[A`), erase line...
+# the first line of a warning raised inside an installed package (`.../site-packages/x/y.py:12: FutureWarning: ...`)
+LIB_WARNING = re.compile(r'^\S*[/\\](?:site|dist)-packages[/\\]\S*?:\d+: \w+: ')
 
 
 def notebooks(nbs:Path, ext:str='ipynb')->list[Path]:
@@ -65,6 +72,34 @@ def _exec_proc(full:bool, skip_flags:set, strict:bool):
                 print(f"warning: {msg} (the page shows the error)", file=sys.stderr)
                 self.k.exc = None
     return exec_cells
+
+
+def _erased(line:str)->bool:
+    "Whether `line` only moves the cursor and blanks the screen, as tqdm does when it clears a finished bar."
+    return bool(re.search(r'[\r\x1b]', line)) and not ANSI.sub('', line).strip()
+
+
+def quiet_stderr(text:str)->str:
+    "`text`, what a cell printed to stderr, without progress bars and without the warnings installed packages raise."
+    lines, out, i = text.split('\n'), [], 0
+    while i < len(lines):
+        if PROGRESS.search(lines[i]) or _erased(lines[i]): i += 1
+        elif LIB_WARNING.match(lines[i]):  # its message, then the source line that warned, indented by two spaces
+            i = next((j for j in range(i + 1, min(i + 8, len(lines))) if lines[j].startswith('  ')), i) + 1
+        else: out.append(lines[i]); i += 1
+    return '\n'.join(out)
+
+
+def quiet_outputs(outputs:list)->list:
+    "A code cell's outputs with `quiet_stderr` applied to its stderr, dropping what is left empty."
+    kept = []
+    for o in outputs:
+        if o.get('output_type') == 'stream' and o.get('name') == 'stderr':
+            text = quiet_stderr(''.join(o['text']) if isinstance(o['text'], list) else o['text'])
+            if not text.strip(): continue
+            o['text'] = text
+        kept.append(o)
+    return kept
 
 
 def _directives(cell)->dict:
@@ -122,6 +157,7 @@ def build_page(src:Path, dst_root:Path, pages:dict, execute:bool, strict:bool=Fa
             if k in TAGS and v.lower() == TAGS[k][0]: tags.append(TAGS[k][1])
         if tags: c.metadata['tags'] = tags
         c.source = re.sub(r'\A(?:[ \t]*#\|.*\n?)+', '', c.source)
+        if 'outputs' in c: c.outputs = quiet_outputs(c.outputs)
         for o in c.get('outputs', []):
             data = o.get('data', {})
             for mime in ('text/markdown', 'text/html'):
@@ -152,7 +188,7 @@ def build_md_page(src:Path, dst_root:Path, pages:dict)->tuple[str, str]:
 
 
 def _page_names(nbs:Path, found:list)->dict:
-    "Notebook or Markdown file (relative to nbs/) -> its page, named as quarto names it (`01_data.ipynb` -> `data.html`)."
+    "Notebook or Markdown file (relative to nbs/) -> its page, named as quarto names it (`03_data.ipynb` -> `data.html`)."
     from nbdev.frontmatter import _nbpath2html
     pages = {str(p.relative_to(nbs)): str(p.parent.relative_to(nbs)/(_nbpath2html(p).name if p.suffix == '.ipynb' else p.stem + '.html'))
              for p in found}
