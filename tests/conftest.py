@@ -1,10 +1,11 @@
 "Shared fixtures: the project folder, offline settings, and the real data when it is present."
-import os, sys, subprocess
+import os, sys, subprocess, tempfile
 from pathlib import Path
 import pytest
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+if os.environ.get('PYTEST_XDIST_WORKER'): os.environ.setdefault('OMP_NUM_THREADS', '1')  # one torch thread per pytest process
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_KO = ROOT.parent/'shared'/'data'/'ko'
 BIN = Path(sys.executable).parent
@@ -12,6 +13,53 @@ BIN = Path(sys.executable).parent
 
 def pytest_configure(config):
     config.addinivalue_line('markers', 'slow: trains a model for more than a few seconds (still run by make test and CI)')
+    # the reliability tests log their cases (tests/casebook.py) into a file of this process's own, unless
+    # tools/cases_page.py gave one; tests/test_reliability_page.py turns them into the page at the end of the session
+    if os.environ.get(CASES_OUT) in (None, os.environ.get(SESSION_CASES)):
+        os.environ[CASES_OUT] = os.environ[SESSION_CASES] = tempfile.mkstemp(prefix='dialsum-cases-', suffix='.jsonl')[1]
+
+
+# `make test` runs pytest in two processes (pytest-xdist, --dist loadgroup): a file's tests stay in one process, and so
+# do the files that share a session fixture (a trained model, a sweep) or, for the reliability page, each other's cases.
+GROUPS = {'test_cli': 'swept', 'test_sweep': 'swept', 'test_real_data': 'holdout', 'test_batching': 'holdout',
+          'test_bad_inputs': 'reliability', 'test_faults': 'reliability', 'test_security': 'reliability',
+          'test_reliability_page': 'reliability'}
+CASES_OUT, SESSION_CASES = 'DIALSUM_CASES_OUT', 'DIALSUM_SESSION_CASES'
+OUTCOMES = {}  # 'test_file::test_name[id]' -> 'passed' | 'FAILED' | 'not run', as tools/cases_page.py reads JUnit XML
+
+
+def pytest_xdist_make_scheduler(config, log):
+    "With --dist loadgroup, the groups are `GROUPS` (else each file): xdist's own xdist_group marks need pytest < 9.2."
+    if config.getvalue('dist') != 'loadgroup': return None
+    from xdist.scheduler import LoadScopeScheduling
+    class FileGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid): return group_of(nodeid)
+    return FileGroups(config, log)
+
+
+def group_of(nodeid):
+    "`tests/test_cli.py::test_x[id]` -> its group: 'swept'."
+    stem = Path(nodeid.split('::')[0]).stem
+    return GROUPS.get(stem, stem)
+
+
+def pytest_collection_modifyitems(config, items):
+    "The reliability page's check after every test whose cases it reads."
+    items.sort(key=lambda item: item.path.stem == 'test_reliability_page' and item.name.endswith('this_session'))
+
+
+def case_key(nodeid):
+    "`tests/test_x.py::test_y[id]` -> `test_x::test_y[id]`, the name tools/cases_page.py gives a test."
+    path, _, name = nodeid.partition('::')
+    return f"{Path(path).stem}::{name}"
+
+
+def pytest_runtest_logreport(report):
+    "Every test's outcome (a failed setup, call or teardown fails it), for the reliability page."
+    key, state = case_key(report.nodeid), OUTCOMES.get(case_key(report.nodeid), 'passed')
+    if report.failed: state = 'FAILED'
+    elif report.skipped and state != 'FAILED': state = 'not run'
+    OUTCOMES[key] = state
 
 
 @pytest.fixture
