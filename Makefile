@@ -43,16 +43,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check --select E501,W nbs
 	$(BIN)/lint-imports
 
-# pytest in two processes (pytest-xdist), each test file whole in one of them (tests/conftest.py, GROUPS), torch at one
-# thread in each: the two cores busy at once, the parts that wait on a kernel or a subprocess overlapped.
-PYTEST_WORKERS ?= 2
 test: lint
 	$(BIN)/nbdev_test --flags slow --n_workers 2
-	$(BIN)/pytest -q -rs -n $(PYTEST_WORKERS) --dist loadgroup tests
+	$(BIN)/pytest -q -rs tests
 
 test-fast: lint
 	$(BIN)/nbdev_test --n_workers 2
-	$(BIN)/pytest -q -rs -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow" tests
+	$(BIN)/pytest -q -rs -m "not slow" tests
 
 export: $(STAMP)
 	$(BIN)/nbdev_export

@@ -53,7 +53,7 @@ def tidy(text, *paths):
     text = str(text)
     for p in paths: text = text.replace(str(Path(p).resolve()), '<tmp>').replace(str(p), '<tmp>')
     text = text.replace(str(ROOT), '<project>')
-    return re.sub(r'/tmp/[\w./-]*?/(pytest-\d+(/popen-gw\d+)?|tmp\w+)/[\w.-]+', '<tmp>', text)  # popen-gwN: pytest-xdist
+    return re.sub(r'/tmp/[\w./-]*?/(pytest-\d+|tmp\w+)/[\w.-]+', '<tmp>', text)
 
 
 def record(case, category, given, expected, outcome, message='', *paths):

@@ -5,7 +5,6 @@ import pytest
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
-if os.environ.get('PYTEST_XDIST_WORKER'): os.environ.setdefault('OMP_NUM_THREADS', '1')  # one torch thread per pytest process
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_KO = ROOT.parent/'shared'/'data'/'ko'
 BIN = Path(sys.executable).parent
@@ -19,28 +18,8 @@ def pytest_configure(config):
         os.environ[CASES_OUT] = os.environ[SESSION_CASES] = tempfile.mkstemp(prefix='dialsum-cases-', suffix='.jsonl')[1]
 
 
-# `make test` runs pytest in two processes (pytest-xdist, --dist loadgroup): a file's tests stay in one process, and so
-# do the files that share a session fixture (a trained model, a sweep) or, for the reliability page, each other's cases.
-GROUPS = {'test_cli': 'swept', 'test_sweep': 'swept', 'test_real_data': 'holdout', 'test_batching': 'holdout',
-          'test_bad_inputs': 'reliability', 'test_faults': 'reliability', 'test_security': 'reliability',
-          'test_reliability_page': 'reliability'}
 CASES_OUT, SESSION_CASES = 'DIALSUM_CASES_OUT', 'DIALSUM_SESSION_CASES'
 OUTCOMES = {}  # 'test_file::test_name[id]' -> 'passed' | 'FAILED' | 'not run', as tools/cases_page.py reads JUnit XML
-
-
-def pytest_xdist_make_scheduler(config, log):
-    "With --dist loadgroup, the groups are `GROUPS` (else each file): xdist's own xdist_group marks need pytest < 9.2."
-    if config.getvalue('dist') != 'loadgroup': return None
-    from xdist.scheduler import LoadScopeScheduling
-    class FileGroups(LoadScopeScheduling):
-        def _split_scope(self, nodeid): return group_of(nodeid)
-    return FileGroups(config, log)
-
-
-def group_of(nodeid):
-    "`tests/test_cli.py::test_x[id]` -> its group: 'swept'."
-    stem = Path(nodeid.split('::')[0]).stem
-    return GROUPS.get(stem, stem)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -7,6 +7,8 @@ import pytest
 
 from casebook import OLD_RUN, assert_kept, prior_runs, record, snapshot
 from conftest import BIN, ROOT, dialsum, run_folders
+from dialsum.config import DialsumError
+from dialsum.inference import refuse_output
 from dialsum.metrics import bootstrap_ci
 from dialsum.submissions import read_index
 
@@ -128,10 +130,14 @@ def test_predict_never_overwrites_a_record(swept, tmp_path):
              (hist, 'the promoted submissions'), (runs/'history'/'new.csv', 'the promoted submissions'),
              (runs/'latest_submission.csv', 'written by runs only'), (runs/'index.csv', 'written by runs only'), (mine, 'give --force')]
     msgs = []
-    for out, words in cases:
+    for out, words in cases:  # the check predict makes before it loads a model; two of them through the command line
+        with pytest.raises(DialsumError) as e: refuse_output(out, inp, a, runs, ROOT)
+        assert words in str(e.value) and str(out) in str(e.value), (out, str(e.value))
+        msgs.append(str(e.value))
+    for out, words in (cases[0], cases[-1]):
         p = dialsum('predict', '--run', a, '--input', inp, '--output', out, '--runs-dir', runs)
         assert p.returncode == 2 and words in p.stderr and str(out) in p.stderr, (out, p.stderr[-2000:])
-        assert 'Traceback' not in p.stderr; msgs.append(p.stderr.strip())
+        assert 'Traceback' not in p.stderr
     assert snapshot(runs) == before and not (runs/'history'/'new.csv').exists(), 'a record changed'
     assert {p: p.read_bytes() for p in kept} == kept
     p = dialsum('predict', '--run', a, '--input', inp, '--output', mine, '--runs-dir', runs, '--force')

@@ -2,7 +2,6 @@
 reachable from the navigation loads, links and pictures work, no console error, no traceback."""
 import functools, importlib, json, re, shutil, subprocess, sys, threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import unquote, urldefrag, urlparse
 
 import pytest

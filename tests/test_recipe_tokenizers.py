@@ -12,6 +12,7 @@ from dialsum.checkpoints import find_checkpoint
 from dialsum.config import load_config
 from dialsum.data import make_demo_data, model_inputs, read_split
 from dialsum.features import features, make_collator, make_features, prompt_parts
+from dialsum.inference import generation_kwargs
 from dialsum.lora import load_checkpoint
 from dialsum.models import end_token_ids, load_pretrained
 
@@ -153,7 +154,9 @@ def trained(tmp_path_factory, folders, demo):
 
 
 def stop_rate(run):
-    "Share of dev rows whose greedy generation from the best checkpoint emits an end token before `max_new_tokens`."
+    "Share of dev rows whose generation from the best checkpoint, with the run's own settings (`generation_kwargs`: "
+    "greedy, no 2-gram repeated), emits an end token before `max_new_tokens`. Plain greedy decoding lets a tiny model "
+    "loop: T5's fixture stopped on 90%, mT5's on 70-85% of rows at 250 steps, with the run's settings both on 100%."
     cfg = load_config(run/'config.yaml', root=ROOT)
     tok, model = load_checkpoint(find_checkpoint(run).path, cfg)
     ends, limit = set(end_token_ids(tok, model)), cfg.generation.max_new_tokens
@@ -162,7 +165,7 @@ def stop_rate(run):
     model.eval()
     for f in features(tok, dev, cfg, with_labels=False):
         x = torch.tensor([f['input_ids']])
-        with torch.no_grad(): out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=limit, num_beams=1, do_sample=False)
+        with torch.no_grad(): out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), **generation_kwargs(cfg.generation))
         new = out[0, 1:] if model.config.is_encoder_decoder else out[0, x.shape[1]:]
         stopped += any(int(t) in ends for t in new[:limit - 1])  # the last slot may hold a forced end token
     return stopped / len(dev)
