@@ -45,7 +45,7 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/nbdev_test --flags slow --n_workers 2
-	$(BIN)/pytest -q -rs tests
+	$(BIN)/pytest -q -rs --durations=30 tests
 
 test-fast: lint
 	$(BIN)/nbdev_test --n_workers 2

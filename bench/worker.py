@@ -4,17 +4,19 @@
     python bench/worker.py train --model DIR --data dev.csv --steps 32 --batch 16 --out r.json
     python bench/worker.py infer --model DIR --data test.csv --n 499 --out r.json   # dialsum.inference.generate_summaries
     python bench/worker.py plain --model DIR --data test.csv --n 499 --out r.json   # plain masked generate, file order
-    python bench/worker.py agree --model CKPT --data test.csv --n 499 --out r.json   # both of the above, rows compared
+    python bench/worker.py hf --model DIR --data test.csv --n 499 --out r.json      # Seq2SeqTrainer.predict_with_generate
+    python bench/worker.py agree --model CKPT --data test.csv --n 499 --out r.json   # the three above, rows compared
 
 Every side reads the split with dialsum.data (read_split + clean_split + model_inputs), as a run does.
 `bench/bench.py` runs these and the seed recipe alternately; this file only measures.
 """
-import argparse, json, os, sys, tempfile, time
+import argparse, json, os, re, sys, tempfile, time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import numpy as np
 import torch
 from transformers import TrainerCallback
 
@@ -90,6 +92,7 @@ def run_train(a):
     cfg = Config(experiment="bench", model=ModelConfig(name_or_path=str(a.model)),
                  training=TrainingConfig(max_steps=a.steps, per_device_train_batch_size=a.batch, learning_rate=a.lr,
                                          batch_tokens=getattr(a, "batch_tokens", 0) or None,
+                                         **({"train_sampling_strategy": a.sampler} if getattr(a, "sampler", None) else {}),
                                          eval_strategy="no", early_stopping_patience=None, warmup_steps=0,
                                          use_cpu=device == "cpu",
                                          seed=a.seed, **_precision(a)))
@@ -158,20 +161,56 @@ def run_plain(a):
                 predictions=preds, device=str(model.device))
 
 
+def run_hf(a):
+    "The HF recipe's inference on the same inputs: `Seq2SeqTrainer.predict` with `predict_with_generate`, file order."
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
+    tok, model = load(a.model, a.device, a.bf16)
+    srcs, _ = split_inputs(a.data, "test", a.n)
+    enc = tok(srcs, max_length=a.max_source_length, truncation=True)
+    rows = [dict(input_ids=i, attention_mask=m) for i, m in zip(enc["input_ids"], enc["attention_mask"])]
+    gen = generation_kwargs(gen_config(a))
+    with tempfile.TemporaryDirectory(dir=a.work) as out:
+        args = Seq2SeqTrainingArguments(output_dir=out, per_device_eval_batch_size=a.gen_batch, predict_with_generate=True,
+                                        report_to="none", disable_tqdm=True, use_cpu=a.device == "cpu")
+        trainer = Seq2SeqTrainer(model=model, args=args, processing_class=tok)
+        _sync()
+        t = time.perf_counter()
+        ids = trainer.predict(rows, **gen).predictions
+        _sync()
+        dt = time.perf_counter() - t
+    ids = torch.tensor(np.where(ids < 0, tok.pad_token_id, ids))  # the Trainer pads rows of different lengths with -100
+    recipe = [s.strip() for s in tok.batch_decode(ids, skip_special_tokens=True)]  # the example script's decoding
+    return dict(side="hf", infer_examples=len(recipe), infer_seconds=round(dt, 3), predictions=decode_summaries(tok, ids),
+                recipe_predictions=recipe, generate_kwargs=gen)
+
+
 def run_agree(a):
     "generate_summaries and the plain masked generate on the same model and inputs, in one process; rows compared."
     tok, model = load(a.model, a.device, a.bf16)  # warm up once, so neither timing carries the first call's set-up
     with torch.inference_mode():
         model.eval().generate(**tok(["안녕하세요"], return_tensors="pt").to(model.device), max_new_tokens=2)
-    ours, plain = run_infer(a), run_plain(a)
+    ours, plain, hf = run_infer(a), run_plain(a), run_hf(a)
     same = [x == y for x, y in zip(ours["predictions"], plain["predictions"])]
+    same_hf = [x == y for x, y in zip(ours["predictions"], hf["predictions"])]
+    same_recipe = [x == y for x, y in zip(ours["predictions"], hf["recipe_predictions"])]
+    tags = [x == y for x, y in zip((_no_tags(p) for p in ours["predictions"]), hf["recipe_predictions"])]
     return dict(model=str(a.model), rows=len(same), identical=sum(same), share=sum(same) / len(same),
                 nonempty=sum(bool(x) for x in ours["predictions"]), dialsum_seconds=ours["infer_seconds"],
                 plain_seconds=plain["infer_seconds"], new_tokens=ours["new_tokens"],
                 generated_tokens=plain["generated_tokens"],
                 examples_differing=[dict(row=i, dialsum=x, plain=y) for i, (x, y, z) in
                                     enumerate(zip(ours["predictions"], plain["predictions"], same)) if not z][:3],
-                first_predictions=ours["predictions"][:3])
+                first_predictions=ours["predictions"][:3],
+                hf=dict(identical=sum(same_hf), seconds=hf["infer_seconds"], generate_kwargs=hf["generate_kwargs"],
+                        identical_recipe_decoding=sum(same_recipe), identical_without_tags=sum(tags),
+                        examples_differing=[dict(row=i, dialsum=x, hf=y, hf_recipe_decoding=z) for i, (x, y, z, w) in
+                                            enumerate(zip(ours["predictions"], hf["predictions"],
+                                                          hf["recipe_predictions"], same_recipe)) if not w][:3]))
+
+
+def _no_tags(text):
+    "`text` as `batch_decode(skip_special_tokens=True)` leaves it when the speaker and mask tags are special tokens."
+    return " ".join(re.sub(r"#\w+#", " ", text).split())
 
 
 
@@ -187,13 +226,14 @@ def _new_tokens(tok, preds):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["train", "infer", "plain", "agree"])
+    p.add_argument("what", choices=["train", "infer", "plain", "hf", "agree"])
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--batch-tokens", type=int, default=0, help="train: training.batch_tokens (0: rows of --batch)")
+    p.add_argument("--sampler", help="train: training.train_sampling_strategy (default: dialsum's default, random)")
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--n", type=int, default=499)
     p.add_argument("--num-beams", type=int, default=4)
@@ -210,7 +250,7 @@ def main(argv=None):
     a.work.mkdir(parents=True, exist_ok=True)
     if a.threads: torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
-    res = dict(train=run_train, infer=run_infer, plain=run_plain, agree=run_agree)[a.what](a)
+    res = dict(train=run_train, infer=run_infer, plain=run_plain, hf=run_hf, agree=run_agree)[a.what](a)
     a.out.write_text(json.dumps(res, ensure_ascii=False, indent=1), encoding="utf-8")
 
 

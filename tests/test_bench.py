@@ -42,10 +42,12 @@ def test_table_judges_the_hf_recipe():
     d = [_train(30, .05)] * 3
     res = dict(args=dict(demo_config='demo.yaml'),
                training=dict(dialsum=d, seed=[_train(8, .7)] * 3, hf=[_train(15, .5)] * 3, hf_grouped=[_train(24, .24)] * 3,
-                             dialsum_tokens=[_train(40, .02)] * 3),
+                             dialsum_tokens=[_train(40, .02)] * 3, dialsum_buckets=[_train(37, .1)] * 3),
                inference=dict(runs=dict(dialsum=[dict(infer_examples_per_s=8.0)], seed=[dict(infer_examples_per_s=1.5)],
                                         hf=[dict(infer_examples_per_s=2.0)]),
-                              agreement=dict(share=1.0, identical=5, rows=5, nonempty=5)))
+                              agreement=dict(share=1.0, identical=5, rows=5, nonempty=5)),
+               agreement_trained=dict(share=1.0, identical=100, rows=100, nonempty=100, model='ck',
+                                      hf=dict(identical=98, identical_recipe_decoding=0, identical_without_tags=97)))
     t = {r['metric']: r for r in bench.build_table(res, quick=False)}
     g = t['training samples/s vs HF recipe, group_by_length']
     assert g['ratio'] == 30 / 24 and g['met'] is False  # 1.25x < 1.5x
@@ -56,3 +58,7 @@ def test_table_judges_the_hf_recipe():
     assert t['training padding share, batch_tokens']['met'] is True
     h = t['inference examples/s vs HF predict_with_generate']
     assert h['ratio'] == 4.0 and h['met'] is False  # 4x < 5x
+    b = t['training samples/s, length_buckets (opt-in) vs HF group_by_length']
+    assert b['ratio'] == 37 / 24 and b['met'] is True  # 1.54x >= 1.5x
+    a = t["identical to the HF recipe's predict_with_generate (trained demo model)"]
+    assert a['dialsum'] == 98 and a['met'] is False and 'removed' in a['note']  # 98% < 99%; the recipe's decoding drops tags

@@ -243,20 +243,32 @@ def main(argv=None)->int:
     shutil.rmtree(build, ignore_errors=True)
     (build/'docs').mkdir(parents=True)
     t0 = time.time()
-    def one(p):  # each notebook in its own Python, as nbdev_test runs them
-        if p.suffix == '.md': return build_md_page(p, build/'docs', pages)
-        run = not a.no_execute and (not a.execute or str(p.relative_to(nbs)) in a.execute)
-        r = subprocess.run([sys.executable, __file__, '--page', str(p), '--build', str(build)] + ['--no-execute'] * (not run)
-                           + ['--strict'] * a.strict, capture_output=True, text=True)
+    def executed(p): return not a.no_execute and (not a.execute or str(p.relative_to(nbs)) in a.execute)
+    def one(p):  # a notebook whose lessons run: in its own Python, as nbdev_test runs them
+        r = subprocess.run([sys.executable, str(Path(__file__).resolve()), '--page', str(p.resolve()), '--build', str(build)]
+                           + ['--strict'] * a.strict, capture_output=True, text=True, cwd=ROOT)
         if r.returncode: raise RuntimeError(r.stderr.strip()[-3000:])
         for l in r.stderr.splitlines():
             if l.startswith('warning: '): print(l, file=sys.stderr, flush=True)
         return json.loads(r.stdout.strip().splitlines()[-1])
-    built, failed = [], []
+    def here(p):  # only show_doc's cells: all in this process, one after the other, as nbdev_docs does
+        if p.suffix == '.md': return build_md_page(p, build/'docs', pages)
+        return build_page(p.resolve(), build/'docs', pages, execute=False, strict=a.strict)
+    results = {}
     with ThreadPoolExecutor(max_workers=a.workers) as ex:
-        for p, f in [(p, ex.submit(one, p)) for p in found]:
-            try: built.append((p.relative_to(nbs), *f.result())); print(f"  {p.relative_to(ROOT)} -> {built[-1][1]}", flush=True)
-            except Exception as e: failed.append(p); print(f"FAILED {p.relative_to(ROOT)}:\n{e}", file=sys.stderr, flush=True)
+        futures = {p: ex.submit(one, p) for p in found if p.suffix != '.md' and executed(p)}
+        for p in found:
+            if p in futures: continue
+            try: results[p] = here(p)
+            except Exception as e: results[p] = e
+        for p, f in futures.items():
+            try: results[p] = f.result()
+            except Exception as e: results[p] = e
+    built, failed = [], []
+    for p in found:
+        if isinstance(results[p], Exception):
+            failed.append(p); print(f"FAILED {p.relative_to(ROOT)}:\n{results[p]}", file=sys.stderr, flush=True)
+        else: built.append((p.relative_to(nbs), *results[p])); print(f"  {p.relative_to(ROOT)} -> {built[-1][1]}", flush=True)
     if failed:
         print(f"docs not built: {len(failed)} notebook(s) failed: {', '.join(str(p.relative_to(ROOT)) for p in failed)}", file=sys.stderr)
         return 1
