@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_train.ipynb #7db98948
 from __future__ import annotations
-import os, resource, shutil, time
+import contextlib, os, resource, shutil, time
 from pathlib import Path
 from typing import Optional
 
@@ -265,6 +265,21 @@ class TrialReporter(TrainerCallback):
                                       f"{state.global_step} is below the median of earlier trials at that step")
             control.should_training_stop = True
 
+# %% ../nbs/13_train.ipynb #aa054e29
+def _mlflow_log(trainer:Trainer, # the run's trainer, after training
+                logs:dict, # name: number or text
+               )->bool:
+    "Log `logs` into the MLflow run the trainer trained in (reopened by id); False when it never started one."
+    import mlflow  # the trainer made an MLflowCallback, so the package is installed
+    run = mlflow.active_run() or mlflow.last_active_run()
+    if run is None: return False
+    nums = {k: v for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    opened = mlflow.start_run(run_id=run.info.run_id) if mlflow.active_run() is None else contextlib.nullcontext()
+    with opened:
+        mlflow.log_metrics(nums, step=trainer.state.global_step)
+        mlflow.set_tags({k: str(v) for k, v in logs.items() if k not in nums})
+    return True
+
 # %% ../nbs/13_train.ipynb #f71d6498
 _TRACKER_CALLBACKS = {'TensorBoardCallback', 'MLflowCallback', 'WandbCallback'}
 
@@ -275,7 +290,8 @@ def track(trainer:Trainer, # the run's trainer (its `report_to` chose the tracke
     out = []
     for c in trainer.callback_handler.callbacks:
         if type(c).__name__ not in _TRACKER_CALLBACKS: continue
-        c.on_log(trainer.args, trainer.state, trainer.control, logs=dict(logs))
+        if not (type(c).__name__ == 'MLflowCallback' and _mlflow_log(trainer, logs)):  # MLflow: into the training's run
+            c.on_log(trainer.args, trainer.state, trainer.control, logs=dict(logs))
         if isinstance(c, TensorBoardCallback) and c.tb_writer: c.tb_writer.close(); c.tb_writer = None
         out.append(type(c).__name__.removesuffix('Callback'))
     return out
