@@ -8,6 +8,7 @@ import argparse, json, math, os, signal, sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+sys.modules.setdefault('rfc3987_syntax', None)  # before papermill: see "Start-up" above
 from .augment import (METHODS, PLACEHOLDER, REASONS, SWAP_HOW, AugmentError, ChatEndpoint, LocalModel, augment,
                              check_request, method_steps, report_path)
 from .config import DialsumError, GenerationConfig, load_config, project_root, resolve_path

@@ -59,17 +59,21 @@ def postgres():
         shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.mark.slow  # two smoke trials, then a rerun that adds none
-def test_study_on_postgres(postgres, tmp_path):
-    "2 trials stored in PostgreSQL: complete, each valued at its run's dev score, one index row each; a rerun resumes and adds none."
+@pytest.mark.slow  # two smoke trials by two workers at once, then a rerun that adds none
+def test_two_workers_share_a_study_on_postgres(postgres, tmp_path):
+    "Two workers, one PostgreSQL study of 2 trials: distinct trials, each valued at its run's dev score, one index row each; a rerun adds none."
     (tmp_path/'space.yaml').write_text(SPACE)
     runs = tmp_path/'runs'
     args = [SMOKE, '--space', tmp_path/'space.yaml', '--trials', 2, '--storage', postgres, '--study', 'pg',
             '--set', f"output.runs_dir={runs}"]
-    first = dialsum('tune', *args)
+    first = dialsum('tune', *args, '--workers', 2)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert '2 workers' in first.stdout
     st = optuna.load_study(study_name='pg', storage=postgres)
-    assert [(t.number, t.state) for t in st.trials] == [(0, TrialState.COMPLETE), (1, TrialState.COMPLETE)]
+    assert [(t.number, t.state) for t in st.trials] == [(0, TrialState.COMPLETE), (1, TrialState.COMPLETE)]  # no overshoot
+    assert len({t.params['training.learning_rate'] for t in st.trials}) == 2  # two trials, not one trial run twice
+    a, b = st.trials
+    assert a.datetime_start < b.datetime_complete and b.datetime_start < a.datetime_complete  # run at once, one per worker
     ix = read_index(runs)
     assert len(pd.read_csv(runs/'index.csv')) == 2
     assert sorted(ix.run_id) == sorted(f.name for f in run_folders(runs)) == sorted(t.user_attrs['run_id'] for t in st.trials)
