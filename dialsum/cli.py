@@ -13,6 +13,7 @@ from .augment import (METHODS, PLACEHOLDER, REASONS, SWAP_HOW, AugmentError, Cha
                              check_request, method_steps, report_path)
 from .config import DialsumError, GenerationConfig, load_config, project_root, resolve_path
 from .metrics import SCORE, score_line
+from .files import skip_exit_collection
 from .redaction import redact
 from .runs import run_path
 from .runner import run_experiment
@@ -453,6 +454,7 @@ def parser()->argparse.ArgumentParser:
 # %% ../nbs/19_cli.ipynb #6b3b79aa
 def main(argv:Optional[Sequence[str]]=None)->int:
     "Entry point of the `dialsum` command."
+    skip_exit_collection()  # exit in 0.2 s, not 1.7 s, after torch (dialsum.files)
     a = parser().parse_args(argv)
     try: code = a.func(a); sys.stdout.flush()
     except BrokenPipeError:  # `dialsum runs | head -1`: the reader has what it wanted and closed the pipe

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_files.ipynb #31b5cf3c
 from __future__ import annotations
-import errno, json, os, socket, tempfile, time
+import atexit, errno, gc, json, os, socket, tempfile, time
 from pathlib import Path
 from typing import Optional, Union
 
@@ -15,7 +15,7 @@ from .config import DialsumError
 
 # %% auto #0
 __all__ = ['STALE_TEMP_SECONDS', 'WriteError', 'write_error', 'atomic_write', 'write_json', 'write_csv', 'process_record',
-           'process_alive', 'clean_stale_temps', 'write_failure']
+           'process_alive', 'skip_exit_collection', 'clean_stale_temps', 'write_failure']
 
 # %% ../nbs/01_files.ipynb #e7d46732
 class WriteError(DialsumError, OSError):
@@ -99,6 +99,11 @@ def process_alive(pid:int, # a process id on this machine
         return started is None or abs(p.create_time() - float(started)) < 1  # a reused id is another process
     except (psutil.NoSuchProcess, TypeError, ValueError, OverflowError): return False
     except psutil.AccessDenied: return True
+
+# %% ../nbs/01_files.ipynb #78a99527
+def skip_exit_collection():
+    "Skip the garbage collection at this process's exit, after every exit hook has run (`gc.freeze`)."
+    atexit.register(gc.freeze)
 
 # %% ../nbs/01_files.ipynb #c5a7e1d0
 # a temporary file older than this is stale, whoever wrote it (a write takes milliseconds)

@@ -36,7 +36,7 @@ from .metrics import SCORE, bootstrap_ci, score_line
 from .diagnostics import diagnostic_warnings, encoder_check, prediction_diagnostics, warning_flags
 from .models import family_of, load_model, param_counts
 from .plots import plot_curves, plot_scores
-from .files import WriteError, write_csv, write_failure, write_json
+from .files import WriteError, skip_exit_collection, write_csv, write_failure, write_json
 from .runs import Run, start_run, utcnow
 from .checkpoints import check_disk, remove_torn, resume_point, unsafe_pickle
 from .submissions import (_sample_problems, error_tail, exception_tail, finalize_run, read_index, record_failure,
@@ -190,6 +190,7 @@ def open_run(config:Union[str, Path], # the experiment YAML, relative to the pro
              root:Union[str, Path, None]=None, # the project folder (default: found from the working directory)
             )->Context:
     "Validate the config (against the schema and this machine), then create or reopen the run folder (main process)."
+    skip_exit_collection()  # the kernel exits in 0.2 s, not 1.7 s, and the run waiting for it ends sooner
     root = Path(root) if root else project_root()
     cfg = load_config(config, list(overrides), root)
     state = PartialState(cpu=on_cpu(cfg.training))  # the process group of `accelerate launch`, or this process alone
