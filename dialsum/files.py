@@ -102,7 +102,7 @@ def process_alive(pid:int, # a process id on this machine
 
 # %% ../nbs/01_files.ipynb #78a99527
 def skip_exit_collection():
-    "Skip the garbage collection at this process's exit, after every exit hook has run (`gc.freeze`)."
+    "Skip the garbage collection at this process's exit (`gc.freeze` as an exit hook; calling it again is harmless)."
     atexit.register(gc.freeze)
 
 # %% ../nbs/01_files.ipynb #c5a7e1d0
