@@ -370,6 +370,7 @@ class GenerationConfig(_Section):
     repetition_penalty: float = Field(1.0, gt=0)  # > 1: tokens already generated less likely (3rd place: 1.2)
     encoder_repetition_penalty: float = Field(1.0, gt=0)  # > 1: the dialogue's tokens more likely (copying)
     num_return_sequences: int = Field(1, ge=1)  # n-best kept per row (beams: <= num_beams); the first is the summary
+    drop_finished: bool = True  # beam search: a finished example leaves the batch (same summaries, fewer rows)
 
     @property
     def strategy(self)->str:

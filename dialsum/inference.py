@@ -26,6 +26,7 @@ from .metrics import METRICS, score_rows
 from .models import end_token_ids, family_of
 from .files import write_csv
 from .submissions import submission_problems, test_file_fnames
+from .beams import drop_finished_beam_search
 
 # %% auto #0
 __all__ = ['NBEST_COLUMNS', 'generation_kwargs', 'decode_summaries', 'SharedCrossCache', 'beam_cache', 'generation_inputs',
@@ -46,6 +47,7 @@ def generation_kwargs(gen:GenerationConfig, # the config's generation section
     if gen.strategy == 'contrastive': kw.update(penalty_alpha=gen.penalty_alpha, top_k=gen.top_k)
     if gen.strategy == 'diverse_beam':
         kw.update(num_beam_groups=gen.num_beam_groups, diversity_penalty=gen.diversity_penalty)
+    if gen.strategy == 'beam' and gen.drop_finished: kw['custom_generate'] = drop_finished_beam_search  # same ids
     if gen.strategy in HUB_GENERATE:
         kw.update(custom_generate=gen.custom_generate or HUB_GENERATE[gen.strategy],
                   trust_remote_code=gen.trust_remote_code)
@@ -117,7 +119,9 @@ def generate_candidates(model, tokenizer, # a seq2seq or decoder-only model and 
     for kw in kws:
         kw.update(eos_token_id=end_token_ids(tokenizer, model))  # the model's, the tokenizer's, a chat model's end
         if not fam.encoder_decoder: kw.update(pad_token_id=tokenizer.pad_token_id)
-        if st is not None and st.distributed_type.name in ('DEEPSPEED', 'FSDP'): kw['synced_gpus'] = True
+        if st is not None and st.distributed_type.name in ('DEEPSPEED', 'FSDP'):
+            kw['synced_gpus'] = True  # processes in lockstep: transformers' own beam search
+            if kw.get('custom_generate') is drop_finished_beam_search: del kw['custom_generate']
     reuse = fam.encoder_decoder and len(gens) > 1  # settings that change only decoding share the encoder's output
     model.eval()
     done = []

@@ -183,3 +183,30 @@ def test_fixture_model_learns_to_stop(trained, name):
     preds = pd.read_csv(run/'predictions_dev.csv', keep_default_na=False)['prediction']
     assert sum(bool(TAG_GLUED.search(p)) for p in preds) >= len(preds) / 2, preds.tolist()[:5]
     assert not any(TAG_SPACED.search(p) for p in preds), [p for p in preds if TAG_SPACED.search(p)][:5]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', list(F.BUILDERS))
+def test_finished_examples_leave_the_beam_batch(trained, name):
+    "Beam search on a trained recipe fixture, in batches of 8: taking each finished example out of the batch (the default) gives "
+    "the dev summaries of transformers' own loop, row for row, and computes fewer decoder rows (measured: KoBART 3136 -> 2544, "
+    "Llama 3744 -> 2456, Qwen 3712 -> 2880)."
+    from dialsum.inference import generate_from_features
+    run = trained(name)
+    cfg = load_config(run/'config.yaml', root=ROOT)
+    tok, model = load_checkpoint(find_checkpoint(run).path, cfg)
+    feats = features(tok, read_split(run/'data'/'dev.csv', 'dev'), cfg, with_labels=False)
+    rows = []
+    def count(m, args, kw):
+        ids = kw.get('decoder_input_ids') if kw.get('decoder_input_ids') is not None else kw.get('input_ids')
+        if ids is not None: rows.append(ids.shape[0])
+    model.register_forward_pre_hook(count, with_kwargs=True)
+    out = {}
+    for drop in (False, True):
+        gen = cfg.generation.model_copy(update=dict(num_beams=4, batch_size=8, drop_finished=drop))
+        rows.clear()
+        out[drop] = generate_from_features(model, tok, feats, gen, progress=False), sum(rows)
+    (plain, plain_rows), (dropped, dropped_rows) = out[False], out[True]
+    assert dropped == plain, [(a, b) for a, b in zip(plain, dropped) if a != b][:3]
+    ends = {len(tok(s).input_ids) for s in plain}  # summaries of one length may all finish at one step: nothing to save
+    assert dropped_rows < plain_rows or (len(ends) == 1 and dropped_rows == plain_rows), (dropped_rows, plain_rows, ends)
