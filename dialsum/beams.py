@@ -4,7 +4,6 @@
 
 # %% ../nbs/11b_beams.ipynb #0f7f6fb7
 from __future__ import annotations
-from typing import Optional
 
 import torch
 from torch import nn
@@ -46,7 +45,8 @@ def select_rows(model_kwargs:dict, # model inputs with `n` rows (`droppable` sai
         if k in _SHARED or v is None: out[k] = v
         elif isinstance(v, torch.Tensor): out[k] = v[rows] if v.dim() and v.shape[0] == n else v
         elif isinstance(v, ModelOutput):
-            out[k] = type(v)(**{f: t[rows] if isinstance(t, torch.Tensor) and t.shape[0] == n else t for f, t in v.items()})
+            out[k] = type(v)(**{f: t[rows] if isinstance(t, torch.Tensor) and t.shape[0] == n else t
+                                for f, t in v.items()})
         elif hasattr(v, 'batch_select_indices'): v.batch_select_indices(rows); out[k] = v
         else: out[k] = v
     return out
@@ -93,14 +93,16 @@ def drop_finished_beam_search(model, # the model `generate` was called on
         if outputs is None:
             flat_run = flat(st['run'][:, :, :cur])
             outputs = m(**m.prepare_inputs_for_generation(
-                flat_run, next_sequence_length=1 if model_kwargs['use_cache'] else None, **model_kwargs), return_dict=True)
+                flat_run, next_sequence_length=1 if model_kwargs['use_cache'] else None, **model_kwargs),
+                return_dict=True)
         model_kwargs = m._update_model_kwargs_for_generation(outputs, model_kwargs,
                                                              is_encoder_decoder=m.config.is_encoder_decoder)
         logits = outputs.logits[:, -1, :].to(copy=True, dtype=torch.float32, device=dev)
         outputs = None
         logp = logits_processor(flat_run, nn.functional.log_softmax(logits, dim=-1))
         logp = (unflat(logp, b, nb) + st['run_scores'][:, :, None]).reshape(b, -1)
-        top_lp, top_seq, top_bi = m._get_top_k_continuations(logp, st['run'], st['run_bi'], cur, prompt, False, k, nb, b)
+        top_lp, top_seq, top_bi = m._get_top_k_continuations(logp, st['run'], st['run_bi'], cur, prompt, False, k, nb,
+                                                             b)
         hits = unflat(stopping_criteria(flat(top_seq[:, :, :cur + 1]), None), b, k)
         st['run'], st['run_scores'], st['run_bi'] = m._get_running_beams_for_next_iteration(top_lp, top_seq, top_bi,
                                                                                             hits, nb)
@@ -120,7 +122,8 @@ def drop_finished_beam_search(model, # the model `generate` was called on
             store(done)
             keep = (~done).nonzero()[:, 0]
             st = {name: t[keep] for name, t in st.items()}
-            model_kwargs = select_rows(model_kwargs, (keep[:, None] * nb + torch.arange(nb, device=dev)).flatten(), b * nb)
+            kept_rows = (keep[:, None] * nb + torch.arange(nb, device=dev)).flatten()  # each kept example's beams
+            model_kwargs = select_rows(model_kwargs, kept_rows, b * nb)
             alive = alive[keep]
     store(torch.ones(alive.shape[0], dtype=torch.bool, device=dev))
     return flat(out)[:, :prompt + int(out_len.max())]
