@@ -593,7 +593,8 @@ def notes(res):
                        "the speaker tags, which are special tokens.") + f" Generated tokens per summary: mean "
                        f"{at['generated_tokens']['mean']}, max {at['generated_tokens']['max']}, so rows that finish "
                        f"early leave at most {100 * (1 - at['generated_tokens']['mean'] / at['generated_tokens']['max']):.0f}% "
-                       "of the decoder steps idle on this model.")
+                       "of the decoder steps idle on this model in the plain and HF loops; dialsum's beam search takes "
+                       "an example out of its batch once it is done (generation.drop_finished).")
     de = res.get("demo")
     if de:
         r = de[-1]

@@ -57,6 +57,16 @@ def gen_config(a):
                             early_stopping=True, batch_size=a.gen_batch)
 
 
+def transformers_loop(gen):
+    "The same settings on transformers' own beam search loop (dialsum's `drop_finished` off, where the schema has it)."
+    return gen.model_copy(update={"drop_finished": False}) if "drop_finished" in GenerationConfig.model_fields else gen
+
+
+def shown(kw):
+    "Generation keyword arguments as JSON can hold them: a custom decoding loop by its name."
+    return {k: v.__name__ if callable(v) else v for k, v in kw.items()}
+
+
 def peak_cuda():
     return round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None
 
@@ -132,7 +142,7 @@ def run_infer(a):
     dt = time.perf_counter() - t
     return dict(side="dialsum", infer_examples=len(preds), infer_seconds=round(dt, 3),
                 infer_examples_per_s=round(len(preds) / dt, 3), new_tokens=_new_tokens(tok, preds),
-                generate_kwargs=generation_kwargs(gen_config(a)),
+                generate_kwargs=shown(generation_kwargs(gen_config(a))),
                 predictions=preds, torch_threads=torch.get_num_threads(), device=str(model.device),
                 peak_cuda_mib=peak_cuda())
 
@@ -141,7 +151,7 @@ def run_plain(a):
     "The agreement reference: plain `generate` in file order, batches of the same size, with the attention mask."
     tok, model = load(a.model, a.device, a.bf16)
     srcs, _ = split_inputs(a.data, "test", a.n)
-    gen = gen_config(a)
+    gen = transformers_loop(gen_config(a))
     model.eval()
     preds, steps = [], []
     _sync()
@@ -168,7 +178,7 @@ def run_hf(a):
     srcs, _ = split_inputs(a.data, "test", a.n)
     enc = tok(srcs, max_length=a.max_source_length, truncation=True)
     rows = [dict(input_ids=i, attention_mask=m) for i, m in zip(enc["input_ids"], enc["attention_mask"])]
-    gen = generation_kwargs(gen_config(a))
+    gen = generation_kwargs(transformers_loop(gen_config(a)))  # the recipe runs transformers' own loop
     with tempfile.TemporaryDirectory(dir=a.work) as out:
         args = Seq2SeqTrainingArguments(output_dir=out, per_device_eval_batch_size=a.gen_batch, predict_with_generate=True,
                                         report_to="none", disable_tqdm=True, use_cpu=a.device == "cpu")

@@ -154,15 +154,46 @@ def test_sweep_jobs_2(sweep_configs, tmp_path):
     assert starts[1] < ends[0]  # they ran at once
 
 
-def test_missing_tracker_fails_at_validation(tmp_path):
-    "A config that reports to a tracker that is not installed is refused before any run folder, naming the extra to install."
-    import importlib.util
-    missing = next((t for t in ('wandb', 'mlflow') if importlib.util.find_spec(t) is None), None)
-    if missing is None: pytest.skip('wandb and mlflow are both installed here: no tracker is missing')
-    p = dialsum('run', SMOKE, f'training.report_to=[{missing}]', f"output.runs_dir={tmp_path/'runs'}")
+@pytest.mark.parametrize('tracker', ['wandb', 'mlflow'])
+def test_missing_tracker_fails_at_validation(tmp_path, tracker):
+    "A config that reports to a tracker that is not installed is refused before any run folder, naming the extra to install "
+    "(the package is made absent for the command: `sys.modules[name] = None`, which `importlib.util.find_spec` reports as absent)."
+    import subprocess, sys
+    from conftest import ROOT
+    hide = f"import sys; sys.modules[{tracker!r}] = None; from dialsum.cli import main; sys.exit(main(sys.argv[1:]))"
+    p = subprocess.run([sys.executable, '-c', hide, 'run', str(SMOKE), f'training.report_to=[{tracker}]',
+                        f"output.runs_dir={tmp_path/'runs'}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 2, p.stdout + p.stderr
-    assert f'training.report_to: {missing} needs the {missing} package' in p.stderr and 'pip install -e ".[track]"' in p.stderr
+    assert f'training.report_to: {tracker} needs the {tracker} package' in p.stderr and 'pip install -e ".[track]"' in p.stderr
     assert not (tmp_path/'runs').exists() or not run_folders(tmp_path/'runs')
+
+
+@pytest.mark.slow  # one smoke run
+def test_wandb_record_of_a_run(tmp_path):
+    "report_to: [wandb] in offline mode: one W&B run, named after the run id, whose summary (read back with wandb's own reader, "
+    "`wandb leet inspect`) holds the training loss, the final dev score, the diagnostics, the best checkpoint and the submission."
+    pytest.importorskip('wandb', reason='wandb is not installed (pip install -e ".[dev]" brings it)')
+    import os, subprocess, sys
+    from conftest import BIN, ROOT
+    runs, wdir = tmp_path/'runs', tmp_path/'wandb_dir'
+    env = {**os.environ, 'WANDB_MODE': 'offline', 'WANDB_DIR': str(wdir), 'WANDB_PROJECT': 'dialsum-test', 'WANDB_SILENT': 'true'}
+    p = subprocess.run([str(BIN/'dialsum'), 'run', str(SMOKE), 'training.report_to=[wandb]', f'output.runs_dir={runs}'], cwd=ROOT,
+                       capture_output=True, text=True, timeout=900, env=env)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    (run,) = run_folders(runs)
+    md = metadata(run)
+    (record,) = (wdir/'wandb').glob('offline-run-*/run-*.wandb')  # one W&B run for the dialsum run
+    q = subprocess.run([sys.executable, '-m', 'wandb', 'leet', 'inspect', '--summary', '--json', str(record)],
+                       capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert q.returncode == 0, q.stderr[-2000:]
+    w = json.loads(q.stdout)
+    summary = w['summary']
+    assert w['name'] == run.name and w['state'] == 'finished', (w['name'], w['state'])
+    assert 'train/loss' in summary and 'eval/score' in summary, sorted(summary)
+    assert summary['eval/dev_score'] == pytest.approx(md['dev']['score'])
+    assert 'eval/diagnostics_length_ratio' in summary
+    assert summary['eval/run_id'] == run.name and summary['eval/submission'] == str(run/'submission.csv')
+    assert (run/summary['eval/best_checkpoint']).is_dir()
 
 
 @pytest.mark.slow  # one smoke run
