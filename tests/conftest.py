@@ -87,25 +87,20 @@ def swept(tmp_path_factory, sweep_configs):
     return p, runs
 
 
-# Held-out real data (tests/test_real_data.py, tests/test_batching.py): one tiny model per training order, trained once.
+# Held-out real data (tests/test_real_data.py: Korean; tests/test_batching.py: DialogSum English): one tiny model per training
+# order and data set, trained once.
 HOLDOUT_SIDES = {'random': [], 'length_buckets': ['training.train_sampling_strategy=length_buckets'],
                  # 4,096 tokens at 10% padding: 16.0 rows a step on these 400 rows (at 3% only 5.7: too few of each length)
                  'tokens': ['training.batch_tokens=4096', 'training.batch_padding=0.1']}
 
 
-@pytest.fixture(scope='session')
-def real_holdout(tmp_path_factory):
-    "side -> the run folder of a tiny model trained 100 steps on 400 rows of the real dev.csv in that training order "
-    "(`HOLDOUT_SIDES`), scored on the 99 rows held out; each side is trained when first asked for."
-    if not (SHARED_KO/'dev.csv').exists():
-        pytest.skip(f'real data not present at {SHARED_KO} (it is on CI and developer machines only)')
-    import pandas as pd
-    tmp = tmp_path_factory.mktemp('holdout')
-    dev = pd.read_csv(SHARED_KO/'dev.csv')
+def _holdout_runs(tmp, train, held):
+    "side -> the run folder of a tiny model trained 100 steps on `train` in that order (`HOLDOUT_SIDES`), scored on `held`; "
+    "each side is trained when first asked for."
     data = tmp/'data'; data.mkdir()
-    dev.iloc[:400].to_csv(data/'train.csv', index=False)
-    dev.iloc[400:].to_csv(data/'dev.csv', index=False)
-    dev.iloc[400:][['fname', 'dialogue']].to_csv(data/'test.csv', index=False)
+    train.to_csv(data/'train.csv', index=False)
+    held.to_csv(data/'dev.csv', index=False)
+    held[['fname', 'dialogue']].to_csv(data/'test.csv', index=False)
     done = {}
     def run(side):
         if side not in done:
@@ -120,3 +115,25 @@ def real_holdout(tmp_path_factory):
             (done[side],) = run_folders(runs)
         return done[side]
     return run
+
+
+@pytest.fixture(scope='session')
+def real_holdout(tmp_path_factory):
+    "side -> the run folder of a tiny model trained 100 steps on 400 rows of the real Korean dev.csv in that training order "
+    "(`HOLDOUT_SIDES`), scored on the 99 rows held out."
+    if not (SHARED_KO/'dev.csv').exists():
+        pytest.skip(f'real data not present at {SHARED_KO} (it is on CI and developer machines only)')
+    import pandas as pd
+    dev = pd.read_csv(SHARED_KO/'dev.csv')
+    return _holdout_runs(tmp_path_factory.mktemp('holdout'), dev.iloc[:400], dev.iloc[400:])
+
+
+@pytest.fixture(scope='session')
+def english_holdout(tmp_path_factory):
+    "The same on DialogSum's English train.csv (one reference a row): 400 rows to train on, the next 100 held out."
+    src = SHARED_KO.parent/'dialogsum_en'/'train.csv'
+    if not src.exists():
+        pytest.skip(f'real data not present at {src} (it is on CI and developer machines only)')
+    import pandas as pd
+    rows = pd.read_csv(src)[['fname', 'dialogue', 'summary']]
+    return _holdout_runs(tmp_path_factory.mktemp('holdout_en'), rows.iloc[:400], rows.iloc[400:500])
