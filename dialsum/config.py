@@ -884,6 +884,8 @@ HASH_EXCLUDED = {  # keys that do not change a run's result, and why; `config_ha
     "checkpoints are chosen by the dev score of generated summaries",
     'generation.batch_size': 'greedy and beam search give the same summaries at any batch size '
     '(padding is masked); it counts when sampling (generation.do_sample), which seeds each batch',
+    'generation.drop_finished': 'beam search gives the same summaries whether finished examples leave the batch or '
+    'not (`dialsum.beams`)',
     'model.allow_pickle': 'permission to load pickle weights: the weights are the same',
     'data.allow_overlap': 'permission to train on rows that are dev or test dialogues: refused runs have no result',
     'data.cache_features': 'whether tokenized features are kept for the next run: the features are the same',

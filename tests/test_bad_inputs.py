@@ -661,7 +661,8 @@ def test_config_hash_covers_what_changes_results():
                'training.dataloader_num_workers=2', 'training.logging_steps=1', 'training.per_device_eval_batch_size=1',
                'model.allow_pickle=true', 'output.runs_dir=elsewhere', 'resources.check_disk=false', 'resources.gpu_wait_seconds=5',
                'data.allow_overlap=true', 'data.cache_features=false',
-               'tune={storage: runs/study.log, study: s, trial: 3}']  # which Optuna trial a run is (dialsum tune)
+               'tune={storage: runs/study.log, study: s, trial: 3}',  # which Optuna trial a run is (dialsum tune)
+               'generation.drop_finished=false']
     assert {k.split('=')[0].rsplit('.', 1)[0] if k.startswith(('output', 'resources')) else k.split('=')[0] for k in neutral} == set(HASH_EXCLUDED)
     changed = ['training.seed=7', 'training.learning_rate=1e-3', 'training.max_steps=3', 'generation.num_beams=2',
                'generation.max_new_tokens=20', 'model.max_source_length=128', 'data.prefix=x', 'data.collapse_whitespace=false',
