@@ -120,7 +120,8 @@ def generate_candidates(model, tokenizer, # a seq2seq or decoder-only model and 
         kw.update(eos_token_id=end_token_ids(tokenizer, model))  # the model's, the tokenizer's, a chat model's end
         if not fam.encoder_decoder: kw.update(pad_token_id=tokenizer.pad_token_id)
         if st is not None and st.distributed_type.name in ('DEEPSPEED', 'FSDP'):
-            kw['synced_gpus'] = True  # processes in lockstep: transformers' own beam search
+            kw['synced_gpus'] = True  # processes in lockstep: transformers' own beam search, since generate
+            # does not pass synced_gpus on to a custom decoding loop
             if kw.get('custom_generate') is drop_finished_beam_search: del kw['custom_generate']
     reuse = fam.encoder_decoder and len(gens) > 1  # settings that change only decoding share the encoder's output
     model.eval()
